@@ -1,0 +1,130 @@
+//! End-to-end tests of the `ckpt` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn ckpt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(args)
+        .output()
+        .expect("run ckpt")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).unwrap()
+}
+
+#[test]
+fn inspect_prints_a_table_with_totals_and_metadata() {
+    let out = ckpt(&["inspect", fixture("mlp.safetensors").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("fc1.weight  float32  [32, 784]  25,088  100,352"),
+        "{text}"
+    );
+    assert!(
+        text.contains("4 tensors, 25,450 parameters, 101,800 bytes"),
+        "{text}"
+    );
+    assert!(text.contains("architecture: mlp-784-32-10"), "{text}");
+}
+
+#[test]
+fn inspect_json_has_the_documented_fields() {
+    let out = ckpt(&[
+        "inspect",
+        "--json",
+        fixture("all_dtypes.safetensors").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["format"], "safetensors");
+    let tensors = json["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 14);
+    let bf16 = tensors.iter().find(|t| t["name"] == "bf16").unwrap();
+    assert_eq!(bf16["dtype"], "bfloat16");
+    assert_eq!(bf16["shape"], serde_json::json!([2, 2]));
+    assert_eq!(bf16["bytes"], 8);
+    assert_eq!(
+        json["total_bytes"],
+        tensors
+            .iter()
+            .map(|t| t["bytes"].as_u64().unwrap())
+            .sum::<u64>()
+    );
+    assert!(json["total_params"].as_u64().unwrap() > 0);
+    assert!(json["metadata"].is_object());
+}
+
+#[test]
+fn inspect_shows_the_values_of_a_nested_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.safetensors");
+    let mut tree = ckpt::Dict::new();
+    tree.insert("epoch".into(), ckpt::Value::Int(12));
+    tree.insert(
+        "betas".into(),
+        ckpt::Value::Tuple(vec![ckpt::Value::Float(0.9), ckpt::Value::Float(0.999)]),
+    );
+    tree.insert(
+        "w".into(),
+        ckpt::TensorData::from_f32(&[1], &[1.0]).unwrap().into(),
+    );
+    ckpt::save(&path, &ckpt::Value::Dict(tree)).unwrap();
+    let text = stdout(&ckpt(&["inspect", path.to_str().unwrap()]));
+    assert!(text.contains("epoch = 12"), "{text}");
+    assert!(text.contains("betas = (0.9, 0.999)"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&ckpt(&[
+        "inspect",
+        "--json",
+        path.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(json["values"]["epoch"], 12);
+}
+
+#[test]
+fn every_hostile_file_gives_one_error_line_and_exit_2() {
+    let dir = fixture("hostile");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let out = ckpt(&["inspect", path.to_str().unwrap()]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{}: {err}", path.display());
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with("ckpt: error: ")
+                && err.contains(path.file_name().unwrap().to_str().unwrap()),
+            "{err}"
+        );
+        seen += 1;
+    }
+    assert!(seen >= 10);
+}
+
+#[test]
+fn missing_file_and_unknown_extension_are_clear_errors() {
+    let out = ckpt(&["inspect", "/no/such/file.safetensors"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/no/such/file.safetensors"));
+    let out = ckpt(&["inspect", "notes.txt"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown file extension"),
+        "{}",
+        stderr(&out)
+    );
+}

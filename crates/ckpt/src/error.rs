@@ -1,0 +1,219 @@
+//! The one error type of the `ckpt` crate.
+
+use std::path::PathBuf;
+
+use crate::DType;
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `ckpt`.
+///
+/// Variants that come from a file carry its path and, where there is one,
+/// the tensor name and byte offset, so the message alone tells the user
+/// where to look. Parsers never panic on bad input; they return one of these.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operating system refused a read, write, map or rename.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+
+    /// The path's extension names no format ckpt knows.
+    #[error(
+        "{}: unknown file extension; ckpt reads and writes {}",
+        path.display(),
+        crate::Format::EXTENSIONS
+    )]
+    UnknownExtension {
+        /// The path.
+        path: PathBuf,
+    },
+
+    /// The extension promises one format and the first bytes show another.
+    #[error("{}: the extension says {expected} but the contents are {found}", path.display())]
+    FormatMismatch {
+        /// The path.
+        path: PathBuf,
+        /// The format the extension names.
+        expected: crate::Format,
+        /// What the first bytes look like.
+        found: &'static str,
+    },
+
+    /// A known format that this build cannot read or write yet.
+    #[error("{}: {format} files are not supported yet ({operation})", path.display())]
+    Unsupported {
+        /// The path.
+        path: PathBuf,
+        /// The format.
+        format: crate::Format,
+        /// `"read"` or `"write"`.
+        operation: &'static str,
+    },
+
+    /// The file ends before a structure it declares.
+    #[error("{}: truncated at byte {offset}: {what} needs {needed} bytes, the file has {available}", path.display())]
+    Truncated {
+        /// The path.
+        path: PathBuf,
+        /// Where the structure starts.
+        offset: u64,
+        /// What was being read.
+        what: &'static str,
+        /// Bytes needed from `offset`.
+        needed: u64,
+        /// Bytes present from `offset`.
+        available: u64,
+    },
+
+    /// A header declares a size beyond the limit ckpt accepts.
+    #[error("{}: the header claims {size} bytes, more than the limit of {limit}", path.display())]
+    HeaderTooLarge {
+        /// The path.
+        path: PathBuf,
+        /// The size the file claims.
+        size: u64,
+        /// The largest size ckpt accepts.
+        limit: u64,
+    },
+
+    /// A header is not the JSON its format requires.
+    #[error("{}: header is not valid JSON: {source}", path.display())]
+    HeaderJson {
+        /// The path.
+        path: PathBuf,
+        /// The JSON parser's message, with line and column.
+        source: serde_json::Error,
+    },
+
+    /// A header parses as JSON but does not have the required structure.
+    #[error("{}: header entry {entry:?}: {problem}", path.display())]
+    HeaderEntry {
+        /// The path.
+        path: PathBuf,
+        /// The entry (a tensor name, or `__metadata__`).
+        entry: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+
+    /// A tensor's dtype name is not one ckpt knows.
+    #[error("{}: tensor {tensor:?} has unknown dtype {dtype:?}", path.display())]
+    UnknownDType {
+        /// The path.
+        path: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// The dtype name as written in the file.
+        dtype: String,
+    },
+
+    /// A shape whose element count or byte size does not fit in 64 bits.
+    #[error("{}: tensor {tensor:?} has shape {shape:?} whose size overflows", path.display())]
+    ShapeOverflow {
+        /// The path.
+        path: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// The shape as written.
+        shape: Vec<u64>,
+    },
+
+    /// A tensor's data range disagrees with its dtype and shape.
+    #[error("{}: tensor {tensor:?} ({dtype}, shape {shape:?}) needs {expected} bytes but its data range holds {actual}", path.display())]
+    ByteLengthMismatch {
+        /// The path.
+        path: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// Its dtype.
+        dtype: DType,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Element count × dtype size.
+        expected: u64,
+        /// The length of the data range.
+        actual: u64,
+    },
+
+    /// A tensor's data range lies outside the data section or overlaps
+    /// another tensor, or the ranges leave a gap.
+    #[error("{}: tensor {tensor:?} has data range {start}..{end}, but {problem} (data section is {data_len} bytes)", path.display())]
+    BadDataRange {
+        /// The path.
+        path: PathBuf,
+        /// The tensor name.
+        tensor: String,
+        /// Start offset within the data section.
+        start: u64,
+        /// End offset within the data section.
+        end: u64,
+        /// The length of the data section.
+        data_len: u64,
+        /// What is wrong.
+        problem: &'static str,
+    },
+
+    /// Bytes handed to [`TensorData`](crate::TensorData) do not match its dtype and shape.
+    #[error("tensor of {dtype} with shape {shape:?} needs {} bytes, got {actual}", expected.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string()))]
+    TensorSize {
+        /// The dtype.
+        dtype: DType,
+        /// The shape.
+        shape: Vec<usize>,
+        /// Element count × dtype size (`None` when that overflows).
+        expected: Option<u64>,
+        /// The number of bytes given.
+        actual: u64,
+    },
+
+    /// Two tensors of a tree flatten to the same name.
+    #[error("two tensors flatten to the same name {name:?}")]
+    DuplicateName {
+        /// The name both paths produce.
+        name: String,
+    },
+
+    /// ckpt's tree metadata in a file is malformed.
+    #[error("{}: the ckpt tree in the metadata is invalid at {at}: {problem}", path.display())]
+    BadTree {
+        /// The path.
+        path: PathBuf,
+        /// Where in the tree (a `/`-joined path).
+        at: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+
+    /// A tree nested deeper than ckpt can store and read back.
+    #[error("the tree is nested more than {limit} levels deep")]
+    TreeTooDeep {
+        /// The deepest nesting accepted.
+        limit: usize,
+    },
+
+    /// A value that must be a flat dict of tensors is something else.
+    #[error("not a state dict: {at} is {found}, expected a tensor")]
+    NotAStateDict {
+        /// Where the offending value sits (a `/`-joined path).
+        at: String,
+        /// What kind of value was found.
+        found: &'static str,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] for `path`.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! File formats: which one a path is, and the readers and writers behind
+//! the one entry point ([`crate::read`], [`crate::save`]).
+//!
+//! The format is chosen by extension and confirmed by the first bytes; a
+//! file whose contents are plainly another format is refused naming both.
+
+pub mod safetensors;
+
+use std::fmt;
+use std::path::Path;
+
+use crate::{Error, Result};
+
+/// A file format ckpt knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Format {
+    /// safetensors (`.safetensors`), with a ckpt tree in its metadata when
+    /// the checkpoint is more than a flat state dict.
+    Safetensors,
+    /// PyTorch `torch.save` files (`.pth`, `.pt`, `.bin`, `.ckpt`).
+    PyTorch,
+    /// A NumPy array (`.npy`).
+    Npy,
+    /// A NumPy archive of arrays (`.npz`).
+    Npz,
+}
+
+/// What a file's first bytes show, for confirming an extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Content {
+    Zip,
+    Npy,
+    Pickle,
+    Safetensors,
+    Other,
+}
+
+/// The magic number that opens a legacy (pre-1.6) `torch.save` file: a
+/// pickled LONG1 of 0x1950A86A20F9469CFC6C.
+const LEGACY_TORCH_MAGIC: [u8; 12] = [
+    0x80, 0x02, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8,
+];
+
+impl Content {
+    fn sniff(head: &[u8]) -> Content {
+        let safetensors_len = head
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+        if safetensors_len.is_some_and(|n| n <= safetensors::MAX_HEADER_LEN)
+            && head.get(8) == Some(&b'{')
+        {
+            Content::Safetensors
+        } else if head.starts_with(b"PK\x03\x04") {
+            Content::Zip
+        } else if head.starts_with(b"\x93NUMPY") {
+            Content::Npy
+        } else if head.starts_with(&LEGACY_TORCH_MAGIC) {
+            Content::Pickle
+        } else {
+            Content::Other
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Content::Zip => "a zip archive (a PyTorch or .npz file)",
+            Content::Npy => "a NumPy .npy array",
+            Content::Pickle => "a legacy PyTorch file",
+            Content::Safetensors => "a safetensors file",
+            Content::Other => "not recognised",
+        }
+    }
+}
+
+impl Format {
+    /// The extensions ckpt recognises, for messages.
+    pub const EXTENSIONS: &'static str = ".safetensors, .pth/.pt/.bin/.ckpt, .npy, .npz";
+
+    /// The format a path's extension names (case-insensitive).
+    ///
+    /// ```
+    /// use ckpt::Format;
+    /// assert_eq!(Format::from_path("model.safetensors".as_ref()).unwrap(), Format::Safetensors);
+    /// assert_eq!(Format::from_path("model.PTH".as_ref()).unwrap(), Format::PyTorch);
+    /// assert!(Format::from_path("model.txt".as_ref()).is_err());
+    /// ```
+    pub fn from_path(path: &Path) -> Result<Format> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("safetensors") => Ok(Format::Safetensors),
+            Some("pth" | "pt" | "bin" | "ckpt") => Ok(Format::PyTorch),
+            Some("npy") => Ok(Format::Npy),
+            Some("npz") => Ok(Format::Npz),
+            _ => Err(Error::UnknownExtension {
+                path: path.to_owned(),
+            }),
+        }
+    }
+
+    /// A short, stable, lowercase name for programs (`"safetensors"`,
+    /// `"pytorch"`, `"npy"`, `"npz"`), as in `ckpt inspect --json`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Format::Safetensors => "safetensors",
+            Format::PyTorch => "pytorch",
+            Format::Npy => "npy",
+            Format::Npz => "npz",
+        }
+    }
+
+    /// Checks that a file's first bytes do not contradict this format.
+    /// Formats without a magic number (safetensors) are confirmed by their
+    /// parser; here they are only refused when the bytes are plainly another
+    /// format.
+    pub(crate) fn confirm(self, head: &[u8], path: &Path) -> Result<()> {
+        let found = Content::sniff(head);
+        let fits = match self {
+            Format::Safetensors => matches!(found, Content::Safetensors | Content::Other),
+            Format::PyTorch => matches!(found, Content::Zip | Content::Pickle),
+            Format::Npy => found == Content::Npy,
+            Format::Npz => found == Content::Zip,
+        };
+        // An empty or tiny file is left to the parser, which says "truncated".
+        if fits || head.len() < 8 {
+            Ok(())
+        } else {
+            Err(Error::FormatMismatch {
+                path: path.to_owned(),
+                expected: self,
+                found: found.describe(),
+            })
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::Safetensors => "safetensors",
+            Format::PyTorch => "PyTorch",
+            Format::Npy => "NumPy .npy",
+            Format::Npz => "NumPy .npz",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zip_bytes_in_a_safetensors_file_are_a_mismatch() {
+        let err = Format::Safetensors
+            .confirm(b"PK\x03\x04rest-of-zip", Path::new("m.safetensors"))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("m.safetensors"), "{msg}");
+        assert!(msg.contains("safetensors") && msg.contains("zip"), "{msg}");
+    }
+
+    #[test]
+    fn safetensors_bytes_in_a_pth_file_are_a_mismatch() {
+        let head = [8u8, 0, 0, 0, 0, 0, 0, 0, b'{', b'}'];
+        assert!(matches!(
+            Format::PyTorch.confirm(&head, Path::new("m.pth")),
+            Err(Error::FormatMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn extensions_are_case_insensitive() {
+        assert_eq!(
+            Format::from_path(Path::new("a/b.NPZ")).unwrap(),
+            Format::Npz
+        );
+        assert!(matches!(
+            Format::from_path(Path::new("noext")),
+            Err(Error::UnknownExtension { .. })
+        ));
+    }
+}

@@ -1,0 +1,100 @@
+//! Loading: [`LoadOptions`], [`Loaded`], and the functions that read any
+//! supported file into a [`Value`].
+
+use std::path::Path;
+
+use indexmap::IndexMap;
+
+use crate::format::{self, Format};
+use crate::{Error, Result, StateDict, Value};
+
+/// How to load a file.
+///
+/// ```
+/// let mapped = ckpt::LoadOptions::default();   // memory-mapped
+/// let owned = ckpt::LoadOptions::default().mmap(false); // one heap copy
+/// assert!(mapped.mmap && !owned.mmap);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// Map the file instead of reading it (the default). Loading then costs
+    /// time in the number of tensors, not bytes, and the bytes are paged in
+    /// when used. With `false` the file is read once into one heap buffer,
+    /// which the tensors share; use it when the file may change under you.
+    pub mmap: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { mmap: true }
+    }
+}
+
+impl LoadOptions {
+    /// Sets [`LoadOptions::mmap`].
+    pub fn mmap(mut self, mmap: bool) -> Self {
+        self.mmap = mmap;
+        self
+    }
+}
+
+/// A loaded file: its format, its contents and its metadata.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Loaded {
+    /// The format the file was read as.
+    pub format: Format,
+    /// The checkpoint: a flat dict of tensors, or the whole tree that was
+    /// saved.
+    pub value: Value,
+    /// The file's own string metadata (ckpt's internal keys removed).
+    pub metadata: IndexMap<String, String>,
+}
+
+/// Reads any supported file. The format comes from the extension and is
+/// confirmed by the first bytes.
+///
+/// ```no_run
+/// let loaded = ckpt::read("model.safetensors", &ckpt::LoadOptions::default())?;
+/// println!("{} with {} metadata entries", loaded.format, loaded.metadata.len());
+/// # Ok::<(), ckpt::Error>(())
+/// ```
+pub fn read(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Loaded> {
+    let path = path.as_ref();
+    let format = Format::from_path(path)?;
+    format.confirm(&crate::io::head(path, 16)?, path)?;
+    match format {
+        Format::Safetensors => {
+            format::safetensors::read(crate::io::open(path, options.mmap)?, path)
+        }
+        other => Err(Error::Unsupported {
+            path: path.to_owned(),
+            format: other,
+            operation: "read",
+        }),
+    }
+}
+
+/// Loads a checkpoint, memory-mapped: a flat state dict comes back as a
+/// dict of tensors, a nested checkpoint as the tree that was saved.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let path = dir.path().join("m.safetensors");
+/// use ckpt::{StateDict, TensorData};
+/// let mut sd = StateDict::new();
+/// sd.insert("w".into(), TensorData::from_f32(&[2], &[1.0, 2.0]).unwrap());
+/// ckpt::save(&path, &sd.clone().into()).unwrap();
+/// assert_eq!(ckpt::load_state_dict(&path).unwrap(), sd);
+/// ```
+pub fn load(path: impl AsRef<Path>) -> Result<Value> {
+    read(path, &LoadOptions::default()).map(|loaded| loaded.value)
+}
+
+/// Loads every tensor of a file as one state dict, named by the flattening
+/// rule (a plain state dict keeps its names; a nested checkpoint's tensors
+/// are named by their path, such as `model_state_dict/fc1.weight`).
+pub fn load_state_dict(path: impl AsRef<Path>) -> Result<StateDict> {
+    StateDict::flatten(&load(path)?)
+}

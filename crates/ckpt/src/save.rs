@@ -1,0 +1,70 @@
+//! Saving: [`SaveOptions`] and the functions that write a [`Value`] to any
+//! supported file.
+
+use std::path::Path;
+
+use indexmap::IndexMap;
+
+use crate::format::{self, Format};
+use crate::{Error, Result, Value};
+
+/// How to save a file.
+///
+/// ```
+/// let options = ckpt::SaveOptions::default()
+///     .metadata("architecture", "mlp")
+///     .durable(true);
+/// assert!(options.durable);
+/// ```
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct SaveOptions {
+    /// String metadata stored in the file (safetensors `__metadata__`).
+    pub metadata: IndexMap<String, String>,
+    /// Sync the file and its directory to disk before returning, so the new
+    /// file survives a power cut. Off by default: the file is still replaced
+    /// atomically (a crash leaves the old file or the new one, never a part),
+    /// but the last save may be lost if the machine itself goes down.
+    pub durable: bool,
+}
+
+impl SaveOptions {
+    /// Adds one metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets [`SaveOptions::durable`].
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+}
+
+/// Saves a checkpoint; the format comes from the extension. A flat dict of
+/// tensors becomes a plain file any reader of the format loads; a nested
+/// checkpoint (ints, floats, strings, lists, tuples, dicts with integer
+/// keys, tensors anywhere) also stores its tree, so [`crate::load`] returns
+/// exactly what was saved.
+///
+/// The file is replaced atomically: readers see the old file or the new one.
+pub fn save(path: impl AsRef<Path>, value: &Value) -> Result<()> {
+    save_with(path, value, &SaveOptions::default())
+}
+
+/// [`save`] with options.
+pub fn save_with(path: impl AsRef<Path>, value: &Value, options: &SaveOptions) -> Result<()> {
+    let path = path.as_ref();
+    match Format::from_path(path)? {
+        Format::Safetensors => {
+            let plan = format::safetensors::Plan::new(value, &options.metadata)?;
+            crate::io::write_atomic(path, options.durable, |out| plan.write_to(out))
+        }
+        other => Err(Error::Unsupported {
+            path: path.to_owned(),
+            format: other,
+            operation: "write",
+        }),
+    }
+}

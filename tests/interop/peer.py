@@ -1,0 +1,89 @@
+"""The real peers' side of ckpt's interop tests: Python safetensors and torch.
+
+    peer.py check DIR   verify every file listed in DIR/manifest.json, written
+                        by ckpt, loads in the Python safetensors package with
+                        exactly the listed dtypes, shapes, bytes and metadata
+    peer.py write DIR N SEED
+                        write N random state dicts with safetensors.torch and
+                        a DIR/manifest.json describing them, for ckpt to read
+
+Manifest: {file: {"tensors": {name: {"dtype", "shape", "hex"}}, "metadata": {..}}},
+dtypes by their torch names, bytes as little-endian hex.
+"""
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+DTYPES = {
+    name: getattr(torch, name)
+    for name in [
+        "float64", "float32", "float16", "bfloat16", "float8_e4m3fn",
+        "float8_e5m2", "int64", "int32", "int16", "int8", "uint8", "bool",
+    ]
+}
+
+
+def tensor_hex(t):
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes().hex()
+
+
+def describe(t):
+    return {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "hex": tensor_hex(t)}
+
+
+def check(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for file, want in manifest.items():
+        path = folder / file
+        got = {name: describe(t) for name, t in load_file(path).items()}
+        assert got == want["tensors"], f"{file}: tensors differ\n got {got}\nwant {want['tensors']}"
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            for key, value in want["metadata"].items():
+                assert meta.get(key) == value, f"{file}: metadata {key!r} is {meta.get(key)!r}, want {value!r}"
+            assert sorted(f.keys()) == sorted(want["tensors"]), f"{file}: keys differ"
+        print(f"ok {file}: {len(got)} tensors")
+
+
+def random_tensor(rng, dtype):
+    shape = [rng.randint(0, 4) for _ in range(rng.randint(0, 3))]
+    numel = 1
+    for d in shape:
+        numel *= d
+    if dtype is torch.bool:
+        return torch.randint(0, 2, shape, dtype=torch.uint8).to(torch.bool)
+    size = torch.empty((), dtype=dtype).element_size()
+    raw = torch.randint(0, 256, (numel * size,), dtype=torch.uint8)
+    return raw.view(dtype).reshape(shape)
+
+
+def write(folder, count, seed):
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    manifest = {}
+    for i in range(count):
+        tensors = {}
+        for j in range(rng.randint(0, 8)):
+            dtype = DTYPES[rng.choice(sorted(DTYPES))]
+            tensors[f"layer{j}.{rng.choice(['weight', 'bias', 'running_mean'])}"] = random_tensor(rng, dtype)
+        metadata = {"format": "pt", "seed": str(seed), "index": str(i)}
+        name = f"peer-{i}.safetensors"
+        save_file(tensors, folder / name, metadata=metadata)
+        manifest[name] = {"tensors": {k: describe(v) for k, v in tensors.items()}, "metadata": metadata}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    print(f"wrote {count} files")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "check":
+        check(Path(sys.argv[2]))
+    elif sys.argv[1] == "write":
+        write(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    else:
+        sys.exit(__doc__)
