@@ -29,8 +29,8 @@
 //! The pieces:
 //! - [`DType`], [`TensorData`] (bytes owned or borrowed from a memory map),
 //!   [`Value`] (the checkpoint tree) and [`StateDict`] (name → tensor);
-//! - [`save`], [`load`], [`load_state_dict`] and [`read`], one entry point
-//!   for every [`Format`];
+//! - [`save`], [`load`], [`load_state_dict`], [`read`] and [`read_bytes`],
+//!   one entry point for every [`Format`];
 //! - [`Error`]: every failure, naming the file and the place in it.
 #![deny(missing_docs)]
 
@@ -48,7 +48,7 @@ mod value;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use format::Format;
-pub use load::{load, load_state_dict, read, LoadOptions, Loaded};
+pub use load::{load, load_state_dict, read, read_bytes, LoadOptions, Loaded};
 pub use save::{save, save_with, SaveOptions};
 pub use state_dict::{StateDict, SEPARATOR};
 pub use tensor::{byte_len, TensorData};

@@ -2,10 +2,12 @@
 //! supported file into a [`Value`].
 
 use std::path::Path;
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 
 use crate::format::{self, Format};
+use crate::tensor::Buffer;
 use crate::{Error, Result, StateDict, Value};
 
 /// How to load a file.
@@ -64,10 +66,26 @@ pub fn read(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Loaded> {
     let path = path.as_ref();
     let format = Format::from_path(path)?;
     format.confirm(&crate::io::head(path, 16)?, path)?;
+    read_buffer(format, crate::io::open(path, options.mmap)?, path)
+}
+
+/// Reads a whole file that is already in memory, as `format`; `origin`
+/// only names it in errors. The tensors share `bytes` without copying.
+///
+/// ```
+/// use std::path::Path;
+/// let err = ckpt::read_bytes(ckpt::Format::Safetensors, vec![1, 2, 3], Path::new("upload")).unwrap_err();
+/// assert!(err.to_string().starts_with("upload: truncated"));
+/// ```
+pub fn read_bytes(format: Format, bytes: Vec<u8>, origin: &Path) -> Result<Loaded> {
+    format.confirm(&bytes[..bytes.len().min(16)], origin)?;
+    read_buffer(format, Arc::new(Buffer::Heap(bytes)), origin)
+}
+
+/// The one dispatch from a format to its reader.
+fn read_buffer(format: Format, buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
     match format {
-        Format::Safetensors => {
-            format::safetensors::read(crate::io::open(path, options.mmap)?, path)
-        }
+        Format::Safetensors => format::safetensors::read(buffer, path),
         other => Err(Error::Unsupported {
             path: path.to_owned(),
             format: other,

@@ -43,7 +43,9 @@ impl StateDict {
     /// skipped. Two paths that produce the same name are an error, and so is
     /// a tree deeper than [`tree::MAX_DEPTH`](crate::tree::MAX_DEPTH).
     pub fn flatten(value: &Value) -> Result<StateDict> {
-        crate::tree::encode(value).map(|(_, tensors)| tensors)
+        let mut out = StateDict::new();
+        flatten_into(value, &mut String::new(), 0, &mut out)?;
+        Ok(out)
     }
 
     /// Rebuilds nested dicts from flattened names: each name is split at `/`
@@ -73,6 +75,17 @@ impl StateDict {
         Ok(Value::Dict(root))
     }
 
+    /// Inserts a tensor under a name not yet present; a repeated name is
+    /// [`Error::DuplicateName`].
+    pub(crate) fn insert_new(&mut self, name: &str, tensor: &TensorData) -> Result<()> {
+        if self.insert(name.to_owned(), tensor.clone()).is_some() {
+            return Err(Error::DuplicateName {
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// The total number of elements of all tensors.
     pub fn total_params(&self) -> u64 {
         self.values().map(|t| t.numel() as u64).sum()
@@ -82,6 +95,47 @@ impl StateDict {
     pub fn total_bytes(&self) -> u64 {
         self.values().map(|t| t.bytes().len() as u64).sum()
     }
+}
+
+/// Appends one level to a flattened name and returns the length to
+/// truncate back to afterwards.
+pub(crate) fn push_level(path: &mut String, label: &dyn std::fmt::Display) -> usize {
+    let len = path.len();
+    if !path.is_empty() {
+        path.push(SEPARATOR);
+    }
+    use std::fmt::Write;
+    let _ = write!(path, "{label}");
+    len
+}
+
+fn flatten_into(value: &Value, path: &mut String, depth: usize, out: &mut StateDict) -> Result<()> {
+    if depth > crate::tree::MAX_DEPTH {
+        return Err(Error::TreeTooDeep {
+            limit: crate::tree::MAX_DEPTH,
+        });
+    }
+    let mut child = |label: &dyn std::fmt::Display, v: &Value, path: &mut String| {
+        let len = push_level(path, label);
+        let result = flatten_into(v, path, depth + 1, out);
+        path.truncate(len);
+        result
+    };
+    match value {
+        Value::Tensor(t) => out.insert_new(path, t)?,
+        Value::Dict(dict) => {
+            for (key, v) in dict {
+                child(key, v, path)?;
+            }
+        }
+        Value::List(items) | Value::Tuple(items) => {
+            for (i, v) in items.iter().enumerate() {
+                child(&i, v, path)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn key_from_segment(segment: &str) -> Key {

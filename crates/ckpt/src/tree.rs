@@ -20,7 +20,7 @@ use std::path::Path;
 use indexmap::IndexMap;
 use serde_json::{json, Value as Json};
 
-use crate::state_dict::SEPARATOR;
+use crate::state_dict::{push_level, SEPARATOR};
 use crate::{Dict, Error, Key, Result, StateDict, TensorData, Value};
 
 /// The deepest tree ckpt writes: deeper trees would exceed the JSON
@@ -45,11 +45,7 @@ fn encode_node(
         return Err(Error::TreeTooDeep { limit: MAX_DEPTH });
     }
     let mut child = |label: &dyn std::fmt::Display, v: &Value, path: &mut String| {
-        let len = path.len();
-        if !path.is_empty() {
-            path.push(SEPARATOR);
-        }
-        path.push_str(&label.to_string());
+        let len = push_level(path, label);
         let json = encode_node(v, path, depth + 1, out);
         path.truncate(len);
         json
@@ -88,9 +84,7 @@ fn encode_node(
             json!({ "dict": pairs })
         }
         Value::Tensor(t) => {
-            if out.insert(path.clone(), t.clone()).is_some() {
-                return Err(Error::DuplicateName { name: path.clone() });
-            }
+            out.insert_new(path, t)?;
             json!({ "tensor": path })
         }
     })

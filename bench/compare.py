@@ -1,0 +1,197 @@
+"""ckpt's benchmark harness: ckpt against its peers and the hardware limits,
+in one run, on the same bytes.
+
+    python bench/compare.py [--runs N] [--gib X] [--small N] [--workdir DIR]
+
+Needs a Python with torch and safetensors (scripts/test creates one at
+$CKPT_VENV, default ~/.cache/ckpt-venv) and cargo. It builds the Rust side
+(crates/ckpt/examples/harness.rs) in release mode and runs two cases:
+
+  large  X GiB (default 1) as 200 float32 tensors
+  small  N (default 5000) float32 tensors of 32x32
+
+For each it writes the tensors once with safetensors (the shared source),
+then measures, RUNS times each, and reports the median:
+
+  limits     single-thread memcpy of the same bytes (Rust copy_from_slice);
+             plain sequential write() of the same bytes to a new file, with
+             and without fsync (Rust, one write per tensor)
+  ckpt       save (page cache, and durable = fsync), open + list tensors,
+             load + read every byte (memory-mapped, and owned)
+  torch      torch.save; torch.load + read every byte, plain and mmap=True
+  safetensors  save_file; load_file + read every byte
+
+"Read every byte" is a wrapping sum of the data as 8-byte words in Rust and
+a single-threaded torch sum over an integer view in Python. Every output
+file is deleted before each timed write, so all writers create a new file.
+All files live in the page cache (the workdir defaults to /tmp); the
+machine is shared and noisy, so compare ratios within one run.
+Results go to bench/out/results.json and a markdown table to stdout.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parent.parent
+torch.set_num_threads(1)
+
+
+def timed(runs, fn, before=lambda: None):
+    out = []
+    for _ in range(runs):
+        before()
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def touch(sd):
+    total = 0
+    for t in sd.values():
+        flat = t.reshape(-1).view(torch.uint8)
+        usable = flat.numel() - flat.numel() % 4
+        total += int(flat[:usable].view(torch.int32).sum()) + int(flat[usable:].sum())
+    return total
+
+
+def remove(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def python_side(sd, workdir, runs):
+    pt = workdir / "torch.pth"
+    st = workdir / "peer.safetensors"
+    r = {}
+    r["torch_save"] = timed(runs, lambda: torch.save(sd, pt), lambda: remove(pt))
+    r["torch_load_touch"] = timed(runs, lambda: touch(torch.load(pt, weights_only=True)))
+    r["torch_load_mmap_touch"] = timed(runs, lambda: touch(torch.load(pt, weights_only=True, mmap=True)))
+    r["safetensors_save"] = timed(runs, lambda: save_file(sd, st), lambda: remove(st))
+    r["safetensors_load_touch"] = timed(runs, lambda: touch(load_file(st)))
+    remove(pt)
+    remove(st)
+    return r
+
+
+def harness(*args):
+    exe = ROOT / "target" / "release" / "examples" / "harness"
+    out = subprocess.run([str(exe), *map(str, args)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def run_case(name, sd, workdir, runs):
+    source = workdir / f"source-{name}.safetensors"
+    save_file(sd, source)
+    print(f"[{name}] measuring Rust side ...", file=sys.stderr)
+    r = harness(source, workdir, runs)
+    print(f"[{name}] measuring Python peers ...", file=sys.stderr)
+    r.update(python_side(sd, workdir, runs))
+    if name == "large":
+        r["rss"] = harness("--rss", source)
+    remove(source)
+    r["runs"] = runs
+    r["tensors"] = len(sd)
+    return r
+
+
+ROWS = [
+    ("memcpy", "limit: memcpy, single thread"),
+    ("write", "limit: plain write, new file"),
+    ("write_fsync", "limit: plain write + fsync"),
+    ("ckpt_save", "ckpt save"),
+    ("ckpt_save_durable", "ckpt save, durable (fsync)"),
+    ("torch_save", "torch.save"),
+    ("safetensors_save", "safetensors save_file"),
+    ("ckpt_open_list", "ckpt open + list tensors"),
+    ("ckpt_load_touch", "ckpt load (mmap) + read all"),
+    ("ckpt_load_owned_touch", "ckpt load (owned) + read all"),
+    ("torch_load_touch", "torch.load + read all"),
+    ("torch_load_mmap_touch", "torch.load(mmap=True) + read all"),
+    ("safetensors_load_touch", "safetensors load_file + read all"),
+]
+
+
+def median(r, key):
+    return statistics.median(r[key])
+
+
+def table(name, r):
+    gb = r["bytes"] / 1e9
+    lines = [
+        f"**{name}**: {r['tensors']} tensors, {r['bytes'] / 2**20:,.0f} MiB, median of {r['runs']} runs",
+        "",
+        "| operation | median ms | GB/s | × memcpy | × plain write |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, label in ROWS:
+        m = median(r, key)
+        rate = gb / m
+        lines.append(
+            f"| {label} | {m * 1e3:,.2f} | {rate:,.2f} | {median(r, 'memcpy') / m:.2f} | {median(r, 'write') / m:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(large, small):
+    m = lambda r, k: median(r, k)
+    checks = [
+        ("open + list 1 GiB file < 5 ms", m(large, "ckpt_open_list") * 1e3, "ms", m(large, "ckpt_open_list") < 0.005),
+        ("load + read all ≥ 0.8× memcpy", m(large, "memcpy") / m(large, "ckpt_load_touch"), "×", m(large, "memcpy") / m(large, "ckpt_load_touch") >= 0.8),
+        ("load + read all ≥ 1× safetensors", m(large, "safetensors_load_touch") / m(large, "ckpt_load_touch"), "×", m(large, "safetensors_load_touch") >= m(large, "ckpt_load_touch")),
+        ("save ≥ 0.9× plain write", m(large, "write") / m(large, "ckpt_save"), "×", m(large, "write") / m(large, "ckpt_save") >= 0.9),
+        ("save ≥ 1× torch.save", m(large, "torch_save") / m(large, "ckpt_save"), "×", m(large, "torch_save") >= m(large, "ckpt_save")),
+        ("save ≥ 2.5× safetensors save_file", m(large, "safetensors_save") / m(large, "ckpt_save"), "×", m(large, "safetensors_save") / m(large, "ckpt_save") >= 2.5),
+        ("small: save vs torch.save", m(small, "torch_save") / m(small, "ckpt_save"), "×", None),
+        ("small: load + read all vs torch.load", m(small, "torch_load_touch") / m(small, "ckpt_load_touch"), "×", None),
+        ("mapped load peak RSS < 100 MiB", large["rss"]["peak_rss_bytes"] / 2**20, "MiB", large["rss"]["peak_rss_bytes"] < 100 * 2**20),
+    ]
+    lines = ["| target | measured | met |", "|---|---:|---|"]
+    for label, value, unit, ok in checks:
+        verdict = "—" if ok is None else ("yes" if ok else "**no**")
+        lines.append(f"| {label} | {value:,.2f} {unit} | {verdict} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--gib", type=float, default=1.0)
+    ap.add_argument("--small", type=int, default=5000)
+    ap.add_argument("--workdir", default="/tmp/ckpt-bench")
+    args = ap.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    print("building the Rust harness ...", file=sys.stderr)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ckpt", "--example", "harness"], cwd=ROOT, check=True)
+
+    torch.manual_seed(0)
+    per = int(args.gib * 2**30 / 4 / 200)
+    large = {f"layers.{i}.weight": torch.randn(per) for i in range(200)}
+    large_r = run_case("large", large, workdir, args.runs)
+    del large
+    small = {f"blocks.{i}.weight": torch.randn(32, 32) for i in range(args.small)}
+    small_r = run_case("small", small, workdir, args.runs)
+
+    out = ROOT / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"large": large_r, "small": small_r}, indent=1))
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, workdir {workdir}\n")
+    print(table("large", large_r) + "\n")
+    print(table("small", small_r) + "\n")
+    print(targets(large_r, small_r))
+
+
+if __name__ == "__main__":
+    main()
