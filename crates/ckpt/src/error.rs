@@ -198,6 +198,13 @@ pub enum Error {
         limit: usize,
     },
 
+    /// Metadata given to a save uses a key that ckpt reserves for itself.
+    #[error("metadata key {key:?} is reserved for ckpt (keys starting with \"ckpt.\")")]
+    ReservedMetadataKey {
+        /// The key.
+        key: String,
+    },
+
     /// A value that must be a flat dict of tensors is something else.
     #[error("not a state dict: {at} is {found}, expected a tensor")]
     NotAStateDict {

@@ -2,7 +2,7 @@
 //! Format code never opens files; it works on bytes.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,11 +16,14 @@ const WRITE_BUFFER: usize = 4 << 20;
 
 /// Maps `path` read-only, or reads it onto the heap when `mmap` is false.
 pub(crate) fn open(path: &Path, mmap: bool) -> Result<Arc<Buffer>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if !mmap || len == 0 {
         // A zero-length file cannot be mapped; there is nothing to share.
-        let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+        // The capacity is the file's real length, not anything it claims.
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
         return Ok(Arc::new(Buffer::Heap(bytes)));
     }
     // SAFETY: the map is read-only and we never hand out mutable access.
@@ -30,17 +33,6 @@ pub(crate) fn open(path: &Path, mmap: bool) -> Result<Arc<Buffer>> {
     // leaves existing maps of the old file intact).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     Ok(Arc::new(Buffer::Map(map)))
-}
-
-/// Reads up to `n` bytes from the start of `path`.
-pub(crate) fn head(path: &Path, n: usize) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut head = Vec::with_capacity(n);
-    file.take(n as u64)
-        .read_to_end(&mut head)
-        .map_err(|e| Error::io(path, e))?;
-    Ok(head)
 }
 
 /// Replaces `path` atomically with what `write` produces: the bytes go to a

@@ -65,7 +65,6 @@ pub struct Loaded {
 pub fn read(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Loaded> {
     let path = path.as_ref();
     let format = Format::from_path(path)?;
-    format.confirm(&crate::io::head(path, 16)?, path)?;
     read_buffer(format, crate::io::open(path, options.mmap)?, path)
 }
 
@@ -78,12 +77,14 @@ pub fn read(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Loaded> {
 /// assert!(err.to_string().starts_with("upload: truncated"));
 /// ```
 pub fn read_bytes(format: Format, bytes: Vec<u8>, origin: &Path) -> Result<Loaded> {
-    format.confirm(&bytes[..bytes.len().min(16)], origin)?;
     read_buffer(format, Arc::new(Buffer::Heap(bytes)), origin)
 }
 
-/// The one dispatch from a format to its reader.
+/// The one dispatch from a format to its reader, after checking that the
+/// first bytes do not contradict the format.
 fn read_buffer(format: Format, buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
+    let bytes = buffer.as_slice();
+    format.confirm(&bytes[..bytes.len().min(16)], path)?;
     match format {
         Format::Safetensors => format::safetensors::read(buffer, path),
         other => Err(Error::Unsupported {

@@ -32,6 +32,9 @@ pub const MAX_HEADER_LEN: u64 = 100 * 1024 * 1024;
 /// The metadata key under which ckpt stores a checkpoint's tree.
 pub const TREE_KEY: &str = "ckpt.tree";
 
+/// Metadata keys ckpt keeps for itself; a save refuses them from callers.
+pub const RESERVED_PREFIX: &str = "ckpt.";
+
 const METADATA_KEY: &str = "__metadata__";
 
 /// One tensor's entry in a parsed header.
@@ -286,6 +289,9 @@ impl Plan {
     /// A flat dict of tensors becomes a plain safetensors file; anything
     /// else also carries its tree.
     pub(crate) fn new(value: &Value, metadata: &IndexMap<String, String>) -> Result<Plan> {
+        if let Some(key) = metadata.keys().find(|k| k.starts_with(RESERVED_PREFIX)) {
+            return Err(Error::ReservedMetadataKey { key: key.clone() });
+        }
         let (tree, tensors) = if is_plain_state_dict(value) {
             (None, StateDict::flatten(value)?)
         } else {
@@ -528,5 +534,14 @@ mod tests {
         assert_eq!(names, ["byte", "wide"]);
         assert_eq!(header.entries[1].range.start % 8, 0);
         assert_eq!(header.metadata["format"], "pt");
+    }
+
+    #[test]
+    fn reserved_metadata_keys_are_refused() {
+        let metadata = IndexMap::from([(TREE_KEY.to_owned(), "{}".to_owned())]);
+        let err = Plan::new(&Value::Dict(Default::default()), &metadata)
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::ReservedMetadataKey { .. }));
     }
 }
