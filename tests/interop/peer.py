@@ -6,13 +6,22 @@
     peer.py write DIR N SEED
                         write N random state dicts with safetensors.torch and
                         a DIR/manifest.json describing them, for ckpt to read
+    peer.py check-pth DIR
+                        torch.load(weights_only=True) every file listed in
+                        DIR/manifest.json (written by ckpt) and compare it with
+                        the description there
+    peer.py write-pth DIR N SEED
+                        torch.save N random checkpoint trees and describe them
+                        in DIR/manifest.json, for ckpt to read
 
 Manifest: {file: {"tensors": {name: {"dtype", "shape", "hex"}}, "metadata": {..}}},
 dtypes by their torch names, bytes as little-endian hex.
 """
 
 import json
+import math
 import random
+import struct
 import sys
 from pathlib import Path
 
@@ -80,10 +89,85 @@ def write(folder, count, seed):
     print(f"wrote {count} files")
 
 
+def describe_tree(obj):
+    """An exact JSON description of a loaded tree: floats by their bits,
+    tensors by dtype, shape and bytes, tuples apart from lists, int keys
+    apart from str keys. ckpt's tests build the same description."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return {"int": str(obj)}
+    if isinstance(obj, float):
+        return {"float": struct.pack(">d", obj).hex()}
+    if isinstance(obj, bytes):
+        return {"bytes": obj.hex()}
+    if isinstance(obj, torch.Tensor):
+        return {"tensor": describe(obj)}
+    if isinstance(obj, tuple):
+        return {"tuple": [describe_tree(v) for v in obj]}
+    if isinstance(obj, list):
+        return {"list": [describe_tree(v) for v in obj]}
+    if isinstance(obj, dict):
+        return {"dict": [[k if isinstance(k, str) else {"int": str(k)}, describe_tree(v)] for k, v in obj.items()]}
+    raise TypeError(f"cannot describe {type(obj)}")
+
+
+def check_pth(folder):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for file, want in manifest.items():
+        got = describe_tree(torch.load(folder / file, weights_only=True))
+        assert got == want, f"{file}: torch.load differs\n got {json.dumps(got)[:2000]}\nwant {json.dumps(want)[:2000]}"
+        print(f"ok {file}")
+
+
+def random_tree(rng, depth=0):
+    kinds = ["none", "bool", "int", "float", "str", "bytes", "tensor"]
+    if depth < 3:
+        kinds += ["list", "tuple", "dict", "dict"]
+    kind = rng.choice(kinds)
+    if kind == "none":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "int":
+        return rng.choice([0, 1, 255, 256, 65535, 65536, -1, -(2**31), 2**31, 2**62, -(2**63), rng.randint(-(2**63), 2**63 - 1)])
+    if kind == "float":
+        return rng.choice([0.0, -0.0, 0.1, 1e-300, -1e300, math.inf, -math.inf, rng.uniform(-10, 10)])
+    if kind == "str":
+        return rng.choice(["", "lr", "ünïcode", "a/b", "x" * 300])
+    if kind == "bytes":
+        return bytes(rng.randrange(256) for _ in range(rng.randint(0, 6)))
+    if kind == "tensor":
+        return random_tensor(rng, DTYPES[rng.choice(sorted(DTYPES))])
+    items = [random_tree(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    if kind == "list":
+        return items
+    if kind == "tuple":
+        return tuple(items)
+    return {rng.choice([f"k{i}", i]): v for i, v in enumerate(items)}
+
+
+def write_pth(folder, count, seed):
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    manifest = {}
+    for i in range(count):
+        tree = {"epoch": i, "tree": random_tree(rng)}
+        name = f"peer-{i}.pth"
+        torch.save(tree, folder / name)
+        manifest[name] = describe_tree(tree)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    print(f"wrote {count} files")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "check":
         check(Path(sys.argv[2]))
     elif sys.argv[1] == "write":
         write(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    elif sys.argv[1] == "check-pth":
+        check_pth(Path(sys.argv[2]))
+    elif sys.argv[1] == "write-pth":
+        write_pth(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     else:
         sys.exit(__doc__)

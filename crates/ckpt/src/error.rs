@@ -47,13 +47,14 @@ pub enum Error {
     },
 
     /// A known format that this build cannot read or write yet.
-    #[error("{}: {format} files are not supported yet ({operation})", path.display())]
+    #[error("{}: ckpt cannot {operation} {format} files yet", path.display())]
     Unsupported {
         /// The path.
         path: PathBuf,
         /// The format.
         format: crate::Format,
-        /// `"read"` or `"write"`.
+        /// What cannot be done: `"read"`, `"write"`, or a narrower
+        /// `"read legacy (pre-1.6)"`.
         operation: &'static str,
     },
 
@@ -203,6 +204,67 @@ pub enum Error {
     ReservedMetadataKey {
         /// The key.
         key: String,
+    },
+
+    /// A zip archive's structure is broken.
+    #[error("{}: bad zip archive at byte {offset}: {problem}", path.display())]
+    BadZip {
+        /// The path.
+        path: PathBuf,
+        /// Where the problem is.
+        offset: u64,
+        /// What is wrong.
+        problem: &'static str,
+    },
+
+    /// A pickle stream is malformed or describes something ckpt cannot
+    /// represent.
+    #[error("{}: {entry} at byte {offset}: {problem}", path.display())]
+    Pickle {
+        /// The path.
+        path: PathBuf,
+        /// The pickle's name inside the file (`data.pkl`).
+        entry: String,
+        /// The opcode's offset in the pickle (0 when found after parsing).
+        offset: u64,
+        /// What is wrong.
+        problem: &'static str,
+    },
+
+    /// A pickle opcode outside the set ckpt reads.
+    #[error("{}: {entry} at byte {offset}: unsupported pickle opcode {opcode:#04x} ({:?})", path.display(), *opcode as char)]
+    PickleOpcode {
+        /// The path.
+        path: PathBuf,
+        /// The pickle's name inside the file.
+        entry: String,
+        /// The opcode's offset in the pickle.
+        offset: u64,
+        /// The opcode byte.
+        opcode: u8,
+    },
+
+    /// A pickle names a global that ckpt will not call or represent.
+    #[error("{}: refusing global {global} in {entry} (ckpt never runs code from a file)", path.display())]
+    RefusedGlobal {
+        /// The path.
+        path: PathBuf,
+        /// The pickle's name inside the file.
+        entry: String,
+        /// `module.name`.
+        global: String,
+    },
+
+    /// A tensor's storage is missing, the wrong size, or too small for the
+    /// view that uses it.
+    #[error("{}: storage {key:?}: {problem}", path.display())]
+    BadStorage {
+        /// The path.
+        path: PathBuf,
+        /// The storage key (`data/<key>`).
+        key: String,
+        /// What is wrong.
+        problem: &'static str,
     },
 
     /// A value that must be a flat dict of tensors is something else.

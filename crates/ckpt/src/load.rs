@@ -87,6 +87,7 @@ fn read_buffer(format: Format, buffer: Arc<Buffer>, path: &Path) -> Result<Loade
     format.confirm(&bytes[..bytes.len().min(16)], path)?;
     match format {
         Format::Safetensors => format::safetensors::read(buffer, path),
+        Format::PyTorch => format::pytorch::read(buffer, path),
         other => Err(Error::Unsupported {
             path: path.to_owned(),
             format: other,

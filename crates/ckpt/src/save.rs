@@ -61,6 +61,10 @@ pub fn save_with(path: impl AsRef<Path>, value: &Value, options: &SaveOptions) -
             let plan = format::safetensors::Plan::new(value, &options.metadata)?;
             crate::io::write_atomic(path, options.durable, |out| plan.write_to(out))
         }
+        Format::PyTorch => {
+            let plan = format::pytorch::Plan::new(value, path)?;
+            crate::io::write_atomic(path, options.durable, |out| plan.write_to(out))
+        }
         other => Err(Error::Unsupported {
             path: path.to_owned(),
             format: other,

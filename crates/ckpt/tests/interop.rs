@@ -152,3 +152,130 @@ fn files_python_safetensors_writes_load_in_ckpt() {
         }
     }
 }
+
+/// The exact description peer.py's `describe_tree` gives a loaded tree.
+fn describe_tree(v: &Value) -> Json {
+    match v {
+        Value::None => Json::Null,
+        Value::Bool(b) => json!(b),
+        Value::Int(i) => json!({"int": i.to_string()}),
+        Value::Float(f) => json!({"float": format!("{:016x}", f.to_bits())}),
+        Value::Str(s) => json!(s),
+        Value::Bytes(b) => json!({"bytes": hex(b)}),
+        Value::Tensor(t) => {
+            json!({"tensor": {"dtype": t.dtype().torch_name(), "shape": t.shape(), "hex": hex(t.bytes())}})
+        }
+        Value::Tuple(items) => {
+            json!({"tuple": items.iter().map(describe_tree).collect::<Vec<_>>()})
+        }
+        Value::List(items) => json!({"list": items.iter().map(describe_tree).collect::<Vec<_>>()}),
+        Value::Dict(d) => json!({"dict": d.iter().map(|(k, v)| {
+            let key = match k { Key::Str(s) => json!(s), Key::Int(i) => json!({"int": i.to_string()}) };
+            json!([key, describe_tree(v)])
+        }).collect::<Vec<_>>()}),
+    }
+}
+
+fn random_tree(seed: &mut u64, depth: usize) -> Value {
+    let pick = bytes(2, seed);
+    let kinds = if depth < 3 { 11 } else { 7 };
+    match pick[0] as usize % kinds {
+        0 => Value::None,
+        1 => Value::Bool(pick[1] & 1 == 1),
+        2 => Value::Int(
+            [
+                0,
+                1,
+                255,
+                256,
+                65535,
+                65536,
+                -1,
+                i32::MIN as i64,
+                1 << 31,
+                i64::MIN,
+                i64::MAX,
+            ][pick[1] as usize % 11],
+        ),
+        3 => Value::Float(
+            [
+                0.0,
+                -0.0,
+                0.1,
+                1e-300,
+                -1e300,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                3.25,
+            ][pick[1] as usize % 8],
+        ),
+        4 => Value::Str(["", "lr", "ünïcode", "a/b"][pick[1] as usize % 4].to_owned()),
+        5 => Value::Bytes(bytes(pick[1] as usize % 6, seed)),
+        6 => Value::Tensor(random_state_dict(seed).into_iter().next().map_or_else(
+            || TensorData::new(DType::F32, vec![0], vec![]).unwrap(),
+            |(_, t)| t,
+        )),
+        7 => Value::List(
+            (0..pick[1] % 4)
+                .map(|_| random_tree(seed, depth + 1))
+                .collect(),
+        ),
+        8 => Value::Tuple(
+            (0..pick[1] % 5)
+                .map(|_| random_tree(seed, depth + 1))
+                .collect(),
+        ),
+        _ => Value::Dict(
+            (0..pick[1] % 4)
+                .map(|i| {
+                    let key = if bytes(1, seed)[0] % 2 == 0 {
+                        Key::Int(i as i64 - 1)
+                    } else {
+                        Key::Str(format!("k{i}"))
+                    };
+                    (key, random_tree(seed, depth + 1))
+                })
+                .collect(),
+        ),
+    }
+}
+
+#[test]
+fn pth_files_ckpt_writes_load_in_torch_with_weights_only() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut manifest = serde_json::Map::new();
+    let mut seed = 7u64;
+    for i in 0..40 {
+        let mut root = Dict::new();
+        root.insert("epoch".into(), Value::Int(i));
+        root.insert("tree".into(), random_tree(&mut seed, 0));
+        root.insert("model".into(), random_state_dict(&mut seed).into());
+        let value = Value::Dict(root);
+        let name = format!("ckpt-{i}.pth");
+        ckpt::save(dir.path().join(&name), &value).unwrap();
+        manifest.insert(name, describe_tree(&value));
+    }
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        Json::Object(manifest).to_string(),
+    )
+    .unwrap();
+    peer(&python, &["check-pth", dir.path().to_str().unwrap()]);
+}
+
+#[test]
+fn pth_files_torch_writes_load_in_ckpt() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    peer(
+        &python,
+        &["write-pth", dir.path().to_str().unwrap(), "40", "11"],
+    );
+    let manifest: Json =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    for (file, want) in manifest.as_object().unwrap() {
+        let value = ckpt::load(dir.path().join(file)).unwrap();
+        assert_eq!(&describe_tree(&value), want, "{file}");
+    }
+}

@@ -4,6 +4,7 @@
 //! The format is chosen by extension and confirmed by the first bytes; a
 //! file whose contents are plainly another format is refused naming both.
 
+pub mod pytorch;
 pub mod safetensors;
 
 use std::fmt;

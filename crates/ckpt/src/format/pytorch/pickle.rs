@@ -1,0 +1,964 @@
+//! A restricted pickle reader: a stack machine that builds plain data and
+//! never runs anything.
+//!
+//! It knows the opcodes of protocols 2–5 (text-only protocol 0/1 opcodes are
+//! refused by name) and a short list of globals — the ones `torch.save`
+//! uses for plain data and tensors. A call (`REDUCE`) of any other global is
+//! refused, naming it. Instances of other classes (`NEWOBJ`, as whole-module
+//! pickles contain) become opaque objects that are never called; turning
+//! them into a [`Value`] is refused, naming the class.
+//!
+//! Objects live in an arena so that containers shared through the memo see
+//! later mutations, as in Python. Converting to a [`Value`] copies shared
+//! objects, under a node budget and a depth limit so that neither a cycle
+//! nor a "billion laughs" of shared references can exhaust memory. Lengths
+//! in the stream are checked against the bytes that remain before anything
+//! is allocated.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::storage_dtype;
+use crate::{DType, Dict, Error, Key, Result, Value};
+
+/// Index of an object in the arena.
+pub(crate) type Id = usize;
+
+/// What a persistent id names: a storage in the archive.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StorageRef {
+    /// The storage's key (`data/<key>`).
+    pub key: String,
+    /// The element type, or `None` for an `UntypedStorage` (bytes).
+    pub dtype: Option<DType>,
+    /// Its length in elements (bytes when untyped).
+    pub numel: u64,
+}
+
+/// A tensor as the pickle describes it: a view of a storage.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TensorRef {
+    /// The storage object.
+    pub storage: StorageRef,
+    /// The tensor's dtype.
+    pub dtype: DType,
+    /// Offset in elements.
+    pub offset: u64,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// Strides in elements.
+    pub stride: Vec<u64>,
+}
+
+/// An object built by the machine.
+#[derive(Debug, Clone)]
+pub(crate) enum Obj {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Bytes(Vec<u8>),
+    List(Vec<Id>),
+    Tuple(Vec<Id>),
+    Dict(Vec<(Id, Id)>),
+    Global(String, String),
+    Dtype(DType),
+    Storage(StorageRef),
+    Tensor(TensorRef),
+    /// An instance of a class outside the allow-list, never called.
+    Object {
+        class: (String, String),
+        state: Option<Id>,
+    },
+}
+
+/// The result of running a pickle stream.
+pub(crate) struct Unpickled {
+    /// Every object built.
+    pub arena: Vec<Obj>,
+    /// The object `STOP` returned.
+    pub root: Id,
+}
+
+#[derive(Clone, Copy)]
+enum Item {
+    Mark,
+    Obj(Id),
+}
+
+/// How many `Value` nodes one pickle may expand to, shared objects counted
+/// each time they are reached: twice the objects the stream built, plus
+/// this much slack for legitimately shared values.
+const NODE_SLACK: usize = 100_000;
+/// The deepest nesting converted (a cycle hits this).
+const MAX_DEPTH: usize = 256;
+
+struct Machine<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+    entry: &'a str,
+    arena: Vec<Obj>,
+    stack: Vec<Item>,
+    memo: HashMap<u32, Id>,
+    /// Where each value pushed since each MARK starts.
+    op_start: usize,
+}
+
+/// Runs the pickle stream in `bytes` (the zip entry `entry` of `path`).
+pub(crate) fn unpickle(bytes: &[u8], path: &Path, entry: &str) -> Result<Unpickled> {
+    let mut m = Machine {
+        bytes,
+        pos: 0,
+        path,
+        entry,
+        arena: Vec::new(),
+        stack: Vec::new(),
+        memo: HashMap::new(),
+        op_start: 0,
+    };
+    let root = m.run()?;
+    Ok(Unpickled {
+        arena: m.arena,
+        root,
+    })
+}
+
+impl Machine<'_> {
+    fn err(&self, problem: &'static str) -> Error {
+        Error::Pickle {
+            path: self.path.to_owned(),
+            entry: self.entry.to_owned(),
+            offset: self.op_start as u64,
+            problem,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        match self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()) {
+            Some(end) => {
+                let s = &self.bytes[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(self.err("the stream ends inside an opcode's argument")),
+        }
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().unwrap_or_default(),
+        ))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
+    }
+
+    fn len(&mut self, n: u64) -> Result<usize> {
+        // Checked against what remains before anything is allocated.
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| n <= self.bytes.len() - self.pos)
+            .ok_or_else(|| self.err("a length runs past the end of the stream"))
+    }
+
+    fn line(&mut self) -> Result<String> {
+        let rest = &self.bytes[self.pos..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| self.err("a GLOBAL name has no newline"))?;
+        let s = std::str::from_utf8(&rest[..end])
+            .map_err(|_| self.err("a GLOBAL name is not UTF-8"))?
+            .to_owned();
+        self.pos += end + 1;
+        Ok(s)
+    }
+
+    fn alloc(&mut self, obj: Obj) -> Id {
+        self.arena.push(obj);
+        self.arena.len() - 1
+    }
+
+    fn push(&mut self, obj: Obj) {
+        let id = self.alloc(obj);
+        self.stack.push(Item::Obj(id));
+    }
+
+    fn pop(&mut self) -> Result<Id> {
+        match self.stack.pop() {
+            Some(Item::Obj(id)) => Ok(id),
+            Some(Item::Mark) => Err(self.err("expected a value, found a MARK")),
+            None => Err(self.err("the stack is empty")),
+        }
+    }
+
+    fn top(&self) -> Result<Id> {
+        match self.stack.last() {
+            Some(Item::Obj(id)) => Ok(*id),
+            _ => Err(self.err("expected a value on the stack")),
+        }
+    }
+
+    /// Pops everything down to the last MARK.
+    fn pop_mark(&mut self) -> Result<Vec<Id>> {
+        let mark = self
+            .stack
+            .iter()
+            .rposition(|i| matches!(i, Item::Mark))
+            .ok_or_else(|| self.err("no MARK on the stack"))?;
+        let items = self.stack.split_off(mark + 1);
+        self.stack.pop();
+        Ok(items
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Obj(id) => Some(id),
+                Item::Mark => None,
+            })
+            .collect())
+    }
+
+    fn memo_get(&self, key: u32) -> Result<Id> {
+        self.memo
+            .get(&key)
+            .copied()
+            .ok_or_else(|| self.err("a memo lookup names no stored value"))
+    }
+
+    fn memo_put(&mut self, key: u32) -> Result<()> {
+        let id = self.top()?;
+        self.memo.insert(key, id);
+        Ok(())
+    }
+
+    fn int(&mut self, bytes_len: usize) -> Result<i64> {
+        let raw = self.take(bytes_len)?.to_vec();
+        long_from_le(&raw).ok_or_else(|| self.err("an integer does not fit in 64 bits"))
+    }
+
+    fn append(&mut self, list: Id, items: Vec<Id>) -> Result<()> {
+        match &mut self.arena[list] {
+            Obj::List(v) => {
+                v.extend(items);
+                Ok(())
+            }
+            // Sets built by EMPTY_SET/ADDITEMS are kept as lists.
+            _ => Err(self.err("APPEND to something that is not a list")),
+        }
+    }
+
+    fn set_items(&mut self, dict: Id, items: Vec<Id>) -> Result<()> {
+        if items.len() % 2 != 0 {
+            return Err(self.err("SETITEMS with an odd number of values"));
+        }
+        match &mut self.arena[dict] {
+            Obj::Dict(pairs) => {
+                pairs.extend(items.chunks_exact(2).map(|kv| (kv[0], kv[1])));
+                Ok(())
+            }
+            _ => Err(self.err("SETITEM on something that is not a dict")),
+        }
+    }
+
+    fn run(&mut self) -> Result<Id> {
+        loop {
+            self.op_start = self.pos;
+            let op = self
+                .u8()
+                .map_err(|_| self.err("the stream ends without STOP"))?;
+            match op {
+                0x80 => {
+                    self.u8()?; // PROTO: any version is read the same way
+                }
+                0x95 => {
+                    self.u64()?; // FRAME: a length hint only
+                }
+                b'.' => return self.pop(),
+                b'(' => self.stack.push(Item::Mark),
+                b'0' => {
+                    self.stack
+                        .pop()
+                        .ok_or_else(|| self.err("POP on an empty stack"))?;
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                b'2' => {
+                    let id = self.top()?;
+                    self.stack.push(Item::Obj(id));
+                }
+                b'N' => self.push(Obj::None),
+                0x88 => self.push(Obj::Bool(true)),
+                0x89 => self.push(Obj::Bool(false)),
+                b'J' => {
+                    let v = self.u32()? as i32;
+                    self.push(Obj::Int(v as i64));
+                }
+                b'K' => {
+                    let v = self.u8()?;
+                    self.push(Obj::Int(v as i64));
+                }
+                b'M' => {
+                    let v = self.u16()?;
+                    self.push(Obj::Int(v as i64));
+                }
+                0x8a => {
+                    let n = self.u8()? as usize;
+                    let v = self.int(n)?;
+                    self.push(Obj::Int(v));
+                }
+                0x8b => {
+                    let n = self.u32()? as u64;
+                    let n = self.len(n)?;
+                    let v = self.int(n)?;
+                    self.push(Obj::Int(v));
+                }
+                b'G' => {
+                    let v = f64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default());
+                    self.push(Obj::Float(v));
+                }
+                b'X' | 0x8c | 0x8d => {
+                    let n = match op {
+                        b'X' => self.u32()? as u64,
+                        0x8c => self.u8()? as u64,
+                        _ => self.u64()?,
+                    };
+                    let n = self.len(n)?;
+                    let s = match std::str::from_utf8(self.take(n)?) {
+                        Ok(s) => s.to_owned(),
+                        Err(_) => return Err(self.err("a string is not UTF-8")),
+                    };
+                    self.push(Obj::Str(s));
+                }
+                b'U' | b'T' => {
+                    // Python 2 byte strings; Python 3 reads them as latin-1 text.
+                    let n = if op == b'U' {
+                        self.u8()? as u64
+                    } else {
+                        self.u32()? as u64
+                    };
+                    let n = self.len(n)?;
+                    let s = self.take(n)?.iter().map(|&b| b as char).collect();
+                    self.push(Obj::Str(s));
+                }
+                b'B' | b'C' | 0x8e | 0x96 => {
+                    let n = match op {
+                        b'B' => self.u32()? as u64,
+                        b'C' => self.u8()? as u64,
+                        _ => self.u64()?,
+                    };
+                    let n = self.len(n)?;
+                    let b = self.take(n)?.to_vec();
+                    self.push(Obj::Bytes(b));
+                }
+                b')' => self.push(Obj::Tuple(Vec::new())),
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.push(Obj::Tuple(items));
+                }
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    if self.stack.len() < n {
+                        return Err(self.err("TUPLE with too few values"));
+                    }
+                    let mut items = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        items.push(self.pop()?);
+                    }
+                    items.reverse();
+                    self.push(Obj::Tuple(items));
+                }
+                b']' | 0x8f => self.push(Obj::List(Vec::new())),
+                b'l' | 0x91 => {
+                    let items = self.pop_mark()?;
+                    self.push(Obj::List(items));
+                }
+                b'a' => {
+                    let item = self.pop()?;
+                    let list = self.top()?;
+                    self.append(list, vec![item])?;
+                }
+                b'e' | 0x90 => {
+                    let items = self.pop_mark()?;
+                    let list = self.top()?;
+                    self.append(list, items)?;
+                }
+                b'}' => self.push(Obj::Dict(Vec::new())),
+                b'd' => {
+                    let items = self.pop_mark()?;
+                    let dict = self.alloc(Obj::Dict(Vec::new()));
+                    self.set_items(dict, items)?;
+                    self.stack.push(Item::Obj(dict));
+                }
+                b's' => {
+                    let value = self.pop()?;
+                    let key = self.pop()?;
+                    let dict = self.top()?;
+                    self.set_items(dict, vec![key, value])?;
+                }
+                b'u' => {
+                    let items = self.pop_mark()?;
+                    let dict = self.top()?;
+                    self.set_items(dict, items)?;
+                }
+                b'c' => {
+                    let module = self.line()?;
+                    let name = self.line()?;
+                    self.push(global(module, name));
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    match (&self.arena[module], &self.arena[name]) {
+                        (Obj::Str(m), Obj::Str(n)) => {
+                            let global = global(m.clone(), n.clone());
+                            self.push(global);
+                        }
+                        _ => return Err(self.err("STACK_GLOBAL needs two strings")),
+                    }
+                }
+                b'h' => {
+                    let k = self.u8()? as u32;
+                    let id = self.memo_get(k)?;
+                    self.stack.push(Item::Obj(id));
+                }
+                b'j' => {
+                    let k = self.u32()?;
+                    let id = self.memo_get(k)?;
+                    self.stack.push(Item::Obj(id));
+                }
+                b'q' => {
+                    let k = self.u8()? as u32;
+                    self.memo_put(k)?;
+                }
+                b'r' => {
+                    let k = self.u32()?;
+                    self.memo_put(k)?;
+                }
+                0x94 => {
+                    let k = self.memo.len() as u32;
+                    self.memo_put(k)?;
+                }
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let storage = self.persistent_id(pid)?;
+                    self.push(Obj::Storage(storage));
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    let result = self.reduce(callable, args)?;
+                    self.stack.push(Item::Obj(result));
+                }
+                0x81 => {
+                    let _args = self.pop()?;
+                    let class = self.pop()?;
+                    self.new_object(class)?;
+                }
+                0x92 => {
+                    let _kwargs = self.pop()?;
+                    let _args = self.pop()?;
+                    let class = self.pop()?;
+                    self.new_object(class)?;
+                }
+                b'b' => {
+                    let state = self.pop()?;
+                    let target = self.top()?;
+                    match &mut self.arena[target] {
+                        Obj::Object { state: slot, .. } => *slot = Some(state),
+                        // torch BUILDs attributes onto OrderedDicts
+                        // (`_metadata`) and tensors (Parameter state); the
+                        // data itself is complete without them.
+                        Obj::Dict(_) | Obj::Tensor(_) => {}
+                        _ => return Err(self.err("BUILD on a value that takes no state")),
+                    }
+                }
+                _ => {
+                    return Err(Error::PickleOpcode {
+                        path: self.path.to_owned(),
+                        entry: self.entry.to_owned(),
+                        offset: self.op_start as u64,
+                        opcode: op,
+                    })
+                }
+            }
+        }
+    }
+
+    fn global_name(&self, id: Id) -> Option<(&str, &str)> {
+        match &self.arena[id] {
+            Obj::Global(m, n) => Some((m, n)),
+            _ => None,
+        }
+    }
+
+    fn refuse(&self, id: Id) -> Error {
+        let global = match self.global_name(id) {
+            Some((m, n)) => format!("{m}.{n}"),
+            None => "a non-global value".to_owned(),
+        };
+        Error::RefusedGlobal {
+            path: self.path.to_owned(),
+            entry: self.entry.to_owned(),
+            global,
+        }
+    }
+
+    fn new_object(&mut self, class: Id) -> Result<()> {
+        let (m, n) = self
+            .global_name(class)
+            .ok_or_else(|| self.err("NEWOBJ of something that is not a class"))?;
+        let class = (m.to_owned(), n.to_owned());
+        self.push(Obj::Object { class, state: None });
+        Ok(())
+    }
+
+    fn tuple(&self, id: Id) -> Result<Vec<Id>> {
+        match &self.arena[id] {
+            Obj::Tuple(items) => Ok(items.clone()),
+            _ => Err(self.err("call arguments are not a tuple")),
+        }
+    }
+
+    fn as_int(&self, id: Id) -> Result<i64> {
+        match self.arena[id] {
+            Obj::Int(i) => Ok(i),
+            Obj::Bool(b) => Ok(b as i64),
+            _ => Err(self.err("expected an integer")),
+        }
+    }
+
+    fn as_str(&self, id: Id) -> Result<&str> {
+        match &self.arena[id] {
+            Obj::Str(s) => Ok(s),
+            _ => Err(self.err("expected a string")),
+        }
+    }
+
+    fn dims(&self, id: Id) -> Result<Vec<u64>> {
+        self.tuple(id)?
+            .into_iter()
+            .map(|d| {
+                u64::try_from(self.as_int(d)?).map_err(|_| self.err("a size or stride is negative"))
+            })
+            .collect()
+    }
+
+    /// `('storage', <storage class>, key, location, numel[, view])`.
+    fn persistent_id(&self, pid: Id) -> Result<StorageRef> {
+        let parts = self
+            .tuple(pid)
+            .map_err(|_| self.err("a persistent id is not a tuple"))?;
+        let [tag, class, key, _location, numel, ..] = parts[..] else {
+            return Err(self.err("a persistent id has fewer than 5 parts"));
+        };
+        if self.as_str(tag)? != "storage" {
+            return Err(self.err("a persistent id is not a storage"));
+        }
+        let dtype = match self.global_name(class) {
+            Some(("torch.storage", "UntypedStorage")) => None,
+            Some(("torch", name)) => Some(storage_dtype(name).ok_or_else(|| self.refuse(class))?),
+            _ => return Err(self.refuse(class)),
+        };
+        let key = match &self.arena[key] {
+            Obj::Str(s) => s.clone(),
+            Obj::Int(i) => i.to_string(),
+            _ => return Err(self.err("a storage key is not a string")),
+        };
+        let numel = u64::try_from(self.as_int(numel)?)
+            .map_err(|_| self.err("a storage length is negative"))?;
+        Ok(StorageRef { key, dtype, numel })
+    }
+
+    fn reduce(&mut self, callable: Id, args: Id) -> Result<Id> {
+        let Some((module, name)) = self.global_name(callable) else {
+            return Err(self.err("REDUCE of something that is not a global"));
+        };
+        let args = self.tuple(args)?;
+        let obj = match (module, name) {
+            ("collections", "OrderedDict") => {
+                if !args.is_empty() {
+                    return Err(self.err("OrderedDict built from arguments"));
+                }
+                Obj::Dict(Vec::new())
+            }
+            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
+                Obj::Tensor(self.rebuild_tensor(&args, None)?)
+            }
+            ("torch._utils", "_rebuild_tensor_v3") => {
+                let dtype = match args.get(6).map(|&d| &self.arena[d]) {
+                    Some(Obj::Dtype(d)) => *d,
+                    _ => return Err(self.err("_rebuild_tensor_v3 without a dtype")),
+                };
+                Obj::Tensor(self.rebuild_tensor(&args, Some(dtype))?)
+            }
+            ("torch._utils", "_rebuild_parameter")
+            | ("torch._utils", "_rebuild_parameter_with_state") => {
+                let tensor = *args
+                    .first()
+                    .ok_or_else(|| self.err("_rebuild_parameter without a tensor"))?;
+                if !matches!(self.arena[tensor], Obj::Tensor(_)) {
+                    return Err(self.err("_rebuild_parameter of something that is not a tensor"));
+                }
+                return Ok(tensor);
+            }
+            ("torch._tensor", "_rebuild_from_type_v2") => {
+                let [func, _new_type, inner_args, ..] = args[..] else {
+                    return Err(self.err("_rebuild_from_type_v2 with too few arguments"));
+                };
+                return self.reduce(func, inner_args);
+            }
+            ("torch", "Size")
+            | ("builtins", "set")
+            | ("builtins", "frozenset")
+            | ("__builtin__", "set") => {
+                let items = match args.first().map(|&a| &self.arena[a]) {
+                    None => Vec::new(),
+                    Some(Obj::Tuple(items)) | Some(Obj::List(items)) => items.clone(),
+                    _ => {
+                        return Err(
+                            self.err("a size or set built from something that is not a sequence")
+                        )
+                    }
+                };
+                if (module, name) == ("torch", "Size") {
+                    Obj::Tuple(items)
+                } else {
+                    Obj::List(items)
+                }
+            }
+            ("torch", "device") => {
+                let parts: Vec<String> =
+                    args.iter()
+                        .map(|&a| match &self.arena[a] {
+                            Obj::Str(s) => Ok(s.clone()),
+                            Obj::Int(i) => Ok(i.to_string()),
+                            _ => Err(self.err(
+                                "torch.device with an argument that is not a string or index",
+                            )),
+                        })
+                        .collect::<Result<_>>()?;
+                Obj::Str(parts.join(":"))
+            }
+            ("_codecs", "encode") => {
+                let text = self.as_str(
+                    *args
+                        .first()
+                        .ok_or_else(|| self.err("_codecs.encode without text"))?,
+                )?;
+                let bytes = text
+                    .chars()
+                    .map(|c| u8::try_from(c as u32).ok())
+                    .collect::<Option<Vec<u8>>>()
+                    .ok_or_else(|| self.err("_codecs.encode text is not latin-1"))?;
+                Obj::Bytes(bytes)
+            }
+            ("builtins", "bytearray") | ("__builtin__", "bytearray") => {
+                match args.first().map(|&a| &self.arena[a]) {
+                    Some(Obj::Bytes(b)) => Obj::Bytes(b.clone()),
+                    None => Obj::Bytes(Vec::new()),
+                    _ => return Err(self.err("bytearray of something that is not bytes")),
+                }
+            }
+            ("copyreg", "_reconstructor") => {
+                let class = *args
+                    .first()
+                    .ok_or_else(|| self.err("_reconstructor without a class"))?;
+                let (m, n) = self
+                    .global_name(class)
+                    .ok_or_else(|| self.err("_reconstructor of something that is not a class"))?;
+                Obj::Object {
+                    class: (m.to_owned(), n.to_owned()),
+                    state: None,
+                }
+            }
+            _ => return Err(self.refuse(callable)),
+        };
+        Ok(self.alloc(obj))
+    }
+
+    fn rebuild_tensor(&self, args: &[Id], dtype: Option<DType>) -> Result<TensorRef> {
+        let [storage, offset, size, stride, ..] = args[..] else {
+            return Err(self.err("a tensor is rebuilt with too few arguments"));
+        };
+        let Obj::Storage(storage) = &self.arena[storage] else {
+            return Err(self.err("a tensor's storage is not a persistent id"));
+        };
+        let dtype = match (dtype, storage.dtype) {
+            (Some(d), _) | (None, Some(d)) => d,
+            (None, None) => return Err(self.err("an untyped storage without a dtype")),
+        };
+        let offset = u64::try_from(self.as_int(offset)?)
+            .map_err(|_| self.err("a storage offset is negative"))?;
+        let shape = self.dims(size)?;
+        let stride = self.dims(stride)?;
+        if shape.len() != stride.len() {
+            return Err(self.err("a tensor's size and stride differ in length"));
+        }
+        Ok(TensorRef {
+            storage: storage.clone(),
+            dtype,
+            offset,
+            shape,
+            stride,
+        })
+    }
+}
+
+/// A global reference: a dtype (`torch.float32`) becomes its value; any
+/// other name stays a name, which is never called unless allow-listed.
+fn global(module: String, name: String) -> Obj {
+    match DType::from_torch(&name) {
+        Some(dtype) if module == "torch" => Obj::Dtype(dtype),
+        _ => Obj::Global(module, name),
+    }
+}
+
+/// Little-endian two's complement of any length, when it fits in an i64.
+fn long_from_le(raw: &[u8]) -> Option<i64> {
+    if raw.is_empty() {
+        return Some(0);
+    }
+    let negative = raw[raw.len() - 1] & 0x80 != 0;
+    let fill = if negative { 0xFF } else { 0x00 };
+    if raw.len() > 8 && raw[8..].iter().any(|&b| b != fill) {
+        return None;
+    }
+    let mut buf = [fill; 8];
+    let n = raw.len().min(8);
+    buf[..n].copy_from_slice(&raw[..n]);
+    let v = i64::from_le_bytes(buf);
+    // With more than 8 bytes the sign must also agree with bit 63.
+    (raw.len() <= 8 || (v < 0) == negative).then_some(v)
+}
+
+/// Turns the arena into a [`Value`], materialising tensors through
+/// `tensor`. Shared objects are copied; a shared tensor is materialised
+/// once.
+pub(crate) struct Converter<'a, F> {
+    unpickled: &'a Unpickled,
+    tensor: F,
+    path: &'a Path,
+    entry: &'a str,
+    budget: usize,
+    tensors: HashMap<Id, crate::TensorData>,
+}
+
+impl<'a, F: FnMut(&TensorRef) -> Result<crate::TensorData>> Converter<'a, F> {
+    /// A converter over `unpickled` that builds tensors with `tensor`.
+    pub(crate) fn new(unpickled: &'a Unpickled, path: &'a Path, entry: &'a str, tensor: F) -> Self {
+        Converter {
+            unpickled,
+            tensor,
+            path,
+            entry,
+            budget: unpickled
+                .arena
+                .len()
+                .saturating_mul(2)
+                .saturating_add(NODE_SLACK),
+            tensors: HashMap::new(),
+        }
+    }
+
+    fn err(&self, problem: &'static str) -> Error {
+        Error::Pickle {
+            path: self.path.to_owned(),
+            entry: self.entry.to_owned(),
+            offset: 0,
+            problem,
+        }
+    }
+
+    /// Converts the root object.
+    pub(crate) fn root(&mut self) -> Result<Value> {
+        self.value(self.unpickled.root, 0)
+    }
+
+    /// Converts object `id`.
+    pub(crate) fn value(&mut self, id: Id, depth: usize) -> Result<Value> {
+        if depth > MAX_DEPTH {
+            return Err(self.err("the data nests too deeply (or refers to itself)"));
+        }
+        self.budget = self
+            .budget
+            .checked_sub(1)
+            .ok_or_else(|| self.err("the data expands to too many values (shared references)"))?;
+        let arena = &self.unpickled.arena;
+        Ok(match &arena[id] {
+            Obj::None => Value::None,
+            Obj::Bool(b) => Value::Bool(*b),
+            Obj::Int(i) => Value::Int(*i),
+            Obj::Float(f) => Value::Float(*f),
+            Obj::Str(s) => Value::Str(s.clone()),
+            Obj::Bytes(b) => Value::Bytes(b.clone()),
+            Obj::List(items) => Value::List(self.values(items, depth)?),
+            Obj::Tuple(items) => Value::Tuple(self.values(items, depth)?),
+            Obj::Dict(pairs) => {
+                let mut dict = Dict::with_capacity(pairs.len());
+                for &(k, v) in pairs {
+                    let key = match &arena[k] {
+                        Obj::Str(s) => Key::Str(s.clone()),
+                        Obj::Int(i) => Key::Int(*i),
+                        Obj::Bool(b) => Key::Int(*b as i64),
+                        _ => return Err(self.err("a dict key is neither a string nor an integer")),
+                    };
+                    let value = self.value(v, depth + 1)?;
+                    // Python semantics: a repeated key keeps its first
+                    // position and takes the last value.
+                    dict.insert(key, value);
+                }
+                Value::Dict(dict)
+            }
+            Obj::Tensor(t) => {
+                if let Some(done) = self.tensors.get(&id) {
+                    return Ok(Value::Tensor(done.clone()));
+                }
+                let data = (self.tensor)(t)?;
+                self.tensors.insert(id, data.clone());
+                Value::Tensor(data)
+            }
+            Obj::Dtype(d) => Value::Str(d.torch_name().to_owned()),
+            Obj::Global(m, n) => {
+                return Err(Error::RefusedGlobal {
+                    path: self.path.to_owned(),
+                    entry: self.entry.to_owned(),
+                    global: format!("{m}.{n}"),
+                })
+            }
+            Obj::Storage(_) => return Err(self.err("a bare storage outside a tensor")),
+            Obj::Object { class, .. } => {
+                return Err(Error::RefusedGlobal {
+                    path: self.path.to_owned(),
+                    entry: self.entry.to_owned(),
+                    global: format!("{}.{}", class.0, class.1),
+                })
+            }
+        })
+    }
+
+    fn values(&mut self, items: &[Id], depth: usize) -> Result<Vec<Value>> {
+        items.iter().map(|&i| self.value(i, depth + 1)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(bytes: &[u8]) -> Result<Value> {
+        let u = unpickle(bytes, Path::new("t.pth"), "data.pkl")?;
+        Converter::new(&u, Path::new("t.pth"), "data.pkl", |_| unreachable!()).root()
+    }
+
+    #[test]
+    fn plain_data_round_trips_through_the_machine() {
+        // {'a': [1, 2.5, None, True], 3: ('x',)} as protocol 2 writes it.
+        let bytes = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01]q\x02(K\x01G@\x04\x00\x00\x00\x00\x00\x00N\x88eK\x03X\x01\x00\x00\x00x\x85u.";
+        let v = run(bytes).unwrap();
+        let Value::Dict(d) = v else { panic!() };
+        assert_eq!(
+            d[&Key::from("a")],
+            Value::List(vec![
+                Value::Int(1),
+                Value::Float(2.5),
+                Value::None,
+                Value::Bool(true)
+            ])
+        );
+        assert_eq!(d[&Key::Int(3)], Value::Tuple(vec![Value::Str("x".into())]));
+    }
+
+    #[test]
+    fn calling_os_system_is_refused_by_name() {
+        let bytes = b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00lsq\x00\x85R.";
+        let err = run(bytes).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("refusing global os.system in data.pkl"),
+            "{msg}"
+        );
+        assert!(msg.contains("never runs code"), "{msg}");
+    }
+
+    #[test]
+    fn stack_global_calls_are_refused_too() {
+        let bytes = b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93\x8c\x011\x85R.";
+        assert!(
+            matches!(run(bytes), Err(Error::RefusedGlobal { global, .. }) if global == "builtins.eval")
+        );
+    }
+
+    #[test]
+    fn text_opcodes_are_refused_by_name() {
+        assert!(matches!(
+            run(b"I1\n."),
+            Err(Error::PickleOpcode { opcode: b'I', .. })
+        ));
+    }
+
+    #[test]
+    fn claimed_lengths_are_checked_before_allocating() {
+        let bytes = b"\x80\x04\x8d\xff\xff\xff\xff\xff\xff\xff\x7f";
+        let err = run(bytes).unwrap_err();
+        assert!(err.to_string().contains("runs past the end"), "{err}");
+    }
+
+    #[test]
+    fn shared_references_cannot_explode() {
+        // a = [0]; then 40 times: a = [a, a] via memo: exponential as a tree.
+        let mut bytes = b"\x80\x02]q\x00K\x00a".to_vec();
+        for i in 0..40u8 {
+            bytes.extend_from_slice(&[b']', b'q', i + 1, b'h', i, b'a', b'h', i, b'a']);
+        }
+        bytes.push(b'.');
+        let err = run(&bytes).unwrap_err();
+        assert!(err.to_string().contains("too many values"), "{err}");
+    }
+
+    #[test]
+    fn a_list_containing_itself_is_an_error() {
+        let bytes = b"\x80\x02]q\x00h\x00a.";
+        assert!(run(bytes)
+            .unwrap_err()
+            .to_string()
+            .contains("nests too deeply"));
+    }
+
+    #[test]
+    fn mutations_after_memoizing_are_seen_through_the_memo() {
+        // d = {}; memo it; return (d, d) after adding a key to it.
+        let bytes = b"\x80\x02}q\x00X\x01\x00\x00\x00kK\x01sh\x00\x86.";
+        let v = run(bytes).unwrap();
+        let mut d = Dict::new();
+        d.insert("k".into(), Value::Int(1));
+        assert_eq!(
+            v,
+            Value::Tuple(vec![Value::Dict(d.clone()), Value::Dict(d)])
+        );
+    }
+
+    #[test]
+    fn longs_of_any_width_decode_or_refuse() {
+        assert_eq!(long_from_le(&[]), Some(0));
+        assert_eq!(long_from_le(&[0xff]), Some(-1));
+        assert_eq!(long_from_le(&[0x00, 0x80]), Some(-32768));
+        assert_eq!(long_from_le(&[1, 0, 0, 0, 0, 0, 0, 0, 0]), Some(1));
+        assert_eq!(long_from_le(&[0, 0, 0, 0, 0, 0, 0, 0x80, 0]), None);
+        assert_eq!(long_from_le(&[0, 0, 0, 0, 0, 0, 0, 0, 1]), None);
+    }
+}

@@ -1,0 +1,155 @@
+//! `.pth` files written by real torch (tests/fixtures/make_fixtures.py):
+//! ckpt reads them exactly as `torch.load` shows them, refuses what it must,
+//! and writes files that read back identically.
+
+use std::path::{Path, PathBuf};
+
+use ckpt::{Error, Key, Value};
+use serde_json::{json, Value as Json};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The same description make_fixtures.py writes for a `torch.load` result.
+fn describe(v: &Value) -> Json {
+    match v {
+        Value::None => Json::Null,
+        Value::Bool(b) => json!(b),
+        Value::Int(i) => json!({"int": i.to_string()}),
+        Value::Float(f) => json!({"float": format!("{:016x}", f.to_bits())}),
+        Value::Str(s) => json!(s),
+        Value::Bytes(b) => json!({"bytes": hex(b)}),
+        Value::Tensor(t) => {
+            json!({"tensor": {"dtype": t.dtype().torch_name(), "shape": t.shape(), "hex": hex(t.bytes())}})
+        }
+        Value::Tuple(items) => json!({"tuple": items.iter().map(describe).collect::<Vec<_>>()}),
+        Value::List(items) => json!({"list": items.iter().map(describe).collect::<Vec<_>>()}),
+        Value::Dict(d) => json!({"dict": d.iter().map(|(k, v)| {
+            let key = match k { Key::Str(s) => json!(s), Key::Int(i) => json!({"int": i.to_string()}) };
+            json!([key, describe(v)])
+        }).collect::<Vec<_>>()}),
+    }
+}
+
+fn expected(name: &str) -> Json {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
+}
+
+#[test]
+fn every_dtype_reads_as_torch_shows_it() {
+    let v = ckpt::load(fixture("pth/all_dtypes.pth")).unwrap();
+    assert_eq!(describe(&v), expected("pth/all_dtypes.expected.json"));
+}
+
+#[test]
+fn views_strides_offsets_and_expansions_read_as_torch_shows_them() {
+    let v = ckpt::load(fixture("pth/views.pth")).unwrap();
+    assert_eq!(describe(&v), expected("pth/views.expected.json"));
+    // Contiguous views borrow the map; strided ones are gathered copies.
+    assert!(v.get("base").unwrap().as_tensor().unwrap().is_mapped());
+    assert!(v.get("row").unwrap().as_tensor().unwrap().is_mapped());
+    assert!(!v
+        .get("transposed")
+        .unwrap()
+        .as_tensor()
+        .unwrap()
+        .is_mapped());
+}
+
+#[test]
+fn a_training_checkpoint_reads_as_a_tree() {
+    let v = ckpt::load(fixture("pth/checkpoint.pth")).unwrap();
+    assert_eq!(describe(&v), expected("pth/checkpoint.expected.json"));
+    let opt = v.get("optimizer_state_dict").unwrap();
+    let Value::Dict(state) = opt.get("state").unwrap() else {
+        panic!()
+    };
+    assert!(state.contains_key(&Key::Int(0)));
+    let group = match opt.get("param_groups").unwrap() {
+        Value::List(groups) => &groups[0],
+        other => panic!("{other:?}"),
+    };
+    assert!(matches!(group.get("betas"), Some(Value::Tuple(b)) if b.len() == 2));
+}
+
+#[test]
+fn big_endian_storages_are_swapped() {
+    let big = ckpt::load(fixture("pth/big_endian.pth")).unwrap();
+    assert_eq!(describe(&big), expected("pth/all_dtypes.expected.json"));
+}
+
+#[test]
+fn parameters_load_as_tensors() {
+    let v = ckpt::load(fixture("pth/parameter.pth")).unwrap();
+    let t = v.get("weight").unwrap().as_tensor().unwrap();
+    assert_eq!(t.shape(), &[2, 2]);
+}
+
+#[test]
+fn pth_round_trips_through_ckpt_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["all_dtypes", "views", "checkpoint"] {
+        let v = ckpt::load(fixture(&format!("pth/{name}.pth"))).unwrap();
+        for ext in ["pth", "safetensors"] {
+            let out = dir.path().join(format!("{name}.{ext}"));
+            ckpt::save(&out, &v).unwrap();
+            assert_eq!(ckpt::load(&out).unwrap(), v, "{name}.{ext}");
+        }
+    }
+}
+
+#[test]
+fn a_malicious_pickle_is_refused_and_nothing_runs() {
+    let marker = Path::new("/tmp/ckpt-exploited");
+    let _ = std::fs::remove_file(marker);
+    let err = ckpt::load(fixture("hostile/malicious.pth")).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::RefusedGlobal { ref global, .. } if global.ends_with(".system")),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("malicious.pth") && msg.contains("never runs code"),
+        "{msg}"
+    );
+    assert!(!marker.exists());
+}
+
+#[test]
+fn whole_module_pickles_are_refused_naming_the_class_for_now() {
+    let err = ckpt::load(fixture("pth/full_model.pth")).unwrap_err();
+    assert!(
+        matches!(err, Error::RefusedGlobal { ref global, .. } if global == "__main__.Tiny"),
+        "{err}"
+    );
+}
+
+#[test]
+fn legacy_and_torchscript_files_say_they_are_not_supported_yet() {
+    for name in ["pth/legacy.pth", "pth/torchscript.pt"] {
+        let err = ckpt::load(fixture(name)).unwrap_err();
+        assert!(matches!(err, Error::Unsupported { .. }), "{name}: {err}");
+    }
+}
+
+#[test]
+fn hostile_pth_files_are_errors_naming_the_file() {
+    for name in [
+        "truncated.pth",
+        "random.pth",
+        "short_storage.pth",
+        "bad_pickle.pth",
+    ] {
+        let err = ckpt::load(fixture(&format!("hostile/{name}"))).expect_err(name);
+        assert!(err.to_string().contains(name), "{name}: {err}");
+    }
+    let err = ckpt::load(fixture("hostile/short_storage.pth")).unwrap_err();
+    assert!(matches!(err, Error::BadStorage { .. }), "{err}");
+}
