@@ -4,10 +4,11 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
-use ckpt::{Key, LoadOptions, StateDict, Value};
-use serde_json::{json, Value as Json};
+use ckpt::{LoadOptions, StateDict};
+use serde_json::json;
 
 use crate::output::{human_bytes, thousands, Table};
+use crate::values::{collect_values, repr, to_json};
 
 /// Prints the tensors, values and metadata of `file`.
 pub fn run(file: &Path, as_json: bool, out: &mut dyn Write) -> Result<()> {
@@ -72,93 +73,4 @@ pub fn run(file: &Path, as_json: bool, out: &mut dyn Write) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn has_tensor(value: &Value) -> bool {
-    match value {
-        Value::Tensor(_) => true,
-        Value::List(items) | Value::Tuple(items) => items.iter().any(has_tensor),
-        Value::Dict(dict) => dict.values().any(has_tensor),
-        _ => false,
-    }
-}
-
-/// The parts of a tree that hold no tensor, by path: `epoch`, `loss`,
-/// `optimizer_state_dict/param_groups/0/betas`.
-fn collect_values(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
-    if !has_tensor(value) {
-        if !path.is_empty() {
-            out.push((path.to_owned(), value.clone()));
-        }
-        return;
-    }
-    let join = |label: &dyn std::fmt::Display| {
-        if path.is_empty() {
-            label.to_string()
-        } else {
-            format!("{path}{}{label}", ckpt::SEPARATOR)
-        }
-    };
-    match value {
-        Value::List(items) | Value::Tuple(items) => {
-            for (i, v) in items.iter().enumerate() {
-                collect_values(v, &join(&i), out);
-            }
-        }
-        Value::Dict(dict) => {
-            for (k, v) in dict {
-                collect_values(v, &join(k), out);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// A Python-like rendering of a tensor-free value.
-fn repr(value: &Value) -> String {
-    let seq = |items: &[Value]| items.iter().map(repr).collect::<Vec<_>>().join(", ");
-    match value {
-        Value::None => "None".into(),
-        Value::Bool(b) => if *b { "True" } else { "False" }.into(),
-        Value::Int(i) => i.to_string(),
-        Value::Float(f) => format!("{f:?}"),
-        Value::Str(s) => format!("{s:?}"),
-        Value::Bytes(b) => format!("<{} bytes>", b.len()),
-        Value::List(items) => format!("[{}]", seq(items)),
-        Value::Tuple(items) if items.len() == 1 => format!("({},)", repr(&items[0])),
-        Value::Tuple(items) => format!("({})", seq(items)),
-        Value::Dict(dict) => {
-            let pairs: Vec<String> = dict
-                .iter()
-                .map(|(k, v)| match k {
-                    Key::Str(s) => format!("{s:?}: {}", repr(v)),
-                    Key::Int(i) => format!("{i}: {}", repr(v)),
-                })
-                .collect();
-            format!("{{{}}}", pairs.join(", "))
-        }
-        Value::Tensor(t) => format!("<tensor {} {:?}>", t.dtype(), t.shape()),
-    }
-}
-
-/// A JSON rendering of a tensor-free value (non-finite floats as strings).
-fn to_json(value: &Value) -> Json {
-    match value {
-        Value::None => Json::Null,
-        Value::Bool(b) => json!(b),
-        Value::Int(i) => json!(i),
-        Value::Float(f) if f.is_finite() => json!(f),
-        Value::Float(f) => json!(format!("{f:?}")),
-        Value::Str(s) => json!(s),
-        Value::Bytes(b) => json!(b),
-        Value::List(items) | Value::Tuple(items) => {
-            Json::Array(items.iter().map(to_json).collect())
-        }
-        Value::Dict(dict) => Json::Object(
-            dict.iter()
-                .map(|(k, v)| (k.to_string(), to_json(v)))
-                .collect(),
-        ),
-        Value::Tensor(t) => json!(format!("<tensor {} {:?}>", t.dtype(), t.shape())),
-    }
 }

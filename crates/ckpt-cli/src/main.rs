@@ -2,10 +2,13 @@
 //!
 //! The binary owns all output: libraries return values and errors, and
 //! this crate turns them into tables, JSON, messages and exit codes
-//! (0 success, 2 error).
+//! (0 success, 1 "differs" from `ckpt diff`, 2 error).
 
+mod convert;
+mod diff;
 mod inspect;
 mod output;
+mod values;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -42,16 +45,76 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+
+    /// Convert a checkpoint between formats: .safetensors and .pth/.pt
+    /// (any way round), optionally casting floats and renaming keys.
+    ///
+    /// A nested checkpoint keeps its whole tree: in a .safetensors file ckpt
+    /// stores the tree in the metadata, so converting back to .pth restores
+    /// the nesting. The output is written atomically. Integer and bool
+    /// tensors are never cast.
+    Convert {
+        /// The input file (any format ckpt reads).
+        input: PathBuf,
+        /// The output file; its extension picks the format.
+        output: PathBuf,
+        /// Cast every float tensor to this dtype: float32, float16,
+        /// bfloat16, float64 (or f32, f16, bf16, f64, half, float, double).
+        #[arg(long, value_parser = convert::parse_dtype)]
+        dtype: Option<ckpt::DType>,
+        /// Remove this prefix from every string key that has it (for
+        /// example `module.`, which DataParallel adds).
+        #[arg(long, value_name = "PREFIX")]
+        strip_prefix: Option<String>,
+    },
+
+    /// Compare two checkpoints, in any formats: keys only in one, dtype or
+    /// shape changes, per-tensor max absolute and relative difference, and
+    /// differing non-tensor values.
+    ///
+    /// Elements are equal when their bits match (NaN equals NaN) or
+    /// |a - b| <= atol + rtol * |b|. Exit code 0 when the files are equal
+    /// within the tolerances, 1 when they differ, 2 on error.
+    Diff {
+        /// The first file (A).
+        a: PathBuf,
+        /// The second file (B).
+        b: PathBuf,
+        /// Absolute tolerance.
+        #[arg(long, default_value_t = 0.0)]
+        atol: f64,
+        /// Relative tolerance.
+        #[arg(long, default_value_t = 0.0)]
+        rtol: f64,
+        /// Print JSON for programs instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut stdout = io::stdout().lock();
     let result = match cli.command {
-        Command::Inspect { file, json } => inspect::run(&file, json, &mut stdout),
+        Command::Inspect { file, json } => inspect::run(&file, json, &mut stdout).map(|()| 0),
+        Command::Convert {
+            input,
+            output,
+            dtype,
+            strip_prefix,
+        } => convert::run(&input, &output, dtype, strip_prefix.as_deref(), &mut stdout).map(|()| 0),
+        Command::Diff {
+            a,
+            b,
+            atol,
+            rtol,
+            json,
+        } => {
+            diff::run(&a, &b, atol, rtol, json, &mut stdout).map(|equal| if equal { 0 } else { 1 })
+        }
     };
-    match result.and_then(|()| stdout.flush().map_err(Into::into)) {
-        Ok(()) => ExitCode::SUCCESS,
+    match result.and_then(|code| stdout.flush().map(|()| code).map_err(Into::into)) {
+        Ok(code) => ExitCode::from(code),
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             output::error(&err);
@@ -62,6 +125,15 @@ fn main() -> ExitCode {
 
 /// A reader that went away (`ckpt inspect big.pth | head`) is not an error.
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<io::Error>()
-        .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    err.chain().any(|cause| {
+        let kind = cause
+            .downcast_ref::<io::Error>()
+            .map(io::Error::kind)
+            .or_else(|| {
+                cause
+                    .downcast_ref::<serde_json::Error>()
+                    .and_then(serde_json::Error::io_error_kind)
+            });
+        kind == Some(io::ErrorKind::BrokenPipe)
+    })
 }

@@ -128,3 +128,149 @@ fn missing_file_and_unknown_extension_are_clear_errors() {
         stderr(&out)
     );
 }
+
+#[test]
+fn convert_pth_to_safetensors_and_back_keeps_the_whole_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("c.safetensors");
+    let pth = dir.path().join("c.pth");
+    let source = fixture("pth/checkpoint.pth");
+    let out = ckpt(&["convert", source.to_str().unwrap(), st.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("27 tensors"), "{}", stdout(&out));
+    assert!(
+        ckpt(&["convert", st.to_str().unwrap(), pth.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert_eq!(ckpt::load(&pth).unwrap(), ckpt::load(&source).unwrap());
+    let diff = ckpt(&["diff", source.to_str().unwrap(), pth.to_str().unwrap()]);
+    assert_eq!(diff.status.code(), Some(0), "{}", stdout(&diff));
+    assert!(
+        stdout(&diff).starts_with("\nequal") || stdout(&diff).contains("equal: 27 tensors"),
+        "{}",
+        stdout(&diff)
+    );
+}
+
+#[test]
+fn convert_casts_floats_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("h.safetensors");
+    let out = ckpt(&[
+        "convert",
+        fixture("pth/checkpoint.pth").to_str().unwrap(),
+        out_path.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sd = ckpt::load_state_dict(&out_path).unwrap();
+    assert_eq!(sd["model_state_dict/fc1.weight"].dtype(), ckpt::DType::BF16);
+    assert_eq!(
+        sd["model_state_dict/bn.num_batches_tracked"].dtype(),
+        ckpt::DType::I64
+    );
+    let bad = ckpt(&["convert", "a.pth", "b.pth", "--dtype", "int8"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("not a float dtype"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn convert_strips_a_prefix_and_refuses_collisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("dp.safetensors");
+    let mut sd = ckpt::StateDict::new();
+    sd.insert(
+        "module.fc.weight".into(),
+        ckpt::TensorData::from_f32(&[1], &[1.0]).unwrap(),
+    );
+    sd.insert(
+        "module.fc.bias".into(),
+        ckpt::TensorData::from_f32(&[1], &[2.0]).unwrap(),
+    );
+    ckpt::save(&input, &sd.clone().into()).unwrap();
+    let output = dir.path().join("plain.pth");
+    let out = ckpt(&[
+        "convert",
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        "--strip-prefix",
+        "module.",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let names: Vec<String> = ckpt::load_state_dict(&output)
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(names, ["fc.weight", "fc.bias"]);
+
+    sd.insert(
+        "fc.bias".into(),
+        ckpt::TensorData::from_f32(&[1], &[3.0]).unwrap(),
+    );
+    ckpt::save(&input, &sd.into()).unwrap();
+    let out = ckpt(&[
+        "convert",
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        "--strip-prefix",
+        "module.",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("fc.bias"), "{}", stderr(&out));
+}
+
+#[test]
+fn diff_reports_differences_with_exit_1_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.pth");
+    let mut sa = ckpt::StateDict::new();
+    sa.insert(
+        "w".into(),
+        ckpt::TensorData::from_f32(&[3], &[1.0, 2.0, 3.0]).unwrap(),
+    );
+    sa.insert(
+        "gone".into(),
+        ckpt::TensorData::from_f32(&[1], &[0.0]).unwrap(),
+    );
+    let mut sb = ckpt::StateDict::new();
+    sb.insert(
+        "w".into(),
+        ckpt::TensorData::from_f32(&[3], &[1.0, 2.5, 3.0]).unwrap(),
+    );
+    sb.insert(
+        "new".into(),
+        ckpt::TensorData::from_f32(&[1], &[0.0]).unwrap(),
+    );
+    ckpt::save(&a, &sa.into()).unwrap();
+    ckpt::save(&b, &sb.into()).unwrap();
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+
+    let out = ckpt(&["diff", a, b]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("only in A: gone") && text.contains("only in B: new"),
+        "{text}"
+    );
+    assert!(text.contains("5.000e-1"), "{text}");
+
+    let out = ckpt(&["diff", "--json", "--atol", "0.6", a, b]);
+    assert_eq!(out.status.code(), Some(1)); // keys still differ
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["only_in_a"], serde_json::json!(["gone"]));
+    let w = &json["tensors"][0];
+    assert_eq!(w["name"], "w");
+    assert_eq!(w["equal"], true);
+    assert_eq!(w["max_abs"], 0.5);
+    assert_eq!(w["max_rel"], 0.2);
+
+    assert_eq!(ckpt(&["diff", a, "/no/such.pth"]).status.code(), Some(2));
+}

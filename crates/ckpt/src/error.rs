@@ -267,6 +267,15 @@ pub enum Error {
         problem: &'static str,
     },
 
+    /// A cast between dtypes that ckpt does not perform.
+    #[error("cannot cast {from} tensors to {to}")]
+    UnsupportedCast {
+        /// The tensor's dtype.
+        from: DType,
+        /// The requested dtype.
+        to: DType,
+    },
+
     /// A value that must be a flat dict of tensors is something else.
     #[error("not a state dict: {at} is {found}, expected a tensor")]
     NotAStateDict {

@@ -34,6 +34,7 @@
 //! - [`Error`]: every failure, naming the file and the place in it.
 #![deny(missing_docs)]
 
+mod cast;
 mod dtype;
 mod error;
 pub mod format;

@@ -113,6 +113,77 @@ impl Value {
         }
     }
 
+    /// A copy with every tensor replaced by `f(tensor)`, the structure
+    /// unchanged.
+    pub fn try_map_tensors(
+        &self,
+        f: &mut impl FnMut(&TensorData) -> crate::Result<TensorData>,
+    ) -> crate::Result<Value> {
+        Ok(match self {
+            Value::Tensor(t) => Value::Tensor(f(t)?),
+            Value::List(items) => Value::List(
+                items
+                    .iter()
+                    .map(|v| v.try_map_tensors(f))
+                    .collect::<crate::Result<_>>()?,
+            ),
+            Value::Tuple(items) => Value::Tuple(
+                items
+                    .iter()
+                    .map(|v| v.try_map_tensors(f))
+                    .collect::<crate::Result<_>>()?,
+            ),
+            Value::Dict(dict) => Value::Dict(
+                dict.iter()
+                    .map(|(k, v)| Ok((k.clone(), v.try_map_tensors(f)?)))
+                    .collect::<crate::Result<_>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
+    /// A copy where every string dict key, at every level, that starts with
+    /// `prefix` has it removed: `module.fc1.weight` -> `fc1.weight` for the
+    /// prefix `module.` that `DataParallel` adds. Two keys of one dict that
+    /// become the same are an error, so nothing is dropped.
+    ///
+    /// ```
+    /// use ckpt::{Dict, Value};
+    /// let mut d = Dict::new();
+    /// d.insert("module.fc.bias".into(), Value::Int(1));
+    /// let stripped = Value::Dict(d).strip_key_prefix("module.").unwrap();
+    /// assert_eq!(stripped.get("fc.bias"), Some(&Value::Int(1)));
+    /// ```
+    pub fn strip_key_prefix(&self, prefix: &str) -> crate::Result<Value> {
+        let strip_all = |items: &[Value]| {
+            items
+                .iter()
+                .map(|v| v.strip_key_prefix(prefix))
+                .collect::<crate::Result<Vec<_>>>()
+        };
+        Ok(match self {
+            Value::List(items) => Value::List(strip_all(items)?),
+            Value::Tuple(items) => Value::Tuple(strip_all(items)?),
+            Value::Dict(dict) => {
+                let mut out = Dict::with_capacity(dict.len());
+                for (k, v) in dict {
+                    let key = match k {
+                        Key::Str(s) => Key::Str(s.strip_prefix(prefix).unwrap_or(s).to_owned()),
+                        other => other.clone(),
+                    };
+                    if out.contains_key(&key) {
+                        return Err(crate::Error::DuplicateName {
+                            name: key.to_string(),
+                        });
+                    }
+                    out.insert(key, v.strip_key_prefix(prefix)?);
+                }
+                Value::Dict(out)
+            }
+            other => other.clone(),
+        })
+    }
+
     /// The tensor, when this is one.
     pub fn as_tensor(&self) -> Option<&TensorData> {
         match self {

@@ -1,0 +1,12 @@
+//! Any bytes read as a `.pth` file (zip container, pickle, storages): an
+//! error or a value, never a panic, a hang or an allocation the input
+//! merely claims.
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = ckpt::read_bytes(ckpt::Format::PyTorch, data.to_vec(), Path::new("fuzz.pth"));
+});
