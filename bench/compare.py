@@ -17,7 +17,8 @@ then measures, RUNS times each, and reports the median:
              plain sequential write() of the same bytes to a new file, with
              and without fsync (Rust, one write per tensor)
   ckpt       save (page cache, and durable = fsync), open + list tensors,
-             load + read every byte (memory-mapped, and owned)
+             load + read every byte (memory-mapped, and owned); save .pth,
+             and load + read every byte of the .pth torch.save wrote
   torch      torch.save; torch.load + read every byte, plain and mmap=True
   safetensors  save_file; load_file + read every byte
 
@@ -94,13 +95,16 @@ def harness(*args):
 def run_case(name, sd, workdir, runs):
     source = workdir / f"source-{name}.safetensors"
     save_file(sd, source)
+    torch_pth = workdir / f"source-{name}.pth"
+    torch.save(sd, torch_pth)
     print(f"[{name}] measuring Rust side ...", file=sys.stderr)
-    r = harness(source, workdir, runs)
+    r = harness(source, torch_pth, workdir, runs)
     print(f"[{name}] measuring Python peers ...", file=sys.stderr)
     r.update(python_side(sd, workdir, runs))
     if name == "large":
         r["rss"] = harness("--rss", source)
     remove(source)
+    remove(torch_pth)
     r["runs"] = runs
     r["tensors"] = len(sd)
     return r
@@ -112,11 +116,13 @@ ROWS = [
     ("write_fsync", "limit: plain write + fsync"),
     ("ckpt_save", "ckpt save"),
     ("ckpt_save_durable", "ckpt save, durable (fsync)"),
+    ("ckpt_save_pth", "ckpt save .pth"),
     ("torch_save", "torch.save"),
     ("safetensors_save", "safetensors save_file"),
     ("ckpt_open_list", "ckpt open + list tensors"),
     ("ckpt_load_touch", "ckpt load (mmap) + read all"),
     ("ckpt_load_owned_touch", "ckpt load (owned) + read all"),
+    ("ckpt_load_pth_touch", "ckpt load torch's .pth + read all"),
     ("torch_load_touch", "torch.load + read all"),
     ("torch_load_mmap_touch", "torch.load(mmap=True) + read all"),
     ("safetensors_load_touch", "safetensors load_file + read all"),
@@ -153,6 +159,11 @@ def targets(large, small):
         ("save ≥ 0.9× plain write", m(large, "write") / m(large, "ckpt_save"), "×", m(large, "write") / m(large, "ckpt_save") >= 0.9),
         ("save ≥ 1× torch.save", m(large, "torch_save") / m(large, "ckpt_save"), "×", m(large, "torch_save") >= m(large, "ckpt_save")),
         ("save ≥ 2.5× safetensors save_file", m(large, "safetensors_save") / m(large, "ckpt_save"), "×", m(large, "safetensors_save") / m(large, "ckpt_save") >= 2.5),
+        (".pth load + read all ≥ 3× torch.load", m(large, "torch_load_touch") / m(large, "ckpt_load_pth_touch"), "×", m(large, "torch_load_touch") / m(large, "ckpt_load_pth_touch") >= 3),
+        (".pth load + read all ≥ 0.8× memcpy", m(large, "memcpy") / m(large, "ckpt_load_pth_touch"), "×", m(large, "memcpy") / m(large, "ckpt_load_pth_touch") >= 0.8),
+        (".pth save ≥ 0.9× plain write", m(large, "write") / m(large, "ckpt_save_pth"), "×", m(large, "write") / m(large, "ckpt_save_pth") >= 0.9),
+        (".pth save ≥ 1× torch.save", m(large, "torch_save") / m(large, "ckpt_save_pth"), "×", m(large, "torch_save") >= m(large, "ckpt_save_pth")),
+        ("small .pth load + read all ≥ 2× torch.load", m(small, "torch_load_touch") / m(small, "ckpt_load_pth_touch"), "×", m(small, "torch_load_touch") / m(small, "ckpt_load_pth_touch") >= 2),
         ("small: save vs torch.save", m(small, "torch_save") / m(small, "ckpt_save"), "×", None),
         ("small: load + read all vs torch.load", m(small, "torch_load_touch") / m(small, "ckpt_load_touch"), "×", None),
         ("mapped load peak RSS < 100 MiB", large["rss"]["peak_rss_bytes"] / 2**20, "MiB", large["rss"]["peak_rss_bytes"] < 100 * 2**20),

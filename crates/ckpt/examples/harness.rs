@@ -1,14 +1,15 @@
 //! The Rust side of the benchmark harness (`bench/compare.py` runs it).
 //!
 //! ```text
-//! harness SOURCE.safetensors WORKDIR RUNS
+//! harness SOURCE.safetensors TORCH.pth WORKDIR RUNS
 //! ```
 //!
 //! Loads SOURCE onto the heap once, then times, RUNS times each, on those
 //! same bytes: single-thread memcpy, plain sequential writes to a new file
-//! (with and without fsync), `ckpt::save` (with and without `durable`),
-//! opening and listing the file, and loading it and reading every byte
-//! (mapped and owned). Prints one JSON object: each operation's times in
+//! (with and without fsync), `ckpt::save` to `.safetensors` (with and
+//! without `durable`) and to `.pth`, opening and listing the file, loading
+//! it and reading every byte (mapped and owned), and loading TORCH.pth (the
+//! same tensors, written by `torch.save`) and reading every byte. Prints one JSON object: each operation's times in
 //! seconds, plus the bytes involved. `harness --rss FILE` instead maps FILE,
 //! lists it, and prints the process's peak RSS in bytes.
 
@@ -70,8 +71,8 @@ fn main() {
         );
         return;
     }
-    let [source, workdir, runs] = &args[..] else {
-        eprintln!("usage: harness SOURCE.safetensors WORKDIR RUNS | harness --rss FILE");
+    let [source, torch_pth, workdir, runs] = &args[..] else {
+        eprintln!("usage: harness SOURCE.safetensors TORCH.pth WORKDIR RUNS | harness --rss FILE");
         std::process::exit(2);
     };
     let runs: usize = runs.parse().expect("RUNS is a number");
@@ -123,6 +124,13 @@ fn main() {
         || remove(&out),
         || ckpt::save_with(&out, &value, &durable).unwrap(),
     );
+    let out_pth = workdir.join("rust-out.pth");
+    let save_pth = time(
+        runs,
+        || remove(&out_pth),
+        || ckpt::save(&out_pth, &value).unwrap(),
+    );
+    remove(&out_pth);
     drop(value);
     drop(sd);
 
@@ -152,6 +160,14 @@ fn main() {
         },
     );
     remove(&out);
+    let load_pth_touch = time(
+        runs,
+        || {},
+        || {
+            let sd = ckpt::load_state_dict(torch_pth).unwrap();
+            touch_all(&sd)
+        },
+    );
 
     println!(
         "{}",
@@ -165,6 +181,8 @@ fn main() {
             "ckpt_open_list": open_list,
             "ckpt_load_touch": load_touch,
             "ckpt_load_owned_touch": load_owned_touch,
+            "ckpt_save_pth": save_pth,
+            "ckpt_load_pth_touch": load_pth_touch,
         })
     );
 }

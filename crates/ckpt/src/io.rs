@@ -12,7 +12,7 @@ use crate::{Error, Result};
 
 /// Writes smaller than this are gathered; larger ones go straight to the
 /// file, so big tensors are written with one call each and no copy.
-const WRITE_BUFFER: usize = 4 << 20;
+const WRITE_BUFFER: usize = 256 << 10;
 
 /// Maps `path` read-only, or reads it onto the heap when `mmap` is false.
 pub(crate) fn open(path: &Path, mmap: bool) -> Result<Arc<Buffer>> {

@@ -123,20 +123,44 @@ fn a_malicious_pickle_is_refused_and_nothing_runs() {
 }
 
 #[test]
-fn whole_module_pickles_are_refused_naming_the_class_for_now() {
-    let err = ckpt::load(fixture("pth/full_model.pth")).unwrap_err();
+fn whole_module_pickles_give_the_state_dict_without_running_anything() {
+    let loaded = ckpt::read(fixture("pth/full_model.pth"), &ckpt::LoadOptions::default()).unwrap();
+    assert_eq!(
+        describe(&loaded.value),
+        expected("pth/full_model.expected.json")
+    );
+    assert_eq!(loaded.metadata["pytorch.pickled"], "torch.save(model)");
+    let classes = &loaded.metadata["pytorch.classes"];
     assert!(
-        matches!(err, Error::RefusedGlobal { ref global, .. } if global == "__main__.Tiny"),
-        "{err}"
+        classes.contains("__main__.Tiny")
+            && classes.contains("torch.nn.modules.batchnorm.BatchNorm1d"),
+        "{classes}"
     );
 }
 
 #[test]
-fn legacy_and_torchscript_files_say_they_are_not_supported_yet() {
-    for name in ["pth/legacy.pth", "pth/torchscript.pt"] {
-        let err = ckpt::load(fixture(name)).unwrap_err();
-        assert!(matches!(err, Error::Unsupported { .. }), "{name}: {err}");
-    }
+fn torchscript_archives_give_the_same_state_dict() {
+    let loaded = ckpt::read(fixture("pth/torchscript.pt"), &ckpt::LoadOptions::default()).unwrap();
+    assert_eq!(
+        describe(&loaded.value),
+        expected("pth/full_model.expected.json")
+    );
+    assert_eq!(loaded.metadata["pytorch.pickled"], "TorchScript archive");
+}
+
+#[test]
+fn legacy_format_files_read_like_zip_ones() {
+    let v = ckpt::load(fixture("pth/legacy.pth")).unwrap();
+    assert_eq!(describe(&v), expected("pth/all_dtypes.expected.json"));
+}
+
+#[test]
+fn other_pickled_objects_are_refused_naming_the_class() {
+    let err = ckpt::load(fixture("hostile/namespace.pth")).unwrap_err();
+    assert!(
+        matches!(err, Error::RefusedGlobal { ref global, .. } if global == "argparse.Namespace"),
+        "{err}"
+    );
 }
 
 #[test]

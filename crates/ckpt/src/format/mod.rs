@@ -37,12 +37,6 @@ enum Content {
     Other,
 }
 
-/// The magic number that opens a legacy (pre-1.6) `torch.save` file: a
-/// pickled LONG1 of 0x1950A86A20F9469CFC6C.
-const LEGACY_TORCH_MAGIC: [u8; 12] = [
-    0x80, 0x02, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46, 0xF9, 0x20, 0x6A, 0xA8,
-];
-
 impl Content {
     fn sniff(head: &[u8]) -> Content {
         let safetensors_len = head
@@ -56,7 +50,7 @@ impl Content {
             Content::Zip
         } else if head.starts_with(b"\x93NUMPY") {
             Content::Npy
-        } else if head.starts_with(&LEGACY_TORCH_MAGIC) {
+        } else if head.starts_with(&pytorch::LEGACY_MAGIC) {
             Content::Pickle
         } else {
             Content::Other

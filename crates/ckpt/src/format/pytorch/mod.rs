@@ -3,6 +3,8 @@
 //!
 //! Byte-level facts: `shared/reference/pytorch-file-format.md`.
 
+mod legacy;
+mod module;
 mod pickle;
 mod write;
 pub mod zip;
@@ -14,11 +16,12 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 
+pub(crate) use legacy::MAGIC as LEGACY_MAGIC;
 pub(crate) use write::Plan;
 
 use crate::tensor::Buffer;
-use crate::{DType, Error, Format, Loaded, Result, TensorData};
-use pickle::{Converter, TensorRef};
+use crate::{DType, Dict, Error, Format, Key, Loaded, Result, TensorData, Value};
+use pickle::{Converter, StorageRef, TensorRef};
 use zip::{Contents, ZipArchive};
 
 /// The legacy storage classes (`torch.FloatStorage`) and their dtypes; the
@@ -56,56 +59,125 @@ fn storage_dtype(class: &str) -> Option<DType> {
 /// file's own size in total (expanded tensors are views of small storages).
 const EXPANSION_ALLOWANCE: u64 = 256 << 20;
 
-/// Reads a whole `torch.save` zip file held in `buffer`.
+/// Reads a whole `torch.save` file held in `buffer`: the zip format, or the
+/// legacy (pre-1.6) one.
 pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
-    let bytes = buffer.as_slice();
-    if !bytes.starts_with(b"PK\x03\x04") {
-        return Err(Error::Unsupported {
-            path: path.to_owned(),
-            format: Format::PyTorch,
-            operation: "read legacy (pre-1.6)",
-        });
+    if buffer.as_slice().starts_with(&legacy::MAGIC) {
+        return legacy::read(buffer, path);
     }
+    let bytes = buffer.as_slice();
     let zip = ZipArchive::parse(bytes, path)?;
     let prefix = zip.prefix(path)?.to_owned();
-    if zip.get(&format!("{prefix}/constants.pkl")).is_some() {
-        return Err(Error::Unsupported {
+    let pickle_entry = zip
+        .get(&format!("{prefix}/data.pkl"))
+        .ok_or_else(|| Error::BadZip {
             path: path.to_owned(),
-            format: Format::PyTorch,
-            operation: "read TorchScript archives as",
-        });
-    }
-    let pickle_name = format!("{prefix}/data.pkl");
-    let pickle_entry = zip.get(&pickle_name).ok_or_else(|| Error::BadZip {
-        path: path.to_owned(),
-        offset: 0,
-        problem: "the archive has no data.pkl",
-    })?;
+            offset: 0,
+            problem: "the archive has no data.pkl",
+        })?;
     let pickle_bytes = entry_bytes(&buffer, pickle_entry, path)?;
     let unpickled = pickle::unpickle(pickle_bytes.as_slice(), path, "data.pkl")?;
-
     let big_endian = match zip.get(&format!("{prefix}/byteorder")) {
         Some(entry) => entry_bytes(&buffer, entry, path)?.as_slice() == b"big",
         None => false,
     };
+    let storage = |s: &StorageRef| -> Result<Shared> {
+        let entry = zip
+            .get(&format!("{prefix}/data/{}", s.key))
+            .ok_or_else(|| bad_storage(path, s, "the archive has no data for it"))?;
+        check_storage_len(s, entry.size, path)?;
+        entry_bytes(&buffer, entry, path)
+    };
+    let torchscript = zip.get(&format!("{prefix}/constants.pkl")).is_some();
+    build(
+        &unpickled,
+        storage,
+        big_endian,
+        bytes.len() as u64,
+        path,
+        "data.pkl",
+        torchscript,
+    )
+}
+
+fn bad_storage(path: &Path, s: &StorageRef, problem: &'static str) -> Error {
+    Error::BadStorage {
+        path: path.to_owned(),
+        key: s.key.clone(),
+        problem,
+    }
+}
+
+/// A storage's data must be exactly as long as the pickle declares.
+fn check_storage_len(s: &StorageRef, actual: u64, path: &Path) -> Result<()> {
+    let element = s.dtype.map_or(1, |d| d.size() as u64);
+    let expected = s
+        .numel
+        .checked_mul(element)
+        .ok_or_else(|| bad_storage(path, s, "its length overflows"))?;
+    if actual != expected {
+        return Err(bad_storage(
+            path,
+            s,
+            "its data is not the length the pickle declares",
+        ));
+    }
+    Ok(())
+}
+
+/// Turns an unpickled object into the loaded value: plain data as a tree,
+/// or, when the root is a pickled module (`torch.save(model)`, or a
+/// TorchScript archive when `torchscript`), its weights under their
+/// state-dict names. Tensors are materialised from the
+/// storages `storage` finds, each storage looked up once.
+fn build(
+    unpickled: &pickle::Unpickled,
+    mut storage: impl FnMut(&StorageRef) -> Result<Shared>,
+    big_endian: bool,
+    file_len: u64,
+    path: &Path,
+    entry: &str,
+    torchscript: bool,
+) -> Result<Loaded> {
     let mut storages: HashMap<String, Shared> = HashMap::new();
-    let mut allowance = (bytes.len() as u64).saturating_add(EXPANSION_ALLOWANCE);
-    let value = Converter::new(&unpickled, path, "data.pkl", |t: &TensorRef| {
-        let storage = match storages.get(&t.storage.key) {
+    let mut allowance = file_len.saturating_add(EXPANSION_ALLOWANCE);
+    let mut converter = Converter::new(unpickled, path, entry, |t: &TensorRef| {
+        let shared = match storages.get(&t.storage.key) {
             Some(s) => s.clone(),
             None => {
-                let s = storage(&buffer, &zip, &prefix, t, path)?;
+                let s = storage(&t.storage)?;
                 storages.insert(t.storage.key.clone(), s.clone());
                 s
             }
         };
-        materialise(t, &storage, big_endian, &mut allowance, path)
-    })
-    .root()?;
+        materialise(t, &shared, big_endian, &mut allowance, path)
+    });
+    let mut metadata = IndexMap::new();
+    let value = match module::weights(unpickled, torchscript) {
+        Some(weights) => {
+            let mut dict = Dict::with_capacity(weights.tensors.len());
+            for (name, id) in weights.tensors {
+                let tensor = converter.value(id, 0)?;
+                if dict.insert(Key::Str(name.clone()), tensor).is_some() {
+                    return Err(Error::DuplicateName { name });
+                }
+            }
+            let kind = if torchscript {
+                "TorchScript archive"
+            } else {
+                "torch.save(model)"
+            };
+            metadata.insert("pytorch.pickled".to_owned(), kind.to_owned());
+            let classes: Vec<String> = weights.classes.into_iter().collect();
+            metadata.insert("pytorch.classes".to_owned(), classes.join(", "));
+            Value::Dict(dict)
+        }
+        None => converter.root()?,
+    };
     Ok(Loaded {
         format: Format::PyTorch,
         value,
-        metadata: IndexMap::new(),
+        metadata,
     })
 }
 
@@ -136,34 +208,6 @@ fn entry_bytes(buffer: &Arc<Buffer>, entry: &zip::ZipEntry, path: &Path) -> Resu
             }
         }
     })
-}
-
-fn storage(
-    buffer: &Arc<Buffer>,
-    zip: &ZipArchive,
-    prefix: &str,
-    t: &TensorRef,
-    path: &Path,
-) -> Result<Shared> {
-    let key = &t.storage.key;
-    let bad = |problem| Error::BadStorage {
-        path: path.to_owned(),
-        key: key.clone(),
-        problem,
-    };
-    let entry = zip
-        .get(&format!("{prefix}/data/{key}"))
-        .ok_or_else(|| bad("the archive has no data for it"))?;
-    let element = t.storage.dtype.map_or(1, |d| d.size() as u64);
-    let expected = t
-        .storage
-        .numel
-        .checked_mul(element)
-        .ok_or_else(|| bad("its length overflows"))?;
-    if entry.size != expected {
-        return Err(bad("its data is not the length the pickle declares"));
-    }
-    entry_bytes(buffer, entry, path)
 }
 
 /// Builds the tensor a view describes: a borrowed range when the view is

@@ -79,6 +79,8 @@ pub(crate) struct Unpickled {
     pub arena: Vec<Obj>,
     /// The object `STOP` returned.
     pub root: Id,
+    /// The offset just past `STOP`, where a following pickle would start.
+    pub end: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -122,6 +124,7 @@ pub(crate) fn unpickle(bytes: &[u8], path: &Path, entry: &str) -> Result<Unpickl
     Ok(Unpickled {
         arena: m.arena,
         root,
+        end: m.pos,
     })
 }
 

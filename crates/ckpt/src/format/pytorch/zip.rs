@@ -276,6 +276,16 @@ pub struct ZipWriter<W: Write> {
 /// The alignment torch gives every entry's data.
 pub const ALIGNMENT: u64 = 64;
 
+/// Entries at least this large have their CRC computed on another thread
+/// while they are written.
+const PARALLEL_CRC: u64 = 1 << 20;
+
+fn crc32(parts: &[&[u8]]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    parts.iter().for_each(|p| crc.update(p));
+    crc.finalize()
+}
+
 impl<W: Write> ZipWriter<W> {
     /// A writer at the start of `out`.
     pub fn new(out: W) -> Self {
@@ -325,12 +335,21 @@ impl<W: Write> ZipWriter<W> {
         header.resize(header.len() + pad as usize, b'Z');
         self.put(&header)?;
 
-        let mut crc = crc32fast::Hasher::new();
-        for part in parts {
-            crc.update(part);
-            self.put(part)?;
-        }
-        let crc = crc.finalize();
+        let crc = if size >= PARALLEL_CRC {
+            // Checksum on a second core while this one writes.
+            std::thread::scope(|scope| {
+                let worker = scope.spawn(|| crc32(parts));
+                for part in parts {
+                    self.put(part)?;
+                }
+                Ok::<u32, io::Error>(worker.join().unwrap_or_else(|_| crc32(parts)))
+            })?
+        } else {
+            for part in parts {
+                self.put(part)?;
+            }
+            crc32(parts)
+        };
         if size > 0 {
             let mut descriptor = Vec::with_capacity(24);
             descriptor.extend_from_slice(&DESCRIPTOR_SIG.to_le_bytes());
