@@ -8,11 +8,17 @@ use ckpt::{LoadOptions, StateDict};
 use serde_json::json;
 
 use crate::output::{human_bytes, thousands, Table};
-use crate::values::{collect_values, repr, to_json};
+use crate::values::{collect_values, repr, to_json, write_tree};
 
-/// Prints the tensors, values and metadata of `file`.
-pub fn run(file: &Path, as_json: bool, out: &mut dyn Write) -> Result<()> {
+/// Prints the tensors, values and metadata of `file`, or with `tree` its
+/// nested structure.
+pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Result<()> {
     let loaded = ckpt::read(file, &LoadOptions::default())?;
+    if tree {
+        writeln!(out, "{} ({})", file.display(), loaded.format)?;
+        write_tree(&loaded.value, out)?;
+        return Ok(());
+    }
     let tensors = StateDict::flatten(&loaded.value)?;
     let mut values = Vec::new();
     collect_values(&loaded.value, "", &mut values);

@@ -32,12 +32,19 @@ enum Command {
     /// Show every tensor of a file (name, dtype, shape, parameters, bytes),
     /// the totals, the non-tensor values of a checkpoint, and the metadata.
     ///
-    /// The format comes from the extension (.safetensors) and is checked
-    /// against the file's first bytes. The file is memory-mapped: inspecting
-    /// a multi-gigabyte file reads only its header.
+    /// Formats: .safetensors, and PyTorch .pth/.pt/.bin/.ckpt (zip or
+    /// legacy, including torch.save(model) and TorchScript files, whose
+    /// weights are shown under their state-dict names without running any
+    /// code). The format comes from the extension and is checked against the
+    /// file's first bytes. Files are memory-mapped: inspecting a
+    /// multi-gigabyte file reads little more than its header.
     Inspect {
         /// The file to inspect.
         file: PathBuf,
+        /// Show the checkpoint's nested structure (dicts, lists, tuples,
+        /// tensors) instead of the flat table.
+        #[arg(long, conflicts_with = "json")]
+        tree: bool,
         /// Print JSON for programs instead of a table:
         /// {"format", "tensors": [{"name", "dtype", "shape", "bytes"}],
         /// "values", "metadata", "total_params", "total_bytes"}, with
@@ -96,7 +103,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut stdout = io::stdout().lock();
     let result = match cli.command {
-        Command::Inspect { file, json } => inspect::run(&file, json, &mut stdout).map(|()| 0),
+        Command::Inspect { file, json, tree } => {
+            inspect::run(&file, json, tree, &mut stdout).map(|()| 0)
+        }
         Command::Convert {
             input,
             output,

@@ -92,3 +92,60 @@ pub fn to_json(value: &Value) -> Json {
         Value::Tensor(t) => json!(format!("<tensor {} {:?}>", t.dtype(), t.shape())),
     }
 }
+
+/// Writes a checkpoint's nested structure: containers that hold tensors
+/// expand one entry per line; tensor-free values print inline.
+pub fn write_tree(value: &Value, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    writeln!(out, "{}", node_label(value))?;
+    write_children(value, "", out)
+}
+
+fn node_label(value: &Value) -> String {
+    match value {
+        Value::Tensor(t) => format!("tensor {} {:?}", t.dtype(), t.shape()),
+        Value::Dict(d) if has_tensor(value) => format!("dict ({} entries)", d.len()),
+        Value::List(items) if has_tensor(value) => format!("list ({} items)", items.len()),
+        Value::Tuple(items) if has_tensor(value) => format!("tuple ({} items)", items.len()),
+        other => {
+            let text = repr(other);
+            match text.char_indices().nth(120) {
+                Some((cut, _)) => format!("{}…", &text[..cut]),
+                None => text,
+            }
+        }
+    }
+}
+
+fn write_children(
+    value: &Value,
+    indent: &str,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    if !has_tensor(value) {
+        return Ok(());
+    }
+    let children: Vec<(String, &Value)> = match value {
+        Value::Dict(d) => d.iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        Value::List(items) | Value::Tuple(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
+        _ => return Ok(()),
+    };
+    for (i, (label, child)) in children.iter().enumerate() {
+        let last = i + 1 == children.len();
+        writeln!(
+            out,
+            "{indent}{}{label}: {}",
+            if last { "└── " } else { "├── " },
+            node_label(child)
+        )?;
+        write_children(
+            child,
+            &format!("{indent}{}", if last { "    " } else { "│   " }),
+            out,
+        )?;
+    }
+    Ok(())
+}

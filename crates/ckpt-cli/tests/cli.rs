@@ -274,3 +274,29 @@ fn diff_reports_differences_with_exit_1_and_json() {
 
     assert_eq!(ckpt(&["diff", a, "/no/such.pth"]).status.code(), Some(2));
 }
+
+#[test]
+fn inspect_tree_shows_the_nesting_of_a_pth_checkpoint() {
+    let out = ckpt(&[
+        "inspect",
+        "--tree",
+        fixture("pth/checkpoint.pth").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("├── model_state_dict: dict (9 entries)"),
+        "{text}"
+    );
+    assert!(text.contains("│   │   ├── 0: dict (3 entries)"), "{text}");
+    assert!(text.contains("epoch: 3"), "{text}");
+}
+
+#[test]
+fn inspect_shows_a_pickled_module_with_its_classes() {
+    let out = ckpt(&["inspect", fixture("pth/full_model.pth").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("bn.num_batches_tracked  int64"), "{text}");
+    assert!(text.contains("pytorch.classes: __main__.Tiny"), "{text}");
+}
