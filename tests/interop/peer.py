@@ -10,6 +10,10 @@
                         torch.load(weights_only=True) every file listed in
                         DIR/manifest.json (written by ckpt) and compare it with
                         the description there
+    peer.py check-numpy DIR
+                        numpy.load(allow_pickle=False) every .npy/.npz file
+                        listed in DIR/manifest.json (written by ckpt) and compare
+                        dtypes, shapes and bytes with the description there
     peer.py write-pth DIR N SEED
                         torch.save N random checkpoint trees and describe them
                         in DIR/manifest.json, for ckpt to read
@@ -120,6 +124,18 @@ def check_pth(folder):
         print(f"ok {file}")
 
 
+def check_numpy(folder):
+    import numpy as np
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for file, want in manifest.items():
+        loaded = np.load(folder / file, allow_pickle=False)
+        arrays = {"": loaded} if file.endswith(".npy") else {k: loaded[k] for k in loaded.files}
+        got = {k: {"dtype": str(torch.from_numpy(a.copy()).dtype).removeprefix("torch."), "shape": list(a.shape),
+                   "hex": np.ascontiguousarray(a).tobytes().hex()} for k, a in arrays.items()}
+        assert got == want, f"{file}: numpy.load differs\n got {got}\nwant {want}"
+        print(f"ok {file}")
+
+
 def random_tree(rng, depth=0):
     kinds = ["none", "bool", "int", "float", "str", "bytes", "tensor"]
     if depth < 3:
@@ -167,6 +183,8 @@ if __name__ == "__main__":
         write(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     elif sys.argv[1] == "check-pth":
         check_pth(Path(sys.argv[2]))
+    elif sys.argv[1] == "check-numpy":
+        check_numpy(Path(sys.argv[2]))
     elif sys.argv[1] == "write-pth":
         write_pth(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     else:

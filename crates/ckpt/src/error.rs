@@ -46,18 +46,6 @@ pub enum Error {
         found: &'static str,
     },
 
-    /// A known format that this build cannot read or write yet.
-    #[error("{}: ckpt cannot {operation} {format} files yet", path.display())]
-    Unsupported {
-        /// The path.
-        path: PathBuf,
-        /// The format.
-        format: crate::Format,
-        /// What cannot be done: `"read"`, `"write"`, or a narrower
-        /// `"read legacy (pre-1.6)"`.
-        operation: &'static str,
-    },
-
     /// The file ends before a structure it declares.
     #[error("{}: truncated at byte {offset}: {what} needs {needed} bytes, the file has {available}", path.display())]
     Truncated {
@@ -274,6 +262,24 @@ pub enum Error {
         from: DType,
         /// The requested dtype.
         to: DType,
+    },
+
+    /// NumPy has no such dtype (bfloat16, float8).
+    #[error("{}: NumPy has no {dtype}; cast first (ckpt convert --dtype float32)", path.display())]
+    NumpyDType {
+        /// The path.
+        path: PathBuf,
+        /// The dtype.
+        dtype: DType,
+    },
+
+    /// A format that holds exactly one tensor was given something else.
+    #[error("{}: a .npy file holds one tensor, not a {found} (use .npz for many)", path.display())]
+    NotATensor {
+        /// The path.
+        path: PathBuf,
+        /// What kind of value was given.
+        found: &'static str,
     },
 
     /// A value that must be a flat dict of tensors is something else.

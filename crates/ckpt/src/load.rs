@@ -8,7 +8,7 @@ use indexmap::IndexMap;
 
 use crate::format::{self, Format};
 use crate::tensor::Buffer;
-use crate::{Error, Result, StateDict, Value};
+use crate::{Result, StateDict, Value};
 
 /// How to load a file.
 ///
@@ -88,11 +88,7 @@ fn read_buffer(format: Format, buffer: Arc<Buffer>, path: &Path) -> Result<Loade
     match format {
         Format::Safetensors => format::safetensors::read(buffer, path),
         Format::PyTorch => format::pytorch::read(buffer, path),
-        other => Err(Error::Unsupported {
-            path: path.to_owned(),
-            format: other,
-            operation: "read",
-        }),
+        Format::Npy | Format::Npz => format::numpy::read(format, buffer, path),
     }
 }
 

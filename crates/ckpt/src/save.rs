@@ -5,8 +5,8 @@ use std::path::Path;
 
 use indexmap::IndexMap;
 
-use crate::format::{self, Format};
-use crate::{Error, Result, Value};
+use crate::format::{self, Format, WritePlan};
+use crate::{Result, Value};
 
 /// How to save a file.
 ///
@@ -56,19 +56,11 @@ pub fn save(path: impl AsRef<Path>, value: &Value) -> Result<()> {
 /// [`save`] with options.
 pub fn save_with(path: impl AsRef<Path>, value: &Value, options: &SaveOptions) -> Result<()> {
     let path = path.as_ref();
-    match Format::from_path(path)? {
-        Format::Safetensors => {
-            let plan = format::safetensors::Plan::new(value, &options.metadata)?;
-            crate::io::write_atomic(path, options.durable, |out| plan.write_to(out))
-        }
-        Format::PyTorch => {
-            let plan = format::pytorch::Plan::new(value, path)?;
-            crate::io::write_atomic(path, options.durable, |out| plan.write_to(out))
-        }
-        other => Err(Error::Unsupported {
-            path: path.to_owned(),
-            format: other,
-            operation: "write",
-        }),
-    }
+    let format = Format::from_path(path)?;
+    let plan: Box<dyn WritePlan> = match format {
+        Format::Safetensors => Box::new(format::safetensors::Plan::new(value, &options.metadata)?),
+        Format::PyTorch => Box::new(format::pytorch::Plan::new(value, path)?),
+        Format::Npy | Format::Npz => Box::new(format::numpy::Plan::new(format, value, path)?),
+    };
+    crate::io::write_atomic(path, options.durable, |out| plan.write_to(out))
 }

@@ -279,3 +279,36 @@ fn pth_files_torch_writes_load_in_ckpt() {
         assert_eq!(&describe_tree(&value), want, "{file}");
     }
 }
+
+#[test]
+fn npy_and_npz_files_ckpt_writes_load_in_numpy_without_pickle() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut manifest = serde_json::Map::new();
+    let mut seed = 99u64;
+    let numpy_ok =
+        |t: &TensorData| !matches!(t.dtype(), DType::BF16 | DType::F8E4M3 | DType::F8E5M2);
+    for i in 0..20 {
+        let sd: StateDict = random_state_dict(&mut seed)
+            .into_iter()
+            .filter(|(_, t)| numpy_ok(t))
+            .collect();
+        let name = format!("ckpt-{i}.npz");
+        ckpt::save(dir.path().join(&name), &sd.clone().into()).unwrap();
+        manifest.insert(name, describe(&sd));
+        if let Some((_, t)) = sd.into_iter().next() {
+            let name = format!("ckpt-{i}.npy");
+            ckpt::save(dir.path().join(&name), &Value::Tensor(t.clone())).unwrap();
+            manifest.insert(
+                name,
+                describe(&std::iter::once((String::new(), t)).collect()),
+            );
+        }
+    }
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        Json::Object(manifest).to_string(),
+    )
+    .unwrap();
+    peer(&python, &["check-numpy", dir.path().to_str().unwrap()]);
+}

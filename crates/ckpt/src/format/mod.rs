@@ -4,13 +4,22 @@
 //! The format is chosen by extension and confirmed by the first bytes; a
 //! file whose contents are plainly another format is refused naming both.
 
+pub mod numpy;
 pub mod pytorch;
 pub mod safetensors;
 
 use std::fmt;
+use std::io::{self, Write};
 use std::path::Path;
 
 use crate::{Error, Result};
+
+/// A file fully planned for writing: everything that can fail except I/O
+/// has been checked, and the bytes stream from the tensors.
+pub(crate) trait WritePlan {
+    /// Writes the whole file to `out`.
+    fn write_to(&self, out: &mut dyn Write) -> io::Result<()>;
+}
 
 /// A file format ckpt knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

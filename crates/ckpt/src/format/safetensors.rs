@@ -343,9 +343,11 @@ impl Plan {
             tensors: order.into_iter().map(|(_, t)| t.clone()).collect(),
         })
     }
+}
 
+impl crate::format::WritePlan for Plan {
     /// Writes the file: the header, then every tensor's bytes in order.
-    pub(crate) fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
+    fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
         out.write_all(&self.header)?;
         for t in &self.tensors {
             out.write_all(t.bytes())?;
@@ -357,6 +359,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::WritePlan;
 
     fn file(header: &str, data: &[u8]) -> Vec<u8> {
         let mut bytes = (header.len() as u64).to_le_bytes().to_vec();

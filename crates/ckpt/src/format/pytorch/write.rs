@@ -40,9 +40,11 @@ impl Plan {
             tensors: pickler.tensors,
         })
     }
+}
 
+impl crate::format::WritePlan for Plan {
     /// Streams the archive to `out`.
-    pub(crate) fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
+    fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
         let p = &self.prefix;
         let mut zip = ZipWriter::new(out);
         zip.entry(&format!("{p}/data.pkl"), &[&self.pickle])?;
