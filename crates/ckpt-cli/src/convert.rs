@@ -25,14 +25,55 @@ pub fn parse_dtype(name: &str) -> Result<DType, String> {
         })
 }
 
+/// Parses a size: bytes, or a number with a decimal (`KB`, `MB`, `GB`, as
+/// `transformers` uses) or binary (`KiB`, `MiB`, `GiB`) unit.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit (use B, KB, MB, GB, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size"))?;
+    let bytes = number * scale as f64;
+    if !(1.0..u64::MAX as f64).contains(&bytes) {
+        return Err(format!("{text:?} is not a positive size"));
+    }
+    Ok(bytes as u64)
+}
+
+/// What `convert` changes on the way.
+pub struct Changes<'a> {
+    /// Cast float tensors to this dtype.
+    pub dtype: Option<DType>,
+    /// Strip this prefix from string keys.
+    pub strip_prefix: Option<&'a str>,
+    /// Write Hugging Face shards of at most this many bytes.
+    pub max_shard_size: Option<u64>,
+}
+
 /// Converts `input` to `output`, whose extension picks the format.
-pub fn run(
-    input: &Path,
-    output: &Path,
-    dtype: Option<DType>,
-    strip_prefix: Option<&str>,
-    out: &mut dyn Write,
-) -> Result<()> {
+pub fn run(input: &Path, output: &Path, changes: &Changes, out: &mut dyn Write) -> Result<()> {
+    let Changes {
+        dtype,
+        strip_prefix,
+        max_shard_size,
+    } = *changes;
     let loaded = ckpt::read(input, &LoadOptions::default())?;
     let mut value = loaded.value;
     if let Some(prefix) = strip_prefix {
@@ -42,26 +83,33 @@ pub fn run(
         value = value.try_map_tensors(&mut |t| t.cast(dtype))?;
     }
     // The file's own metadata travels; ckpt's reserved keys are rewritten
-    // by the writer itself.
-    let options = loaded
-        .metadata
-        .iter()
-        .filter(|(k, _)| !k.starts_with(ckpt::format::safetensors::RESERVED_PREFIX))
-        .fold(ckpt::SaveOptions::default(), |o, (k, v)| {
-            o.metadata(k.as_str(), v.as_str())
-        });
+    // by the writer itself. A sharded input's index metadata does not.
+    let mut options = ckpt::SaveOptions::default();
+    if loaded.format != ckpt::Format::ShardedIndex {
+        for (k, v) in &loaded.metadata {
+            if !k.starts_with(ckpt::format::safetensors::RESERVED_PREFIX) {
+                options = options.metadata(k.as_str(), v.as_str());
+            }
+        }
+    }
+    if let Some(max) = max_shard_size {
+        options = options.max_shard_size(max);
+    }
     ckpt::save_with(output, &value, &options)?;
     let tensors = StateDict::flatten(&value)?;
-    let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     writeln!(
         out,
-        "{} ({}) -> {} ({}): {} tensors, {} on disk",
+        "{} ({}) -> {} ({}): {} tensors, {}",
         input.display(),
         loaded.format,
         output.display(),
-        ckpt::Format::from_path(output)?,
+        if max_shard_size.is_some() {
+            "sharded".to_owned()
+        } else {
+            ckpt::Format::from_path(output)?.to_string()
+        },
         tensors.len(),
-        human_bytes(size),
+        human_bytes(tensors.total_bytes()),
     )?;
     Ok(())
 }

@@ -53,8 +53,9 @@ enum Command {
         json: bool,
     },
 
-    /// Convert a checkpoint between formats: .safetensors and .pth/.pt
-    /// (any way round), optionally casting floats and renaming keys.
+    /// Convert a checkpoint between formats: .safetensors, .pth/.pt/.bin,
+    /// .npy/.npz and Hugging Face sharded checkpoints (.index.json), any way
+    /// round, optionally casting floats, renaming keys and sharding.
     ///
     /// A nested checkpoint keeps its whole tree: in a .safetensors file ckpt
     /// stores the tree in the metadata, so converting back to .pth restores
@@ -73,6 +74,14 @@ enum Command {
         /// example `module.`, which DataParallel adds).
         #[arg(long, value_name = "PREFIX")]
         strip_prefix: Option<String>,
+        /// Write Hugging Face shards of at most this size (5GB, 500MB,
+        /// 2GiB, or bytes) plus an index: OUT `model.safetensors` gives
+        /// `model-00001-of-0000N.safetensors` … and
+        /// `model.safetensors.index.json`. An OUT ending in `.index.json`
+        /// shards at 5GB unless this is given. Shards are flat: a nested
+        /// checkpoint's tensors keep their flattened names.
+        #[arg(long, value_name = "SIZE", value_parser = convert::parse_size)]
+        max_shard_size: Option<u64>,
     },
 
     /// Compare two checkpoints, in any formats: keys only in one, dtype or
@@ -111,7 +120,15 @@ fn main() -> ExitCode {
             output,
             dtype,
             strip_prefix,
-        } => convert::run(&input, &output, dtype, strip_prefix.as_deref(), &mut stdout).map(|()| 0),
+            max_shard_size,
+        } => {
+            let changes = convert::Changes {
+                dtype,
+                strip_prefix: strip_prefix.as_deref(),
+                max_shard_size,
+            };
+            convert::run(&input, &output, &changes, &mut stdout).map(|()| 0)
+        }
         Command::Diff {
             a,
             b,

@@ -300,3 +300,50 @@ fn inspect_shows_a_pickled_module_with_its_classes() {
     assert!(text.contains("bn.num_batches_tracked  int64"), "{text}");
     assert!(text.contains("pytorch.classes: __main__.Tiny"), "{text}");
 }
+
+#[test]
+fn convert_writes_and_reads_hugging_face_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("model.safetensors");
+    let source = fixture("mlp.safetensors");
+    let out = ckpt(&[
+        "convert",
+        source.to_str().unwrap(),
+        out_path.to_str().unwrap(),
+        "--max-shard-size",
+        "50KB",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let index = dir.path().join("model.safetensors.index.json");
+    assert!(dir.path().join("model-00003-of-00003.safetensors").exists());
+    let diff = ckpt(&["diff", source.to_str().unwrap(), index.to_str().unwrap()]);
+    assert_eq!(diff.status.code(), Some(0), "{}", stdout(&diff));
+    let inspect = ckpt(&["inspect", index.to_str().unwrap()]);
+    assert!(
+        stdout(&inspect).contains("(sharded checkpoint)"),
+        "{}",
+        stdout(&inspect)
+    );
+    let bad = ckpt(&["convert", "a.pth", "b.pth", "--max-shard-size", "5 parsecs"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("unknown unit"), "{}", stderr(&bad));
+}
+
+#[test]
+fn convert_to_numpy_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let npz = dir.path().join("m.npz");
+    let source = fixture("mlp.safetensors");
+    assert!(
+        ckpt(&["convert", source.to_str().unwrap(), npz.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let diff = ckpt(&[
+        "diff",
+        "--json",
+        source.to_str().unwrap(),
+        npz.to_str().unwrap(),
+    ]);
+    assert_eq!(diff.status.code(), Some(0), "{}", stdout(&diff));
+}

@@ -65,7 +65,7 @@ pub struct Loaded {
 pub fn read(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Loaded> {
     let path = path.as_ref();
     let format = Format::from_path(path)?;
-    read_buffer(format, crate::io::open(path, options.mmap)?, path)
+    read_buffer(format, crate::io::open(path, options.mmap)?, path, options)
 }
 
 /// Reads a whole file that is already in memory, as `format`; `origin`
@@ -77,18 +77,30 @@ pub fn read(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Loaded> {
 /// assert!(err.to_string().starts_with("upload: truncated"));
 /// ```
 pub fn read_bytes(format: Format, bytes: Vec<u8>, origin: &Path) -> Result<Loaded> {
-    read_buffer(format, Arc::new(Buffer::Heap(bytes)), origin)
+    read_buffer(
+        format,
+        Arc::new(Buffer::Heap(bytes)),
+        origin,
+        &LoadOptions::default(),
+    )
 }
 
 /// The one dispatch from a format to its reader, after checking that the
 /// first bytes do not contradict the format.
-fn read_buffer(format: Format, buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
+fn read_buffer(
+    format: Format,
+    buffer: Arc<Buffer>,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<Loaded> {
     let bytes = buffer.as_slice();
     format.confirm(&bytes[..bytes.len().min(16)], path)?;
     match format {
         Format::Safetensors => format::safetensors::read(buffer, path),
         Format::PyTorch => format::pytorch::read(buffer, path),
         Format::Npy | Format::Npz => format::numpy::read(format, buffer, path),
+        // Shards are found beside the index (for bytes, beside `path`).
+        Format::ShardedIndex => format::sharded::read(buffer.as_slice(), path, options),
     }
 }
 

@@ -26,12 +26,25 @@ pub struct SaveOptions {
     /// atomically (a crash leaves the old file or the new one, never a part),
     /// but the last save may be lost if the machine itself goes down.
     pub durable: bool,
+    /// Split the tensors into Hugging Face style shards of at most this many
+    /// bytes (a larger tensor gets a shard of its own), plus an index. Saving
+    /// to an index path (`model.safetensors.index.json`) shards too, at
+    /// [`DEFAULT_MAX_SHARD_SIZE`](crate::format::sharded::DEFAULT_MAX_SHARD_SIZE)
+    /// unless this is set. Sharded files are flat: a nested checkpoint's
+    /// tensors are stored under their flattened names.
+    pub max_shard_size: Option<u64>,
 }
 
 impl SaveOptions {
     /// Adds one metadata entry.
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets [`SaveOptions::max_shard_size`].
+    pub fn max_shard_size(mut self, bytes: u64) -> Self {
+        self.max_shard_size = Some(bytes);
         self
     }
 
@@ -57,10 +70,18 @@ pub fn save(path: impl AsRef<Path>, value: &Value) -> Result<()> {
 pub fn save_with(path: impl AsRef<Path>, value: &Value, options: &SaveOptions) -> Result<()> {
     let path = path.as_ref();
     let format = Format::from_path(path)?;
-    let plan: Box<dyn WritePlan> = match format {
-        Format::Safetensors => Box::new(format::safetensors::Plan::new(value, &options.metadata)?),
-        Format::PyTorch => Box::new(format::pytorch::Plan::new(value, path)?),
-        Format::Npy | Format::Npz => Box::new(format::numpy::Plan::new(format, value, path)?),
+    let plan: Box<dyn WritePlan> = match (format, options.max_shard_size) {
+        (Format::ShardedIndex, max) | (_, max @ Some(_)) => {
+            let max = max.unwrap_or(format::sharded::DEFAULT_MAX_SHARD_SIZE);
+            return format::sharded::write(path, value, max, options);
+        }
+        (Format::Safetensors, None) => {
+            Box::new(format::safetensors::Plan::new(value, &options.metadata)?)
+        }
+        (Format::PyTorch, None) => Box::new(format::pytorch::Plan::new(value, path)?),
+        (Format::Npy | Format::Npz, None) => {
+            Box::new(format::numpy::Plan::new(format, value, path)?)
+        }
     };
     crate::io::write_atomic(path, options.durable, |out| plan.write_to(out))
 }

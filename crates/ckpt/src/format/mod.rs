@@ -7,6 +7,7 @@
 pub mod numpy;
 pub mod pytorch;
 pub mod safetensors;
+pub mod sharded;
 
 use std::fmt;
 use std::io::{self, Write};
@@ -34,6 +35,9 @@ pub enum Format {
     Npy,
     /// A NumPy archive of arrays (`.npz`).
     Npz,
+    /// A Hugging Face sharded checkpoint's index
+    /// (`model.safetensors.index.json`, `pytorch_model.bin.index.json`).
+    ShardedIndex,
 }
 
 /// What a file's first bytes show, for confirming an extension.
@@ -79,7 +83,8 @@ impl Content {
 
 impl Format {
     /// The extensions ckpt recognises, for messages.
-    pub const EXTENSIONS: &'static str = ".safetensors, .pth/.pt/.bin/.ckpt, .npy, .npz";
+    pub const EXTENSIONS: &'static str =
+        ".safetensors, .pth/.pt/.bin/.ckpt, .npy, .npz, .index.json";
 
     /// The format a path's extension names (case-insensitive).
     ///
@@ -87,9 +92,17 @@ impl Format {
     /// use ckpt::Format;
     /// assert_eq!(Format::from_path("model.safetensors".as_ref()).unwrap(), Format::Safetensors);
     /// assert_eq!(Format::from_path("model.PTH".as_ref()).unwrap(), Format::PyTorch);
+    /// assert_eq!(Format::from_path("model.safetensors.index.json".as_ref()).unwrap(), Format::ShardedIndex);
     /// assert!(Format::from_path("model.txt".as_ref()).is_err());
     /// ```
     pub fn from_path(path: &Path) -> Result<Format> {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.to_ascii_lowercase().ends_with(".index.json") {
+            return Ok(Format::ShardedIndex);
+        }
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
@@ -113,6 +126,7 @@ impl Format {
             Format::PyTorch => "pytorch",
             Format::Npy => "npy",
             Format::Npz => "npz",
+            Format::ShardedIndex => "sharded",
         }
     }
 
@@ -127,6 +141,7 @@ impl Format {
             Format::PyTorch => matches!(found, Content::Zip | Content::Pickle),
             Format::Npy => found == Content::Npy,
             Format::Npz => found == Content::Zip,
+            Format::ShardedIndex => head.first() == Some(&b'{'),
         };
         // An empty or tiny file is left to the parser, which says "truncated".
         if fits || head.len() < 8 {
@@ -148,6 +163,7 @@ impl fmt::Display for Format {
             Format::PyTorch => "PyTorch",
             Format::Npy => "NumPy .npy",
             Format::Npz => "NumPy .npz",
+            Format::ShardedIndex => "sharded checkpoint",
         })
     }
 }

@@ -1,0 +1,104 @@
+//! Hugging Face sharded checkpoints (index + shards), both flavours.
+
+use std::path::{Path, PathBuf};
+
+use ckpt::{Error, Format, SaveOptions, StateDict, TensorData};
+use serde_json::Value as Json;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn assert_expected(sd: &StateDict) {
+    let text = std::fs::read_to_string(fixture("sharded/expected.json")).unwrap();
+    let want: Json = serde_json::from_str(&text).unwrap();
+    let want = want.as_object().unwrap();
+    let names: Vec<&String> = sd.keys().collect();
+    assert_eq!(names, want.keys().collect::<Vec<_>>());
+    for (name, w) in want {
+        assert_eq!(hex(sd[name.as_str()].bytes()), w["hex"], "{name}");
+        assert_eq!(sd[name.as_str()].dtype().torch_name(), w["dtype"], "{name}");
+    }
+}
+
+#[test]
+fn safetensors_and_bin_indexes_read_as_one_state_dict() {
+    for index in [
+        "sharded/model.safetensors.index.json",
+        "sharded/pytorch_model.bin.index.json",
+    ] {
+        let loaded = ckpt::read(fixture(index), &ckpt::LoadOptions::default()).unwrap();
+        assert_eq!(loaded.format, Format::ShardedIndex);
+        assert_eq!(loaded.metadata["total_size"], "256");
+        assert_expected(&StateDict::try_from(&loaded.value).unwrap());
+    }
+}
+
+#[test]
+fn an_index_cannot_reach_outside_its_folder() {
+    let err = ckpt::load(fixture("hostile/escape.safetensors.index.json")).unwrap_err();
+    assert!(err.to_string().contains("plain file name"), "{err}");
+}
+
+#[test]
+fn an_index_naming_a_missing_tensor_is_an_error() {
+    let err = ckpt::load(fixture("sharded/missing.safetensors.index.json")).unwrap_err();
+    assert!(
+        matches!(err, Error::HeaderEntry { ref entry, .. } if entry == "nope"),
+        "{err}"
+    );
+}
+
+#[test]
+fn writing_shards_splits_by_size_and_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let sd: StateDict = (0..5)
+        .map(|i| {
+            (
+                format!("layer{i}.weight"),
+                TensorData::from_f32(&[10], &[i as f32; 10]).unwrap(),
+            )
+        })
+        .collect();
+    let path = dir.path().join("model.safetensors");
+    ckpt::save_with(
+        &path,
+        &sd.clone().into(),
+        &SaveOptions::default().max_shard_size(80),
+    )
+    .unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "model-00001-of-00003.safetensors",
+            "model-00002-of-00003.safetensors",
+            "model-00003-of-00003.safetensors",
+            "model.safetensors.index.json"
+        ]
+    );
+    let index = dir.path().join("model.safetensors.index.json");
+    assert_eq!(ckpt::load_state_dict(&index).unwrap(), sd);
+    // Each shard is a plain file of its format.
+    assert_eq!(
+        ckpt::load_state_dict(dir.path().join("model-00003-of-00003.safetensors"))
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let bin_index = dir.path().join("pytorch_model.bin.index.json");
+    ckpt::save(&bin_index, &sd.clone().into()).unwrap();
+    assert!(dir.path().join("pytorch_model-00001-of-00001.bin").exists());
+    assert_eq!(ckpt::load_state_dict(&bin_index).unwrap(), sd);
+}
