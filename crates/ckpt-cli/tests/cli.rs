@@ -347,3 +347,43 @@ fn convert_to_numpy_and_back() {
     ]);
     assert_eq!(diff.status.code(), Some(0), "{}", stdout(&diff));
 }
+
+#[test]
+fn verify_reports_checksum_mismatches_but_the_file_still_loads() {
+    let good = fixture("pth/checkpoint.pth");
+    let out = ckpt(&[
+        "verify",
+        good.to_str().unwrap(),
+        fixture("numpy/stored.npz").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains(": ok (PyTorch, 27 tensors"),
+        "{}",
+        stdout(&out)
+    );
+
+    let no_crc = fixture("pth/no_crc.pth");
+    assert!(ckpt::load(&no_crc).is_ok());
+    let out = ckpt(&["verify", no_crc.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("checksums do not match") && stdout(&out).contains("no_crc/data/0"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = ckpt(&[
+        "verify",
+        good.to_str().unwrap(),
+        fixture("hostile/truncated.pth").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("truncated.pth"), "{}", stderr(&out));
+}

@@ -45,6 +45,7 @@ mod state_dict;
 mod tensor;
 pub mod tree;
 mod value;
+mod verify;
 
 pub use dtype::DType;
 pub use error::{Error, Result};
@@ -54,3 +55,4 @@ pub use save::{save, save_with, SaveOptions};
 pub use state_dict::{StateDict, SEPARATOR};
 pub use tensor::{byte_len, TensorData};
 pub use value::{Dict, Key, Value};
+pub use verify::{verify, VerifyReport};

@@ -193,6 +193,16 @@ pub enum Contents {
 }
 
 impl ZipEntry {
+    /// True when the entry's contents match the CRC-32 the directory
+    /// records. Readers do not check it (torch does not); `verify` does.
+    pub fn crc_matches(&self, bytes: &[u8], path: &Path) -> Result<bool> {
+        let crc = match self.contents(bytes, path)? {
+            Contents::Stored(range) => crc32fast::hash(&bytes[range]),
+            Contents::Inflated(data) => crc32fast::hash(&data),
+        };
+        Ok(crc == self.crc32)
+    }
+
     /// Reads the entry's contents from the archive's bytes.
     pub fn contents(&self, bytes: &[u8], path: &Path) -> Result<Contents> {
         match self.method {
