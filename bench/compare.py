@@ -10,8 +10,10 @@ $CKPT_VENV, default ~/.cache/ckpt-venv) and cargo. It builds the Rust side
   large  X GiB (default 1) as 200 float32 tensors
   small  N (default 5000) float32 tensors of 32x32
 
-For each it writes the tensors once with safetensors (the shared source),
-then measures, RUNS times each, and reports the median:
+For each it writes the tensors once with safetensors and torch.save (the
+shared sources), then measures, RUNS times each, and reports the median;
+within each process the operations take turns round by round, so a slow
+spell of the shared machine falls on all of them alike:
 
   limits     single-thread memcpy of the same bytes (Rust copy_from_slice);
              plain sequential write() of the same bytes to a new file, with
@@ -72,15 +74,30 @@ def remove(path):
         pass
 
 
+def fresh(path):
+    """Before a timed write: no old file, and no dirty pages left by an
+    earlier writer for the kernel to throttle this one on."""
+    remove(path)
+    os.sync()
+
+
 def python_side(sd, workdir, runs):
     pt = workdir / "torch.pth"
     st = workdir / "peer.safetensors"
-    r = {}
-    r["torch_save"] = timed(runs, lambda: torch.save(sd, pt), lambda: remove(pt))
-    r["torch_load_touch"] = timed(runs, lambda: touch(torch.load(pt, weights_only=True)))
-    r["torch_load_mmap_touch"] = timed(runs, lambda: touch(torch.load(pt, weights_only=True, mmap=True)))
-    r["safetensors_save"] = timed(runs, lambda: save_file(sd, st), lambda: remove(st))
-    r["safetensors_load_touch"] = timed(runs, lambda: touch(load_file(st)))
+    ops = [
+        ("torch_save", lambda: torch.save(sd, pt), lambda: fresh(pt)),
+        ("torch_load_touch", lambda: touch(torch.load(pt, weights_only=True)), lambda: None),
+        ("torch_load_mmap_touch", lambda: touch(torch.load(pt, weights_only=True, mmap=True)), lambda: None),
+        ("safetensors_save", lambda: save_file(sd, st), lambda: fresh(st)),
+        ("safetensors_load_touch", lambda: touch(load_file(st)), lambda: None),
+    ]
+    r = {name: [] for name, _, _ in ops}
+    # Operations take turns, round by round in a rotating order, as on the
+    # Rust side; a load that comes first in a round reads the previous
+    # round's file.
+    for i in range(runs):
+        for name, fn, before in ops[i % len(ops):] + ops[: i % len(ops)]:
+            r[name] += timed(1, fn, before)
     remove(pt)
     remove(st)
     return r

@@ -10,7 +10,8 @@
 //! without `durable`) and to `.pth`, opening and listing the file, loading
 //! it and reading every byte (mapped and owned), and loading TORCH.pth (the
 //! same tensors, written by `torch.save`) and reading every byte. Prints one JSON object: each operation's times in
-//! seconds, plus the bytes involved. `harness --rss FILE` instead maps FILE,
+//! seconds, plus the bytes involved. Every timed write starts after `sync`,
+//! from a clean page cache. `harness --rss FILE` instead maps FILE,
 //! lists it, and prints the process's peak RSS in bytes.
 
 use std::fs::File;
@@ -49,6 +50,9 @@ fn time<T>(runs: usize, mut before: impl FnMut(), mut f: impl FnMut() -> T) -> V
         })
         .collect()
 }
+
+/// A timed writer: its name in the results, what it does, the file it makes.
+type Writer<'a> = (&'static str, Box<dyn Fn() + 'a>, &'a Path);
 
 fn peak_rss() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -113,24 +117,50 @@ fn main() {
             f.sync_all().unwrap();
         }
     };
-    let write = time(runs, || remove(&raw), || plain_write(false));
-    let write_fsync = time(runs, || remove(&raw), || plain_write(true));
-    remove(&raw);
-
-    let save = time(runs, || remove(&out), || ckpt::save(&out, &value).unwrap());
+    // The writers take turns, round by round and in a rotating order, so
+    // that a slow spell of this shared machine lands on all of them alike.
     let durable = ckpt::SaveOptions::default().durable(true);
-    let save_durable = time(
-        runs,
-        || remove(&out),
-        || ckpt::save_with(&out, &value, &durable).unwrap(),
-    );
     let out_pth = workdir.join("rust-out.pth");
-    let save_pth = time(
-        runs,
-        || remove(&out_pth),
-        || ckpt::save(&out_pth, &value).unwrap(),
-    );
+    let mut writers: Vec<Writer> = vec![
+        ("write", Box::new(|| plain_write(false)), &raw),
+        ("write_fsync", Box::new(|| plain_write(true)), &raw),
+        (
+            "ckpt_save",
+            Box::new(|| ckpt::save(&out, &value).unwrap()),
+            &out,
+        ),
+        (
+            "ckpt_save_durable",
+            Box::new(|| ckpt::save_with(&out, &value, &durable).unwrap()),
+            &out,
+        ),
+        (
+            "ckpt_save_pth",
+            Box::new(|| ckpt::save(&out_pth, &value).unwrap()),
+            &out_pth,
+        ),
+    ];
+    let mut write_times: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    for round in 0..runs {
+        // Each round starts with a different writer, so no writer always
+        // follows the same one.
+        writers.rotate_left(usize::from(round > 0));
+        for (name, write, target) in &mut writers {
+            // Each writer starts from a clean page cache: no dirty pages of
+            // an earlier writer left for the kernel to throttle it on.
+            let before = || {
+                remove(target);
+                let _ = std::process::Command::new("sync").status();
+            };
+            let t = time(1, before, write);
+            write_times.entry(*name).or_default().extend(t);
+        }
+    }
+    drop(writers);
+    remove(&raw);
     remove(&out_pth);
+    // Leave one safetensors file for the readers below.
+    ckpt::save(&out, &value).unwrap();
     drop(value);
     drop(sd);
 
@@ -174,14 +204,14 @@ fn main() {
         serde_json::json!({
             "bytes": total,
             "memcpy": memcpy,
-            "write": write,
-            "write_fsync": write_fsync,
-            "ckpt_save": save,
-            "ckpt_save_durable": save_durable,
+            "write": write_times["write"],
+            "write_fsync": write_times["write_fsync"],
+            "ckpt_save": write_times["ckpt_save"],
+            "ckpt_save_durable": write_times["ckpt_save_durable"],
+            "ckpt_save_pth": write_times["ckpt_save_pth"],
             "ckpt_open_list": open_list,
             "ckpt_load_touch": load_touch,
             "ckpt_load_owned_touch": load_owned_touch,
-            "ckpt_save_pth": save_pth,
             "ckpt_load_pth_touch": load_pth_touch,
         })
     );

@@ -6,6 +6,7 @@
 //! never used to pre-allocate, and deflated entries grow only as their data
 //! actually inflates, up to the size they declare.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::ops::Range;
 use std::path::Path;
@@ -39,6 +40,8 @@ pub struct ZipEntry {
 pub struct ZipArchive {
     /// The entries.
     pub entries: Vec<ZipEntry>,
+    /// Entry index by name (the first entry of a repeated name wins).
+    by_name: HashMap<String, usize>,
 }
 
 /// Little-endian reads that fail with a truncation error naming the field.
@@ -164,7 +167,11 @@ impl ZipArchive {
             });
             at += 46 + name_len + extra_len + comment_len;
         }
-        Ok(ZipArchive { entries })
+        let mut by_name = HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            by_name.entry(e.name.clone()).or_insert(i);
+        }
+        Ok(ZipArchive { entries, by_name })
     }
 
     /// The folder every entry sits under: what precedes the first `/` of the
@@ -179,7 +186,7 @@ impl ZipArchive {
 
     /// Finds an entry by its full name.
     pub fn get(&self, name: &str) -> Option<&ZipEntry> {
-        self.entries.iter().find(|e| e.name == name)
+        self.by_name.get(name).map(|&i| &self.entries[i])
     }
 }
 
