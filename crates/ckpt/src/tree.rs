@@ -20,7 +20,7 @@ use std::path::Path;
 use indexmap::IndexMap;
 use serde_json::{json, Value as Json};
 
-use crate::state_dict::{push_level, SEPARATOR};
+use crate::state_dict::push_level;
 use crate::{Dict, Error, Key, Result, StateDict, TensorData, Value};
 
 /// The deepest tree ckpt writes: deeper trees would exceed the JSON
@@ -98,7 +98,7 @@ pub(crate) fn decode(
     mut tensors: IndexMap<String, TensorData>,
     file: &Path,
 ) -> Result<Value> {
-    let value = decode_node(json, &mut tensors, file, "")?;
+    let value = decode_node(json, &mut tensors, file, &mut String::new())?;
     if let Some(name) = tensors.keys().next() {
         return Err(bad(file, name, "tensor is in the file but not in the tree"));
     }
@@ -121,14 +121,18 @@ fn decode_node(
     json: &Json,
     tensors: &mut IndexMap<String, TensorData>,
     file: &Path,
-    at: &str,
+    at: &mut String,
 ) -> Result<Value> {
-    let child_at = |label: &dyn std::fmt::Display| {
-        if at.is_empty() {
-            label.to_string()
-        } else {
-            format!("{at}{SEPARATOR}{label}")
-        }
+    // The path grows and shrinks as the walk goes, so building it costs
+    // the length of each label, not of the whole path per child.
+    let child = |label: &dyn std::fmt::Display,
+                 item: &Json,
+                 at: &mut String,
+                 tensors: &mut IndexMap<String, TensorData>| {
+        let len = push_level(at, label);
+        let value = decode_node(item, tensors, file, at);
+        at.truncate(len);
+        value
     };
     Ok(match json {
         Json::Null => Value::None,
@@ -155,7 +159,7 @@ fn decode_node(
                     let values = items
                         .iter()
                         .enumerate()
-                        .map(|(i, item)| decode_node(item, tensors, file, &child_at(&i)))
+                        .map(|(i, item)| child(&i, item, at, tensors))
                         .collect::<Result<Vec<_>>>()?;
                     if tag == "list" {
                         Value::List(values)
@@ -175,7 +179,7 @@ fn decode_node(
                                 return Err(bad(file, at, "dict entry is not a [key, value] pair"))
                             }
                         };
-                        let value = decode_node(item, tensors, file, &child_at(&key))?;
+                        let value = child(&key, item, at, tensors)?;
                         if dict.insert(key, value).is_some() {
                             return Err(bad(file, at, "dict has a repeated key"));
                         }

@@ -102,3 +102,16 @@ fn writing_shards_splits_by_size_and_reads_back() {
     assert!(dir.path().join("pytorch_model-00001-of-00001.bin").exists());
     assert_eq!(ckpt::load_state_dict(&bin_index).unwrap(), sd);
 }
+
+#[test]
+fn an_index_naming_an_index_as_a_shard_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("loop.safetensors.index.json");
+    std::fs::write(
+        &index,
+        r#"{"weight_map": {"w": "loop.safetensors.index.json"}}"#,
+    )
+    .unwrap();
+    let err = ckpt::load(&index).unwrap_err();
+    assert!(err.to_string().contains("itself an index"), "{err}");
+}

@@ -106,6 +106,9 @@ fn parse_header(bytes: &[u8], path: &Path, name: &str) -> Result<ArrayHeader> {
                 "'shape' holds something other than non-negative integers",
             )
         })?;
+    if shape.len() > super::pytorch::MAX_DIMS {
+        return Err(bad(path, name, "'shape' has more than 64 dimensions"));
+    }
     Ok(ArrayHeader {
         dtype,
         big_endian,

@@ -63,6 +63,12 @@ pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<L
                 "a shard name is not a plain file name in the index's folder",
             ));
         }
+        if matches!(
+            Format::from_path(Path::new(shard)),
+            Ok(Format::ShardedIndex)
+        ) {
+            return Err(bad(path, name, "a shard is itself an index"));
+        }
         if !shards.contains_key(shard) {
             let loaded = crate::read(folder.join(shard), options)?;
             shards.insert(shard, StateDict::flatten(&loaded.value)?);

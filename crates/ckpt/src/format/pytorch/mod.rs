@@ -17,6 +17,7 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 
 pub(crate) use legacy::MAGIC as LEGACY_MAGIC;
+pub(crate) use pickle::MAX_DIMS;
 pub(crate) use write::Plan;
 
 use crate::tensor::Buffer;
@@ -139,21 +140,29 @@ fn build(
     entry: &str,
     torchscript: bool,
 ) -> Result<Loaded> {
-    let mut storages: HashMap<String, Shared> = HashMap::new();
+    let mut storages: HashMap<String, (StorageRef, Shared)> = HashMap::new();
     let mut allowance = file_len.saturating_add(EXPANSION_ALLOWANCE);
     let mut converter = Converter::new(unpickled, path, entry, |t: &TensorRef| {
         let shared = match storages.get(&t.storage.key) {
-            Some(s) => s.clone(),
+            // One storage is one dtype and one length everywhere it is used.
+            Some((first, _)) if *first != t.storage => {
+                return Err(bad_storage(
+                    path,
+                    &t.storage,
+                    "it is used with two different dtypes or lengths",
+                ));
+            }
+            Some((_, s)) => s.clone(),
             None => {
                 let s = storage(&t.storage)?;
-                storages.insert(t.storage.key.clone(), s.clone());
+                storages.insert(t.storage.key.clone(), (t.storage.clone(), s.clone()));
                 s
             }
         };
         materialise(t, &shared, big_endian, &mut allowance, path)
     });
     let mut metadata = IndexMap::new();
-    let value = match module::weights(unpickled, torchscript) {
+    let value = match module::weights(unpickled, torchscript, path, entry)? {
         Some(weights) => {
             let mut dict = Dict::with_capacity(weights.tensors.len());
             for (name, id) in weights.tensors {
@@ -255,7 +264,9 @@ fn materialise(
     if end > bytes.len() as u64 {
         return Err(bad("a tensor view reaches past the end of its storage"));
     }
-    let nbytes = numel * element; // ≤ end ≤ storage length when contiguous
+    let nbytes = numel
+        .checked_mul(element)
+        .ok_or_else(|| bad("the view's size overflows"))?;
     if is_contiguous(&t.shape, &t.stride) && !big_endian {
         let start = storage.range.start + (t.offset * element) as usize;
         return TensorData::shared(
@@ -338,6 +349,80 @@ fn gather(bytes: &[u8], t: &TensorRef, element: usize, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn view(shape: Vec<u64>, stride: Vec<u64>) -> TensorRef {
+        TensorRef {
+            storage: StorageRef {
+                key: "0".into(),
+                dtype: Some(DType::F32),
+                numel: 1,
+            },
+            dtype: DType::F32,
+            offset: 0,
+            shape,
+            stride,
+        }
+    }
+
+    fn storage() -> Shared {
+        Shared {
+            buffer: Arc::new(Buffer::Heap(vec![0; 4])),
+            range: 0..4,
+        }
+    }
+
+    #[test]
+    fn expanding_a_tiny_storage_past_u64_is_an_error() {
+        let mut allowance = 1 << 30;
+        let err = materialise(
+            &view(vec![1 << 62], vec![0]),
+            &storage(),
+            false,
+            &mut allowance,
+            Path::new("t.pth"),
+        );
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn expanding_a_tiny_storage_beyond_the_allowance_is_an_error() {
+        let mut allowance = 1 << 20;
+        let err = materialise(
+            &view(vec![1 << 30], vec![0]),
+            &storage(),
+            false,
+            &mut allowance,
+            Path::new("t.pth"),
+        );
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .contains("far more than the file holds"));
+        let ok = materialise(
+            &view(vec![3], vec![0]),
+            &storage(),
+            false,
+            &mut allowance,
+            Path::new("t.pth"),
+        );
+        assert_eq!(ok.unwrap().shape(), &[3]);
+    }
+
+    #[test]
+    fn a_view_past_its_storage_is_an_error() {
+        let mut allowance = 1 << 20;
+        let err = materialise(
+            &view(vec![2], vec![1]),
+            &storage(),
+            false,
+            &mut allowance,
+            Path::new("t.pth"),
+        );
+        assert!(err
+            .unwrap_err()
+            .to_string()
+            .contains("past the end of its storage"));
+    }
 
     #[test]
     fn contiguity_ignores_unit_dimensions() {

@@ -3,9 +3,14 @@
 //! `_modules`) and TorchScript archives (objects whose attributes are the
 //! tensors and submodules themselves).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
+use std::path::Path;
 
 use super::pickle::{Id, Obj, Unpickled};
+use crate::{Error, Result};
+
+/// The longest tensor name a walk builds.
+const MAX_NAME: usize = 4096;
 
 /// The tensors of a pickled module under the names `model.state_dict()`
 /// gives them, and every class seen on the way.
@@ -14,25 +19,54 @@ pub(crate) struct ModuleWeights {
     pub tensors: Vec<(String, Id)>,
     /// `module.Class` of every object walked.
     pub classes: BTreeSet<String>,
+    /// Objects that may still be visited: a module tree that shares
+    /// submodules could otherwise be walked exponentially often.
+    visits_left: usize,
+    /// Tensor names that may still be produced (shared parameter dicts
+    /// could otherwise multiply them).
+    names_left: usize,
+}
+
+impl ModuleWeights {
+    fn push(&mut self, name: String, tensor: Id) -> Walk<()> {
+        self.names_left = self
+            .names_left
+            .checked_sub(1)
+            .ok_or("the module tree names shared tensors too often")?;
+        self.tensors.push((name, tensor));
+        Ok(())
+    }
 }
 
 /// Walks the module object at the root of `u`: a TorchScript module when
 /// `torchscript`, otherwise an `nn.Module` (an object with `_parameters`).
 /// `None` when the root is neither, so the caller refuses it.
-pub(crate) fn weights(u: &Unpickled, torchscript: bool) -> Option<ModuleWeights> {
+pub(crate) fn weights(
+    u: &Unpickled,
+    torchscript: bool,
+    path: &Path,
+    entry: &str,
+) -> Result<Option<ModuleWeights>> {
     let Obj::Object { state, .. } = &u.arena[u.root] else {
-        return None;
+        return Ok(None);
     };
     let is_module = state.is_some_and(|s| entries(u, s).iter().any(|(k, _)| *k == "_parameters"));
     if !torchscript && !is_module {
-        return None;
+        return Ok(None);
     }
     let mut out = ModuleWeights {
         tensors: Vec::new(),
         classes: BTreeSet::new(),
+        visits_left: u.arena.len(),
+        names_left: u.arena.len().saturating_mul(2),
     };
-    walk(u, u.root, "", 0, &mut out);
-    Some(out)
+    walk(u, u.root, "", 0, &mut out).map_err(|problem| Error::Pickle {
+        path: path.to_owned(),
+        entry: entry.to_owned(),
+        offset: 0,
+        problem,
+    })?;
+    Ok(Some(out))
 }
 
 /// The string-keyed entries of a dict object.
@@ -62,16 +96,32 @@ fn strings(u: &Unpickled, id: Id) -> Vec<&str> {
     }
 }
 
-fn walk(u: &Unpickled, id: Id, prefix: &str, depth: usize, out: &mut ModuleWeights) {
+fn named(prefix: &str, name: &str) -> Walk<String> {
+    if prefix.len() + name.len() > MAX_NAME {
+        return Err("a module path is longer than 4096 bytes");
+    }
+    Ok(format!("{prefix}{name}"))
+}
+
+/// A walk's result: a problem is a short description for the error.
+type Walk<T> = std::result::Result<T, &'static str>;
+
+fn walk(u: &Unpickled, id: Id, prefix: &str, depth: usize, out: &mut ModuleWeights) -> Walk<()> {
     // A module tree deeper than this is a cycle or an attack.
     if depth > 128 {
-        return;
+        return Err("the module tree nests too deeply (or refers to itself)");
     }
+    out.visits_left = out
+        .visits_left
+        .checked_sub(1)
+        .ok_or("the module tree repeats shared submodules too often")?;
     let Obj::Object { class, state } = &u.arena[id] else {
-        return;
+        return Ok(());
     };
     out.classes.insert(format!("{}.{}", class.0, class.1));
-    let Some(state) = *state else { return };
+    let Some(state) = *state else {
+        return Ok(());
+    };
     let attrs = entries(u, state);
     let attr = |name: &str| attrs.iter().find(|(k, _)| *k == name).map(|&(_, v)| v);
     let is_tensor = |v: Id| matches!(u.arena[v], Obj::Tensor(_));
@@ -79,34 +129,56 @@ fn walk(u: &Unpickled, id: Id, prefix: &str, depth: usize, out: &mut ModuleWeigh
     if let Some(params) = attr("_parameters") {
         // torch.save(model): parameters, then persistent buffers, then
         // submodules, as Module.state_dict() orders them.
-        let skip: Vec<&str> = attr("_non_persistent_buffers_set")
-            .map(|s| strings(u, s))
+        let skip: HashSet<&str> = attr("_non_persistent_buffers_set")
+            .map(|s| strings(u, s).into_iter().collect())
             .unwrap_or_default();
         for (name, v) in entries(u, params) {
             if is_tensor(v) {
-                out.tensors.push((format!("{prefix}{name}"), v));
+                out.push(named(prefix, name)?, v)?;
             }
         }
         if let Some(buffers) = attr("_buffers") {
             for (name, v) in entries(u, buffers) {
-                if is_tensor(v) && !skip.contains(&name) {
-                    out.tensors.push((format!("{prefix}{name}"), v));
+                if is_tensor(v) && !skip.contains(name) {
+                    out.push(named(prefix, name)?, v)?;
                 }
             }
         }
         if let Some(modules) = attr("_modules") {
             for (name, v) in entries(u, modules) {
-                walk(u, v, &format!("{prefix}{name}."), depth + 1, out);
+                walk(u, v, &named(prefix, &format!("{name}."))?, depth + 1, out)?;
             }
         }
     } else {
         // TorchScript: attributes are the tensors and submodules.
         for &(name, v) in &attrs {
             if is_tensor(v) {
-                out.tensors.push((format!("{prefix}{name}"), v));
+                out.push(named(prefix, name)?, v)?;
             } else if matches!(u.arena[v], Obj::Object { .. }) {
-                walk(u, v, &format!("{prefix}{name}."), depth + 1, out);
+                walk(u, v, &named(prefix, &format!("{name}."))?, depth + 1, out)?;
             }
         }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::pickle::unpickle;
+    use super::*;
+
+    #[test]
+    fn a_module_that_contains_itself_is_an_error_not_a_hang() {
+        // m = M(); m.__dict__ = {'_parameters': {}, '_modules': {'a': m, 'b': m}}
+        let bytes = b"\x80\x02c__main__\nM\n)\x81q\x00}(X\x0b\x00\x00\x00_parameters}X\x08\x00\x00\x00_modules}(X\x01\x00\x00\x00ah\x00X\x01\x00\x00\x00bh\x00uub.";
+        let u = unpickle(bytes, Path::new("m.pth"), "data.pkl").unwrap();
+        let err = match weights(&u, false, Path::new("m.pth"), "data.pkl") {
+            Err(e) => e,
+            Ok(_) => panic!("a self-containing module was walked"),
+        };
+        assert!(
+            err.to_string().contains("nests too deeply") || err.to_string().contains("too often"),
+            "{err}"
+        );
     }
 }

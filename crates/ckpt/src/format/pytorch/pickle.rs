@@ -81,7 +81,45 @@ pub(crate) struct Unpickled {
     pub root: Id,
     /// The offset just past `STOP`, where a following pickle would start.
     pub end: usize,
+    /// Bytes that copying shared objects may still cost (see [`Budget`]).
+    pub budget: Budget,
 }
+
+/// How many bytes copies of memoised objects may cost in all: a stream can
+/// name one long string a million times in a few bytes each, and every
+/// copy — while running the stream or converting its result — is charged
+/// here, so a small file cannot grow into a huge allocation.
+pub(crate) struct Budget(std::cell::Cell<usize>);
+
+impl Budget {
+    fn for_stream(len: usize) -> Budget {
+        Budget(std::cell::Cell::new(
+            len.saturating_mul(16).saturating_add(16 << 20),
+        ))
+    }
+
+    /// Takes `n` bytes from the budget, or says the data copies too much.
+    pub(crate) fn charge(&self, n: usize, path: &Path, entry: &str) -> Result<()> {
+        match self.0.get().checked_sub(n) {
+            Some(left) => {
+                self.0.set(left);
+                Ok(())
+            }
+            None => Err(Error::Pickle {
+                path: path.to_owned(),
+                entry: entry.to_owned(),
+                offset: 0,
+                problem: "the data copies shared values into far more bytes than the stream holds",
+            }),
+        }
+    }
+}
+
+/// The most `_rebuild_from_type_v2` wrappers unwrapped around one call.
+const MAX_WRAPPERS: usize = 8;
+
+/// The most dimensions a tensor may have (NumPy's limit; torch's is 25).
+pub(crate) const MAX_DIMS: usize = 64;
 
 #[derive(Clone, Copy)]
 enum Item {
@@ -104,8 +142,9 @@ struct Machine<'a> {
     arena: Vec<Obj>,
     stack: Vec<Item>,
     memo: HashMap<u32, Id>,
-    /// Where each value pushed since each MARK starts.
+    /// Where the current opcode starts.
     op_start: usize,
+    budget: Budget,
 }
 
 /// Runs the pickle stream in `bytes` (the zip entry `entry` of `path`).
@@ -119,12 +158,14 @@ pub(crate) fn unpickle(bytes: &[u8], path: &Path, entry: &str) -> Result<Unpickl
         stack: Vec::new(),
         memo: HashMap::new(),
         op_start: 0,
+        budget: Budget::for_stream(bytes.len()),
     };
     let root = m.run()?;
     Ok(Unpickled {
         arena: m.arena,
         root,
         end: m.pos,
+        budget: m.budget,
     })
 }
 
@@ -136,6 +177,10 @@ impl Machine<'_> {
             offset: self.op_start as u64,
             problem,
         }
+    }
+
+    fn charge(&self, n: usize) -> Result<()> {
+        self.budget.charge(n, self.path, self.entry)
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8]> {
@@ -428,6 +473,7 @@ impl Machine<'_> {
                     let module = self.pop()?;
                     match (&self.arena[module], &self.arena[name]) {
                         (Obj::Str(m), Obj::Str(n)) => {
+                            self.charge(m.len() + n.len())?;
                             let global = global(m.clone(), n.clone());
                             self.push(global);
                         }
@@ -525,6 +571,7 @@ impl Machine<'_> {
         let (m, n) = self
             .global_name(class)
             .ok_or_else(|| self.err("NEWOBJ of something that is not a class"))?;
+        self.charge(m.len() + n.len())?;
         let class = (m.to_owned(), n.to_owned());
         self.push(Obj::Object { class, state: None });
         Ok(())
@@ -532,7 +579,10 @@ impl Machine<'_> {
 
     fn tuple(&self, id: Id) -> Result<Vec<Id>> {
         match &self.arena[id] {
-            Obj::Tuple(items) => Ok(items.clone()),
+            Obj::Tuple(items) => {
+                self.charge(items.len() * std::mem::size_of::<Id>())?;
+                Ok(items.clone())
+            }
             _ => Err(self.err("call arguments are not a tuple")),
         }
     }
@@ -553,8 +603,11 @@ impl Machine<'_> {
     }
 
     fn dims(&self, id: Id) -> Result<Vec<u64>> {
-        self.tuple(id)?
-            .into_iter()
+        let dims = self.tuple(id)?;
+        if dims.len() > MAX_DIMS {
+            return Err(self.err("a tensor has more than 64 dimensions"));
+        }
+        dims.into_iter()
             .map(|d| {
                 u64::try_from(self.as_int(d)?).map_err(|_| self.err("a size or stride is negative"))
             })
@@ -566,9 +619,14 @@ impl Machine<'_> {
         let parts = self
             .tuple(pid)
             .map_err(|_| self.err("a persistent id is not a tuple"))?;
-        let [tag, class, key, _location, numel, ..] = parts[..] else {
+        let [tag, class, key, _location, numel, ref view @ ..] = parts[..] else {
             return Err(self.err("a persistent id has fewer than 5 parts"));
         };
+        // Very old legacy files name views of a root storage here; ckpt
+        // refuses them rather than read the wrong bytes.
+        if view.iter().any(|&v| !matches!(self.arena[v], Obj::None)) {
+            return Err(self.err("a storage view (pre-1.0 legacy format) is not supported"));
+        }
         if self.as_str(tag)? != "storage" {
             return Err(self.err("a persistent id is not a storage"));
         }
@@ -578,7 +636,10 @@ impl Machine<'_> {
             _ => return Err(self.refuse(class)),
         };
         let key = match &self.arena[key] {
-            Obj::Str(s) => s.clone(),
+            Obj::Str(s) => {
+                self.charge(s.len())?;
+                s.clone()
+            }
             Obj::Int(i) => i.to_string(),
             _ => return Err(self.err("a storage key is not a string")),
         };
@@ -587,7 +648,18 @@ impl Machine<'_> {
         Ok(StorageRef { key, dtype, numel })
     }
 
-    fn reduce(&mut self, callable: Id, args: Id) -> Result<Id> {
+    fn reduce(&mut self, mut callable: Id, mut args: Id) -> Result<Id> {
+        // `_rebuild_from_type_v2(func, type, args, state)` calls `func(*args)`;
+        // unwrap such wrappers in a loop, not by recursion.
+        for _ in 0..MAX_WRAPPERS {
+            if self.global_name(callable) != Some(("torch._tensor", "_rebuild_from_type_v2")) {
+                break;
+            }
+            let [func, _new_type, inner_args, ..] = self.tuple(args)?[..] else {
+                return Err(self.err("_rebuild_from_type_v2 with too few arguments"));
+            };
+            (callable, args) = (func, inner_args);
+        }
         let Some((module, name)) = self.global_name(callable) else {
             return Err(self.err("REDUCE of something that is not a global"));
         };
@@ -619,19 +691,16 @@ impl Machine<'_> {
                 }
                 return Ok(tensor);
             }
-            ("torch._tensor", "_rebuild_from_type_v2") => {
-                let [func, _new_type, inner_args, ..] = args[..] else {
-                    return Err(self.err("_rebuild_from_type_v2 with too few arguments"));
-                };
-                return self.reduce(func, inner_args);
-            }
             ("torch", "Size")
             | ("builtins", "set")
             | ("builtins", "frozenset")
             | ("__builtin__", "set") => {
                 let items = match args.first().map(|&a| &self.arena[a]) {
                     None => Vec::new(),
-                    Some(Obj::Tuple(items)) | Some(Obj::List(items)) => items.clone(),
+                    Some(Obj::Tuple(items)) | Some(Obj::List(items)) => {
+                        self.charge(items.len() * std::mem::size_of::<Id>())?;
+                        items.clone()
+                    }
                     _ => {
                         return Err(
                             self.err("a size or set built from something that is not a sequence")
@@ -645,16 +714,22 @@ impl Machine<'_> {
                 }
             }
             ("torch", "device") => {
-                let parts: Vec<String> =
-                    args.iter()
-                        .map(|&a| match &self.arena[a] {
-                            Obj::Str(s) => Ok(s.clone()),
-                            Obj::Int(i) => Ok(i.to_string()),
-                            _ => Err(self.err(
+                let mut parts = Vec::with_capacity(args.len());
+                for &a in &args {
+                    let part = match &self.arena[a] {
+                        Obj::Str(s) => {
+                            self.charge(s.len())?;
+                            s.clone()
+                        }
+                        Obj::Int(i) => i.to_string(),
+                        _ => {
+                            return Err(self.err(
                                 "torch.device with an argument that is not a string or index",
-                            )),
-                        })
-                        .collect::<Result<_>>()?;
+                            ))
+                        }
+                    };
+                    parts.push(part);
+                }
                 Obj::Str(parts.join(":"))
             }
             ("_codecs", "encode") => {
@@ -663,6 +738,7 @@ impl Machine<'_> {
                         .first()
                         .ok_or_else(|| self.err("_codecs.encode without text"))?,
                 )?;
+                self.charge(text.len())?;
                 let bytes = text
                     .chars()
                     .map(|c| u8::try_from(c as u32).ok())
@@ -672,7 +748,10 @@ impl Machine<'_> {
             }
             ("builtins", "bytearray") | ("__builtin__", "bytearray") => {
                 match args.first().map(|&a| &self.arena[a]) {
-                    Some(Obj::Bytes(b)) => Obj::Bytes(b.clone()),
+                    Some(Obj::Bytes(b)) => {
+                        self.charge(b.len())?;
+                        Obj::Bytes(b.clone())
+                    }
                     None => Obj::Bytes(Vec::new()),
                     _ => return Err(self.err("bytearray of something that is not bytes")),
                 }
@@ -684,6 +763,7 @@ impl Machine<'_> {
                 let (m, n) = self
                     .global_name(class)
                     .ok_or_else(|| self.err("_reconstructor of something that is not a class"))?;
+                self.charge(m.len() + n.len())?;
                 Obj::Object {
                     class: (m.to_owned(), n.to_owned()),
                     state: None,
@@ -712,6 +792,7 @@ impl Machine<'_> {
         if shape.len() != stride.len() {
             return Err(self.err("a tensor's size and stride differ in length"));
         }
+        self.charge(storage.key.len())?;
         Ok(TensorRef {
             storage: storage.clone(),
             dtype,
@@ -802,6 +883,16 @@ impl<'a, F: FnMut(&TensorRef) -> Result<crate::TensorData>> Converter<'a, F> {
             .checked_sub(1)
             .ok_or_else(|| self.err("the data expands to too many values (shared references)"))?;
         let arena = &self.unpickled.arena;
+        // Copies of strings, bytes and tensor shapes cost bytes too.
+        let cost = match &arena[id] {
+            Obj::Str(s) => s.len(),
+            Obj::Bytes(b) => b.len(),
+            Obj::Tensor(t) => t.shape.len() * 8,
+            Obj::Dict(pairs) => pairs.len() * std::mem::size_of::<(Key, Value)>(),
+            Obj::List(items) | Obj::Tuple(items) => items.len() * std::mem::size_of::<Value>(),
+            _ => 0,
+        };
+        self.unpickled.budget.charge(cost, self.path, self.entry)?;
         Ok(match &arena[id] {
             Obj::None => Value::None,
             Obj::Bool(b) => Value::Bool(*b),
@@ -815,7 +906,12 @@ impl<'a, F: FnMut(&TensorRef) -> Result<crate::TensorData>> Converter<'a, F> {
                 let mut dict = Dict::with_capacity(pairs.len());
                 for &(k, v) in pairs {
                     let key = match &arena[k] {
-                        Obj::Str(s) => Key::Str(s.clone()),
+                        Obj::Str(s) => {
+                            self.unpickled
+                                .budget
+                                .charge(s.len(), self.path, self.entry)?;
+                            Key::Str(s.clone())
+                        }
                         Obj::Int(i) => Key::Int(*i),
                         Obj::Bool(b) => Key::Int(*b as i64),
                         _ => return Err(self.err("a dict key is neither a string nor an integer")),
@@ -953,6 +1049,60 @@ mod tests {
             v,
             Value::Tuple(vec![Value::Dict(d.clone()), Value::Dict(d)])
         );
+    }
+
+    #[test]
+    fn nested_rebuild_from_type_wrappers_do_not_recurse_without_bound() {
+        // v = _rebuild_from_type_v2 memoised; then 100,000 levels of
+        // (v, None, (...), None) around an innermost call of v itself.
+        let mut bytes = b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\nq\x00".to_vec();
+        let levels = 100_000;
+        for _ in 0..levels {
+            bytes.extend_from_slice(b"h\x00N");
+        }
+        bytes.extend_from_slice(b"h\x00N))\x87");
+        for _ in 0..levels {
+            bytes.extend_from_slice(b"N\x87");
+        }
+        bytes.extend_from_slice(b"R.");
+        assert!(run(&bytes).is_err());
+    }
+
+    #[test]
+    fn copies_of_a_memoised_string_are_charged() {
+        // A 1 MiB string, memoised, then a list of 100,000 references.
+        let mut bytes = b"\x80\x02X\x00\x00\x10\x00".to_vec();
+        bytes.extend(std::iter::repeat_n(b'a', 1 << 20));
+        bytes.extend_from_slice(b"q\x00](");
+        for _ in 0..100_000 {
+            bytes.extend_from_slice(b"h\x00");
+        }
+        bytes.extend_from_slice(b"e.");
+        let err = run(&bytes).unwrap_err();
+        assert!(err.to_string().contains("far more bytes"), "{err}");
+    }
+
+    #[test]
+    fn torch_device_copies_are_charged() {
+        let mut bytes = b"\x80\x02ctorch\ndevice\n(X\x00\x00\x10\x00".to_vec();
+        bytes.extend(std::iter::repeat_n(b'c', 1 << 20));
+        bytes.extend_from_slice(b"q\x00");
+        for _ in 0..100_000 {
+            bytes.extend_from_slice(b"h\x00");
+        }
+        bytes.extend_from_slice(b"tR.");
+        let err = run(&bytes).unwrap_err();
+        assert!(err.to_string().contains("far more bytes"), "{err}");
+    }
+
+    #[test]
+    fn old_storage_views_are_refused() {
+        let bytes = b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04(X\x01\x00\x00\x001K\x01K\x02ttQ.";
+        let err = match unpickle(bytes, Path::new("t.pth"), "data.pkl") {
+            Err(e) => e,
+            Ok(_) => panic!("a storage view was accepted"),
+        };
+        assert!(err.to_string().contains("storage view"), "{err}");
     }
 
     #[test]

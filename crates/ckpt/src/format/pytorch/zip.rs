@@ -124,6 +124,7 @@ impl ZipArchive {
         // Each central entry takes at least 46 bytes, which bounds the count
         // by what is really there.
         let mut entries = Vec::with_capacity((count as usize).min(dir_len / 46));
+        let mut locals = Vec::with_capacity(entries.capacity());
         let mut at = dir_start;
         for _ in 0..count {
             if r.u32(at, "a central directory entry")? != CENTRAL_SIG {
@@ -165,7 +166,19 @@ impl ZipArchive {
                 size,
                 data: data_start..data_start + data_len,
             });
+            locals.push(local);
             at += 46 + name_len + extra_len + comment_len;
+        }
+        // Entries may not share bytes: overlapping entries are how zip bombs
+        // multiply one compressed block (Python's zipfile refuses them too).
+        let mut spans: Vec<(usize, usize)> = locals
+            .iter()
+            .zip(&entries)
+            .map(|(&l, e)| (l, e.data.end))
+            .collect();
+        spans.sort_unstable();
+        if let Some(w) = spans.windows(2).find(|w| w[1].0 < w[0].1) {
+            return Err(bad(path, w[1].0, "two entries overlap"));
         }
         let mut by_name = HashMap::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
@@ -492,6 +505,20 @@ mod tests {
                 "{len}"
             );
         }
+    }
+
+    #[test]
+    fn overlapping_entries_are_refused() {
+        let mut bytes = archive(&[("a/x", &[1; 100]), ("a/y", &[2; 100])]);
+        // Point the second central entry at the first local header.
+        let sig = CENTRAL_SIG.to_le_bytes();
+        let second = (0..bytes.len() - 4)
+            .filter(|&i| bytes[i..i + 4] == sig)
+            .nth(1)
+            .unwrap();
+        bytes[second + 42..second + 46].copy_from_slice(&0u32.to_le_bytes());
+        let err = ZipArchive::parse(&bytes, Path::new("t.pth")).unwrap_err();
+        assert!(err.to_string().contains("overlap"), "{err}");
     }
 
     #[test]
