@@ -2,20 +2,12 @@
 //! ckpt must read them exactly, and refuse the hostile ones with a clear
 //! error instead of a panic.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::*;
 
 use ckpt::{DType, Error, StateDict};
 use serde_json::Value as Json;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Compares every tensor with the dtype, shape and bytes torch reported.
 fn assert_matches_expected(sd: &StateDict, expected: &str) {

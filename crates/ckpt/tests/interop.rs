@@ -3,7 +3,11 @@
 //! script (`scripts/test`) and CI arrange; plain `cargo test` skips them
 //! with a message.
 
+mod common;
+
+use common::*;
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
 
 use ckpt::{DType, Dict, Key, StateDict, TensorData, Value};
@@ -30,10 +34,6 @@ fn peer(python: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn describe(sd: &StateDict) -> Json {
@@ -150,29 +150,6 @@ fn files_python_safetensors_writes_load_in_ckpt() {
                 "{file}: {k}"
             );
         }
-    }
-}
-
-/// The exact description peer.py's `describe_tree` gives a loaded tree.
-fn describe_tree(v: &Value) -> Json {
-    match v {
-        Value::None => Json::Null,
-        Value::Bool(b) => json!(b),
-        Value::Int(i) => json!({"int": i.to_string()}),
-        Value::Float(f) => json!({"float": format!("{:016x}", f.to_bits())}),
-        Value::Str(s) => json!(s),
-        Value::Bytes(b) => json!({"bytes": hex(b)}),
-        Value::Tensor(t) => {
-            json!({"tensor": {"dtype": t.dtype().torch_name(), "shape": t.shape(), "hex": hex(t.bytes())}})
-        }
-        Value::Tuple(items) => {
-            json!({"tuple": items.iter().map(describe_tree).collect::<Vec<_>>()})
-        }
-        Value::List(items) => json!({"list": items.iter().map(describe_tree).collect::<Vec<_>>()}),
-        Value::Dict(d) => json!({"dict": d.iter().map(|(k, v)| {
-            let key = match k { Key::Str(s) => json!(s), Key::Int(i) => json!({"int": i.to_string()}) };
-            json!([key, describe_tree(v)])
-        }).collect::<Vec<_>>()}),
     }
 }
 

@@ -1,22 +1,15 @@
 //! NumPy files written by real NumPy (tests/fixtures/make_fixtures.py).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::*;
+use std::path::Path;
 
 use ckpt::{DType, Error, StateDict, TensorData, Value};
 use serde_json::Value as Json;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/numpy")
-        .join(name)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn expected() -> serde_json::Map<String, Json> {
-    let text = std::fs::read_to_string(fixture("expected.json")).unwrap();
+    let text = std::fs::read_to_string(fixture("numpy/expected.json")).unwrap();
     serde_json::from_str::<Json>(&text)
         .unwrap()
         .as_object()
@@ -39,7 +32,7 @@ fn assert_tensor(name: &str, t: &TensorData, want: &Json) {
 #[test]
 fn every_npy_reads_as_numpy_shows_it() {
     for (name, want) in expected() {
-        let v = ckpt::load(fixture(&format!("{name}.npy"))).unwrap();
+        let v = ckpt::load(fixture(&format!("numpy/{name}.npy"))).unwrap();
         assert_tensor(&name, v.as_tensor().unwrap(), &want);
     }
 }
@@ -47,7 +40,7 @@ fn every_npy_reads_as_numpy_shows_it() {
 #[test]
 fn stored_and_compressed_npz_read_as_state_dicts() {
     for file in ["stored.npz", "compressed.npz"] {
-        let sd = ckpt::load_state_dict(fixture(file)).unwrap();
+        let sd = ckpt::load_state_dict(fixture(&format!("numpy/{file}"))).unwrap();
         let want = expected();
         assert_eq!(sd.len(), want.len(), "{file}");
         for (name, w) in &want {
@@ -55,13 +48,13 @@ fn stored_and_compressed_npz_read_as_state_dicts() {
         }
     }
     // Stored members are borrowed from the map; deflated ones are inflated.
-    assert!(ckpt::load_state_dict(fixture("stored.npz")).unwrap()["f32"].is_mapped());
+    assert!(ckpt::load_state_dict(fixture("numpy/stored.npz")).unwrap()["f32"].is_mapped());
 }
 
 #[test]
 fn npy_and_npz_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let sd = ckpt::load_state_dict(fixture("stored.npz")).unwrap();
+    let sd = ckpt::load_state_dict(fixture("numpy/stored.npz")).unwrap();
     let out = dir.path().join("copy.npz");
     ckpt::save(&out, &sd.clone().into()).unwrap();
     assert_eq!(ckpt::load_state_dict(&out).unwrap(), sd);
@@ -88,7 +81,7 @@ fn numpy_refuses_what_it_cannot_hold() {
 
 #[test]
 fn truncated_npy_is_an_error() {
-    let bytes = std::fs::read(fixture("f32.npy")).unwrap();
+    let bytes = std::fs::read(fixture("numpy/f32.npy")).unwrap();
     for len in [0, 5, 9, 40, bytes.len() - 1] {
         let err = ckpt::read_bytes(
             ckpt::Format::Npy,

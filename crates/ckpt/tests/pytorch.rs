@@ -2,41 +2,13 @@
 //! ckpt reads them exactly as `torch.load` shows them, refuses what it must,
 //! and writes files that read back identically.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::*;
+use std::path::Path;
 
 use ckpt::{Error, Key, Value};
-use serde_json::{json, Value as Json};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The same description make_fixtures.py writes for a `torch.load` result.
-fn describe(v: &Value) -> Json {
-    match v {
-        Value::None => Json::Null,
-        Value::Bool(b) => json!(b),
-        Value::Int(i) => json!({"int": i.to_string()}),
-        Value::Float(f) => json!({"float": format!("{:016x}", f.to_bits())}),
-        Value::Str(s) => json!(s),
-        Value::Bytes(b) => json!({"bytes": hex(b)}),
-        Value::Tensor(t) => {
-            json!({"tensor": {"dtype": t.dtype().torch_name(), "shape": t.shape(), "hex": hex(t.bytes())}})
-        }
-        Value::Tuple(items) => json!({"tuple": items.iter().map(describe).collect::<Vec<_>>()}),
-        Value::List(items) => json!({"list": items.iter().map(describe).collect::<Vec<_>>()}),
-        Value::Dict(d) => json!({"dict": d.iter().map(|(k, v)| {
-            let key = match k { Key::Str(s) => json!(s), Key::Int(i) => json!({"int": i.to_string()}) };
-            json!([key, describe(v)])
-        }).collect::<Vec<_>>()}),
-    }
-}
+use serde_json::Value as Json;
 
 fn expected(name: &str) -> Json {
     serde_json::from_str(&std::fs::read_to_string(fixture(name)).unwrap()).unwrap()
@@ -45,13 +17,13 @@ fn expected(name: &str) -> Json {
 #[test]
 fn every_dtype_reads_as_torch_shows_it() {
     let v = ckpt::load(fixture("pth/all_dtypes.pth")).unwrap();
-    assert_eq!(describe(&v), expected("pth/all_dtypes.expected.json"));
+    assert_eq!(describe_tree(&v), expected("pth/all_dtypes.expected.json"));
 }
 
 #[test]
 fn views_strides_offsets_and_expansions_read_as_torch_shows_them() {
     let v = ckpt::load(fixture("pth/views.pth")).unwrap();
-    assert_eq!(describe(&v), expected("pth/views.expected.json"));
+    assert_eq!(describe_tree(&v), expected("pth/views.expected.json"));
     // Contiguous views borrow the map; strided ones are gathered copies.
     assert!(v.get("base").unwrap().as_tensor().unwrap().is_mapped());
     assert!(v.get("row").unwrap().as_tensor().unwrap().is_mapped());
@@ -66,7 +38,7 @@ fn views_strides_offsets_and_expansions_read_as_torch_shows_them() {
 #[test]
 fn a_training_checkpoint_reads_as_a_tree() {
     let v = ckpt::load(fixture("pth/checkpoint.pth")).unwrap();
-    assert_eq!(describe(&v), expected("pth/checkpoint.expected.json"));
+    assert_eq!(describe_tree(&v), expected("pth/checkpoint.expected.json"));
     let opt = v.get("optimizer_state_dict").unwrap();
     let Value::Dict(state) = opt.get("state").unwrap() else {
         panic!()
@@ -82,7 +54,10 @@ fn a_training_checkpoint_reads_as_a_tree() {
 #[test]
 fn big_endian_storages_are_swapped() {
     let big = ckpt::load(fixture("pth/big_endian.pth")).unwrap();
-    assert_eq!(describe(&big), expected("pth/all_dtypes.expected.json"));
+    assert_eq!(
+        describe_tree(&big),
+        expected("pth/all_dtypes.expected.json")
+    );
 }
 
 #[test]
@@ -126,7 +101,7 @@ fn a_malicious_pickle_is_refused_and_nothing_runs() {
 fn whole_module_pickles_give_the_state_dict_without_running_anything() {
     let loaded = ckpt::read(fixture("pth/full_model.pth"), &ckpt::LoadOptions::default()).unwrap();
     assert_eq!(
-        describe(&loaded.value),
+        describe_tree(&loaded.value),
         expected("pth/full_model.expected.json")
     );
     assert_eq!(loaded.metadata["pytorch.pickled"], "torch.save(model)");
@@ -142,7 +117,7 @@ fn whole_module_pickles_give_the_state_dict_without_running_anything() {
 fn torchscript_archives_give_the_same_state_dict() {
     let loaded = ckpt::read(fixture("pth/torchscript.pt"), &ckpt::LoadOptions::default()).unwrap();
     assert_eq!(
-        describe(&loaded.value),
+        describe_tree(&loaded.value),
         expected("pth/full_model.expected.json")
     );
     assert_eq!(loaded.metadata["pytorch.pickled"], "TorchScript archive");
@@ -151,7 +126,7 @@ fn torchscript_archives_give_the_same_state_dict() {
 #[test]
 fn legacy_format_files_read_like_zip_ones() {
     let v = ckpt::load(fixture("pth/legacy.pth")).unwrap();
-    assert_eq!(describe(&v), expected("pth/all_dtypes.expected.json"));
+    assert_eq!(describe_tree(&v), expected("pth/all_dtypes.expected.json"));
 }
 
 #[test]

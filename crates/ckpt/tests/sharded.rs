@@ -1,19 +1,11 @@
 //! Hugging Face sharded checkpoints (index + shards), both flavours.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::*;
 
 use ckpt::{Error, Format, SaveOptions, StateDict, TensorData};
 use serde_json::Value as Json;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn assert_expected(sd: &StateDict) {
     let text = std::fs::read_to_string(fixture("sharded/expected.json")).unwrap();
