@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
 use crate::state_dict::is_plain_state_dict;
@@ -36,6 +37,10 @@ pub const TREE_KEY: &str = "ckpt.tree";
 pub const RESERVED_PREFIX: &str = "ckpt.";
 
 const METADATA_KEY: &str = "__metadata__";
+
+/// The longest tensor entry read: a dtype, at most 64 dimensions and two
+/// offsets take well under 2 KiB.
+const MAX_ENTRY_LEN: usize = 64 << 10;
 
 /// One tensor's entry in a parsed header.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,23 +102,31 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
         return Err(truncated(path, 8, "the JSON header", header_len, available));
     }
     let data_start = 8 + header_len as usize;
-    let json: Json =
-        serde_json::from_slice(&bytes[8..data_start]).map_err(|source| Error::HeaderJson {
+    // Each entry stays raw text until it is checked on its own, so a huge
+    // hostile header never becomes one huge tree of JSON values.
+    let map: IndexMap<String, Box<RawValue>> = serde_json::from_slice(&bytes[8..data_start])
+        .map_err(|source| Error::HeaderJson {
             path: path.to_owned(),
             source,
         })?;
-    let Json::Object(map) = json else {
-        return Err(entry_error(path, "", "the header is not a JSON object"));
-    };
 
     let data_len = (bytes.len() - data_start) as u64;
     let mut metadata = IndexMap::new();
     let mut entries = Vec::with_capacity(map.len());
-    for (name, info) in &map {
+    for (name, raw) in &map {
         if name == METADATA_KEY {
-            metadata = parse_metadata(info, path)?;
+            metadata = serde_json::from_str(raw.get())
+                .map_err(|_| entry_error(path, METADATA_KEY, "must be an object of strings"))?;
         } else {
-            let (dtype, shape, (start, end)) = parse_entry(name, info, path)?;
+            if raw.get().len() > MAX_ENTRY_LEN {
+                return Err(entry_error(path, name, "the entry is longer than 64 KiB"));
+            }
+            let info: Json =
+                serde_json::from_str(raw.get()).map_err(|source| Error::HeaderJson {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            let (dtype, shape, (start, end)) = parse_entry(name, &info, path)?;
             let range_error = |problem| Error::BadDataRange {
                 path: path.to_owned(),
                 tensor: name.clone(),
@@ -157,18 +170,6 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
     Ok(Header { entries, metadata })
 }
 
-fn parse_metadata(info: &Json, path: &Path) -> Result<IndexMap<String, String>> {
-    let Json::Object(map) = info else {
-        return Err(entry_error(path, METADATA_KEY, "must be an object"));
-    };
-    map.iter()
-        .map(|(k, v)| match v {
-            Json::String(s) => Ok((k.clone(), s.clone())),
-            _ => Err(entry_error(path, METADATA_KEY, "values must be strings")),
-        })
-        .collect()
-}
-
 type ParsedEntry = (DType, Vec<usize>, (u64, u64));
 
 fn parse_entry(name: &str, info: &Json, path: &Path) -> Result<ParsedEntry> {
@@ -187,6 +188,9 @@ fn parse_entry(name: &str, info: &Json, path: &Path) -> Result<ParsedEntry> {
     let dims = field("shape")?
         .as_array()
         .ok_or_else(|| entry_error(path, name, "shape is not a list"))?;
+    if dims.len() > super::pytorch::MAX_DIMS {
+        return Err(entry_error(path, name, "shape has more than 64 dimensions"));
+    }
     let shape = dims
         .iter()
         .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
@@ -427,6 +431,18 @@ mod tests {
     }
 
     #[test]
+    fn huge_entries_are_refused_before_they_are_parsed() {
+        let dims = vec!["1"; 100_000].join(",");
+        let header = format!(r#"{{"a":{{"dtype":"F32","shape":[{dims}],"data_offsets":[0,4]}}}}"#);
+        let err = parse(&file(&header, &[0; 4])).unwrap_err();
+        assert!(err.to_string().contains("longer than 64 KiB"), "{err}");
+        let dims = vec!["1"; 65].join(",");
+        let header = format!(r#"{{"a":{{"dtype":"F32","shape":[{dims}],"data_offsets":[0,4]}}}}"#);
+        let err = parse(&file(&header, &[0; 4])).unwrap_err();
+        assert!(err.to_string().contains("more than 64 dimensions"), "{err}");
+    }
+
+    #[test]
     fn shape_overflow_is_an_error() {
         let bytes = file(
             r#"{"a":{"dtype":"F64","shape":[18446744073709551615,4],"data_offsets":[0,0]}}"#,
@@ -500,8 +516,11 @@ mod tests {
 
     #[test]
     fn malformed_entries_are_errors() {
+        assert!(matches!(
+            parse(&file("[]", &[])),
+            Err(Error::HeaderJson { .. })
+        ));
         for header in [
-            r#"[]"#,
             r#"{"a":1}"#,
             r#"{"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,0]}}"#,
             r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0]}}"#,
