@@ -1,6 +1,6 @@
 //! `ckpt convert IN OUT [--dtype DTYPE] [--strip-prefix P]`.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -94,6 +94,9 @@ pub fn run(input: &Path, output: &Path, changes: &Changes, out: &mut dyn Write) 
     }
     if let Some(max) = max_shard_size {
         options = options.max_shard_size(max);
+    }
+    if std::io::stderr().is_terminal() {
+        options = options.on_progress(crate::output::progress_bar);
     }
     ckpt::save_with(output, &value, &options)?;
     let tensors = StateDict::flatten(&value)?;

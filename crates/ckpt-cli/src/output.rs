@@ -20,6 +20,29 @@ pub fn error(err: &anyhow::Error) {
     let _ = writeln!(io::stderr(), "ckpt: error: {line}");
 }
 
+/// Draws a one-line progress bar on stderr for writes of 64 MiB or more
+/// (smaller ones finish before a bar would help).
+pub fn progress_bar(done: u64, total: u64) {
+    if total < 64 << 20 {
+        return;
+    }
+    let width = 30;
+    let filled = (done.min(total) * width / total) as usize;
+    let mut err = io::stderr();
+    let _ = write!(
+        err,
+        "\r  writing [{}{}] {:>3}% {} of {}",
+        "#".repeat(filled),
+        " ".repeat(width as usize - filled),
+        done.min(total) * 100 / total,
+        human_bytes(done.min(total)),
+        human_bytes(total),
+    );
+    if done >= total {
+        let _ = writeln!(err);
+    }
+}
+
 /// An integer with thousands separators: `1,234,567`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();

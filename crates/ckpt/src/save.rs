@@ -1,7 +1,10 @@
 //! Saving: [`SaveOptions`] and the functions that write a [`Value`] to any
 //! supported file.
 
+use std::fmt;
+use std::io::{self, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 
@@ -19,6 +22,10 @@ use crate::{Result, Value};
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct SaveOptions {
+    /// Called as the tensors are written, with (bytes written, bytes in
+    /// all), at least every 1% and once at the end; for a sharded save,
+    /// once per shard. Libraries never print: the caller draws the bar.
+    pub progress: Option<Progress>,
     /// String metadata stored in the file (safetensors `__metadata__`).
     pub metadata: IndexMap<String, String>,
     /// Sync the file and its directory to disk before returning, so the new
@@ -45,6 +52,19 @@ impl SaveOptions {
     /// Sets [`SaveOptions::max_shard_size`].
     pub fn max_shard_size(mut self, bytes: u64) -> Self {
         self.max_shard_size = Some(bytes);
+        self
+    }
+
+    /// Sets [`SaveOptions::progress`].
+    ///
+    /// ```
+    /// let options = ckpt::SaveOptions::default().on_progress(|done, total| {
+    ///     eprint!("\r{}%", done * 100 / total.max(1));
+    /// });
+    /// # let _ = options;
+    /// ```
+    pub fn on_progress(mut self, report: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Progress(Arc::new(report)));
         self
     }
 
@@ -83,5 +103,55 @@ pub fn save_with(path: impl AsRef<Path>, value: &Value, options: &SaveOptions) -
             Box::new(format::numpy::Plan::new(format, value, path)?)
         }
     };
-    crate::io::write_atomic(path, options.durable, |out| plan.write_to(out))
+    crate::io::write_atomic(path, options.durable, |out| match &options.progress {
+        None => plan.write_to(out),
+        Some(progress) => {
+            let total = plan.payload_len();
+            let mut counted = Counting {
+                out,
+                written: 0,
+                next_report: 0,
+                total,
+                report: &*progress.0,
+            };
+            plan.write_to(&mut counted)?;
+            (progress.0)(total, total);
+            Ok(())
+        }
+    })
+}
+
+/// A progress callback (see [`SaveOptions::progress`]).
+#[derive(Clone)]
+pub struct Progress(Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl fmt::Debug for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Progress(..)")
+    }
+}
+
+/// Counts what passes through and reports it every 1% of `total`.
+struct Counting<'a> {
+    out: &'a mut dyn Write,
+    written: u64,
+    next_report: u64,
+    total: u64,
+    report: &'a (dyn Fn(u64, u64) + Send + Sync),
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        if self.written >= self.next_report && self.written < self.total {
+            (self.report)(self.written, self.total);
+            self.next_report = self.written + (self.total / 100).max(1);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }

@@ -209,3 +209,28 @@ proptest! {
         prop_assert_eq!(ckpt::load_state_dict(&path).unwrap(), sd);
     }
 }
+
+#[test]
+fn progress_is_reported_in_order_and_ends_at_the_total() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let sd: StateDict = (0..50)
+        .map(|i| (format!("w{i}"), tensor(DType::F32, &[1000], i as u8)))
+        .collect();
+    for ext in ["safetensors", "pth", "npz"] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let options = ckpt::SaveOptions::default()
+            .on_progress(move |done, total| sink.lock().unwrap().push((done, total)));
+        ckpt::save_with(
+            dir.path().join(format!("p.{ext}")),
+            &sd.clone().into(),
+            &options,
+        )
+        .unwrap();
+        let seen = seen.lock().unwrap();
+        assert!(seen.len() >= 10, "{ext}: {} reports", seen.len());
+        assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{ext}");
+        assert_eq!(*seen.last().unwrap(), (200_000, 200_000), "{ext}");
+    }
+}

@@ -20,6 +20,9 @@ use crate::{Error, Result};
 pub(crate) trait WritePlan {
     /// Writes the whole file to `out`.
     fn write_to(&self, out: &mut dyn Write) -> io::Result<()>;
+
+    /// The tensor bytes the file holds: what progress is measured in.
+    fn payload_len(&self) -> u64;
 }
 
 /// A file format ckpt knows.

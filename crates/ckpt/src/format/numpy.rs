@@ -298,6 +298,13 @@ impl Plan {
 }
 
 impl crate::format::WritePlan for Plan {
+    fn payload_len(&self) -> u64 {
+        self.arrays
+            .iter()
+            .map(|(_, _, t)| t.bytes().len() as u64)
+            .sum()
+    }
+
     /// Streams the file to `out`.
     fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
         if self.format == Format::Npy {

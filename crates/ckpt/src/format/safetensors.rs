@@ -350,6 +350,10 @@ impl Plan {
 }
 
 impl crate::format::WritePlan for Plan {
+    fn payload_len(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes().len() as u64).sum()
+    }
+
     /// Writes the file: the header, then every tensor's bytes in order.
     fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
         out.write_all(&self.header)?;

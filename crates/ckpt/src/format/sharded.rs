@@ -164,9 +164,8 @@ pub(crate) fn write(
     }
     let (index, files) = layout(path, groups.len())?;
     let shard_options = SaveOptions {
-        metadata: options.metadata.clone(),
-        durable: options.durable,
         max_shard_size: None,
+        ..options.clone()
     };
     let mut weight_map = Map::new();
     for (group, file) in groups.iter().zip(&files) {

@@ -43,6 +43,10 @@ impl Plan {
 }
 
 impl crate::format::WritePlan for Plan {
+    fn payload_len(&self) -> u64 {
+        self.tensors.iter().map(|t| t.bytes().len() as u64).sum()
+    }
+
     /// Streams the archive to `out`.
     fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
         let p = &self.prefix;
