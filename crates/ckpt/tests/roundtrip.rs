@@ -201,6 +201,14 @@ proptest! {
     }
 
     #[test]
+    fn any_tree_round_trips_through_pth_exactly(value in value_strategy()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.pth");
+        ckpt::save(&path, &value).unwrap();
+        prop_assert_eq!(ckpt::load(&path).unwrap(), value);
+    }
+
+    #[test]
     fn any_state_dict_round_trips(tensors in prop::collection::vec(tensor_strategy(), 0..10)) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sd.safetensors");
