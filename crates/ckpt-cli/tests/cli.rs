@@ -24,6 +24,13 @@ fn stderr(out: &Output) -> String {
     String::from_utf8(out.stderr.clone()).unwrap()
 }
 
+/// Runs ckpt expecting exit code 2 and an error line containing `needle`.
+fn expect_error(args: &[&str], needle: &str) {
+    let out = ckpt(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+}
+
 #[test]
 fn inspect_prints_a_table_with_totals_and_metadata() {
     let out = ckpt(&["inspect", fixture("mlp.safetensors").to_str().unwrap()]);
@@ -120,13 +127,7 @@ fn missing_file_and_unknown_extension_are_clear_errors() {
     let out = ckpt(&["inspect", "/no/such/file.safetensors"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("/no/such/file.safetensors"));
-    let out = ckpt(&["inspect", "notes.txt"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("unknown file extension"),
-        "{}",
-        stderr(&out)
-    );
+    expect_error(&["inspect", "notes.txt"], "unknown file extension");
 }
 
 #[test]
@@ -171,12 +172,9 @@ fn convert_casts_floats_only() {
         sd["model_state_dict/bn.num_batches_tracked"].dtype(),
         ckpt::DType::I64
     );
-    let bad = ckpt(&["convert", "a.pth", "b.pth", "--dtype", "int8"]);
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(
-        stderr(&bad).contains("not a float dtype"),
-        "{}",
-        stderr(&bad)
+    expect_error(
+        &["convert", "a.pth", "b.pth", "--dtype", "int8"],
+        "not a float dtype",
     );
 }
 
@@ -215,15 +213,16 @@ fn convert_strips_a_prefix_and_refuses_collisions() {
         ckpt::TensorData::from_f32(&[1], &[3.0]).unwrap(),
     );
     ckpt::save(&input, &sd.into()).unwrap();
-    let out = ckpt(&[
-        "convert",
-        input.to_str().unwrap(),
-        output.to_str().unwrap(),
-        "--strip-prefix",
-        "module.",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("fc.bias"), "{}", stderr(&out));
+    expect_error(
+        &[
+            "convert",
+            input.to_str().unwrap(),
+            output.to_str().unwrap(),
+            "--strip-prefix",
+            "module.",
+        ],
+        "fc.bias",
+    );
 }
 
 #[test]
@@ -324,9 +323,10 @@ fn convert_writes_and_reads_hugging_face_shards() {
         "{}",
         stdout(&inspect)
     );
-    let bad = ckpt(&["convert", "a.pth", "b.pth", "--max-shard-size", "5 parsecs"]);
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(stderr(&bad).contains("unknown unit"), "{}", stderr(&bad));
+    expect_error(
+        &["convert", "a.pth", "b.pth", "--max-shard-size", "5 parsecs"],
+        "unknown unit",
+    );
 }
 
 #[test]
@@ -379,11 +379,12 @@ fn verify_reports_checksum_mismatches_but_the_file_still_loads() {
         stdout(&out)
     );
 
-    let out = ckpt(&[
-        "verify",
-        good.to_str().unwrap(),
-        fixture("hostile/truncated.pth").to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("truncated.pth"), "{}", stderr(&out));
+    expect_error(
+        &[
+            "verify",
+            good.to_str().unwrap(),
+            fixture("hostile/truncated.pth").to_str().unwrap(),
+        ],
+        "truncated.pth",
+    );
 }
