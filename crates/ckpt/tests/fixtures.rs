@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 
-use ckpt::{DType, Error, StateDict};
+use ckpt::{Error, StateDict};
 use serde_json::Value as Json;
 
 /// Compares every tensor with the dtype, shape and bytes torch reported.
@@ -16,20 +16,7 @@ fn assert_matches_expected(sd: &StateDict, expected: &str) {
     let expected = expected.as_object().unwrap();
     assert_eq!(sd.len(), expected.len());
     for (name, want) in expected {
-        let t = &sd[name.as_str()];
-        assert_eq!(
-            t.dtype(),
-            DType::from_torch(want["dtype"].as_str().unwrap()).unwrap(),
-            "{name}"
-        );
-        let shape: Vec<usize> = want["shape"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap() as usize)
-            .collect();
-        assert_eq!(t.shape(), shape.as_slice(), "{name}");
-        assert_eq!(hex(t.bytes()), want["hex"].as_str().unwrap(), "{name}");
+        assert_tensor(name, &sd[name.as_str()], want);
     }
 }
 

@@ -17,18 +17,6 @@ fn expected() -> serde_json::Map<String, Json> {
         .clone()
 }
 
-fn assert_tensor(name: &str, t: &TensorData, want: &Json) {
-    assert_eq!(t.dtype().torch_name(), want["dtype"], "{name}");
-    let shape: Vec<usize> = want["shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_u64().unwrap() as usize)
-        .collect();
-    assert_eq!(t.shape(), shape.as_slice(), "{name}");
-    assert_eq!(hex(t.bytes()), want["hex"], "{name}");
-}
-
 #[test]
 fn every_npy_reads_as_numpy_shows_it() {
     for (name, want) in expected() {

@@ -14,8 +14,7 @@ fn assert_expected(sd: &StateDict) {
     let names: Vec<&String> = sd.keys().collect();
     assert_eq!(names, want.keys().collect::<Vec<_>>());
     for (name, w) in want {
-        assert_eq!(hex(sd[name.as_str()].bytes()), w["hex"], "{name}");
-        assert_eq!(sd[name.as_str()].dtype().torch_name(), w["dtype"], "{name}");
+        assert_tensor(name, &sd[name.as_str()], w);
     }
 }
 

@@ -43,3 +43,17 @@ pub fn describe_tree(v: &Value) -> Json {
         }).collect::<Vec<_>>()}),
     }
 }
+
+/// Asserts that `t` has the dtype (torch name), shape and bytes the
+/// fixture's expected JSON records for tensor `name`.
+pub fn assert_tensor(name: &str, t: &ckpt::TensorData, want: &Json) {
+    assert_eq!(t.dtype().torch_name(), want["dtype"], "{name}");
+    let shape: Vec<usize> = want["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(t.shape(), shape.as_slice(), "{name}");
+    assert_eq!(hex(t.bytes()), want["hex"], "{name}");
+}
