@@ -290,6 +290,20 @@ pub enum Error {
         /// What kind of value was found.
         found: &'static str,
     },
+
+    /// A regular expression given for key rules or filters does not compile.
+    #[error("bad pattern {pattern:?}: {reason}")]
+    BadPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// What the regex compiler said.
+        reason: String,
+    },
+
+    /// A state dict does not fit a model: every missing, unexpected and
+    /// mismatched name at once.
+    #[error("state dict does not fit the model: {0}")]
+    StateDictMismatch(Box<crate::LoadReport>),
 }
 
 impl Error {

@@ -50,6 +50,9 @@ mod verify;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use format::Format;
+pub use load::rules::{
+    match_state_dict, Expected, KeyRule, LoadReport, LoadRules, Matched, Mismatch, OnMismatch,
+};
 pub use load::{load, load_state_dict, read, read_bytes, LoadOptions, Loaded};
 pub use save::{save, save_with, SaveOptions};
 pub use state_dict::{StateDict, SEPARATOR};

@@ -1,5 +1,8 @@
 //! Loading: [`LoadOptions`], [`Loaded`], and the functions that read any
-//! supported file into a [`Value`].
+//! supported file into a [`Value`]; [`rules`] matches a loaded state dict
+//! against what a model expects.
+
+pub mod rules;
 
 use std::path::Path;
 use std::sync::Arc;
