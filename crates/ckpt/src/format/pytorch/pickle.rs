@@ -671,6 +671,12 @@ impl Machine<'_> {
                 }
                 Obj::Dict(Vec::new())
             }
+            // `Counter(dict)`, as in MultiStepLR's state: read as the dict.
+            ("collections", "Counter") => match args[..] {
+                [] => Obj::Dict(Vec::new()),
+                [dict] if matches!(self.arena[dict], Obj::Dict(_)) => return Ok(dict),
+                _ => return Err(self.err("Counter built from something other than a dict")),
+            },
             ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
                 Obj::Tensor(self.rebuild_tensor(&args, None)?)
             }
