@@ -300,6 +300,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A value that should be a training checkpoint lacks a part or has
+    /// one of the wrong kind.
+    #[error("not a training checkpoint: {key}: {reason}")]
+    BadCheckpoint {
+        /// The key (prefixed by the file, when read from one).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A state dict does not fit a model: every missing, unexpected and
     /// mismatched name at once.
     #[error("state dict does not fit the model: {0}")]

@@ -35,6 +35,7 @@
 #![deny(missing_docs)]
 
 mod cast;
+mod checkpoint;
 mod dtype;
 mod error;
 pub mod format;
@@ -47,6 +48,7 @@ pub mod tree;
 mod value;
 mod verify;
 
+pub use checkpoint::TrainingCheckpoint;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use format::Format;
