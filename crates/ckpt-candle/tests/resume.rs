@@ -22,7 +22,9 @@ struct Mlp {
 }
 
 fn data() -> (Tensor, Tensor) {
-    let x: Vec<f32> = (0..SAMPLES * 6).map(|i| ((i as f32) * 0.37).sin()).collect();
+    let x: Vec<f32> = (0..SAMPLES * 6)
+        .map(|i| ((i as f32) * 0.37).sin())
+        .collect();
     let y: Vec<u32> = (0..SAMPLES as u32).map(|i| (i * 7 + 1) % 3).collect();
     (
         Tensor::from_vec(x, (SAMPLES, 6), &Device::Cpu).unwrap(),
@@ -48,20 +50,45 @@ impl Run {
             fc1: linear(6, 16, vb.pp("fc1")).unwrap(),
             fc2: linear(16, 3, vb.pp("fc2")).unwrap(),
         };
-        let mut opt = Adam::new(store.vars(), AdamConfig { lr: 0.01, ..AdamConfig::adamw() }).unwrap();
+        let mut opt = Adam::new(
+            store.vars(),
+            AdamConfig {
+                lr: 0.01,
+                ..AdamConfig::adamw()
+            },
+        )
+        .unwrap();
         let sched = LrScheduler::step_lr(&mut opt, 5, 0.7).unwrap();
-        Run { store, model, opt, sched, rng: Rng::new(7), step: 0, order: Vec::new() }
+        Run {
+            store,
+            model,
+            opt,
+            sched,
+            rng: Rng::new(7),
+            step: 0,
+            order: Vec::new(),
+        }
     }
 
     fn resume(path: &Path) -> Run {
         let mut run = Run::fresh();
         let ckpt = TrainingCheckpoint::load(path).unwrap();
-        run.store.load_state_dict(ckpt.model, &LoadRules::default()).unwrap();
-        run.opt.load_state_dict(ckpt.optimizer.as_ref().unwrap()).unwrap();
-        run.sched.load_state_dict(ckpt.scheduler.as_ref().unwrap()).unwrap();
+        run.store
+            .load_state_dict(ckpt.model, &LoadRules::default())
+            .unwrap();
+        run.opt
+            .load_state_dict(ckpt.optimizer.as_ref().unwrap())
+            .unwrap();
+        run.sched
+            .load_state_dict(ckpt.scheduler.as_ref().unwrap())
+            .unwrap();
         run.rng = Rng::from_state(ckpt.rng_state.as_ref().unwrap()).unwrap();
         run.step = ckpt.step;
-        let order = ckpt.extra.get(&ckpt::Key::from("data_order")).and_then(Value::as_tensor).unwrap();
+        let order = ckpt
+            .extra
+            .get(&ckpt::Key::from("data_order"))
+            .and_then(Value::as_tensor)
+            .unwrap();
         run.order = order.values_f64().map(|v| v as i64).collect();
         run
     }
@@ -74,9 +101,15 @@ impl Run {
                 self.order = (0..SAMPLES as i64).collect();
                 self.rng.shuffle(&mut self.order);
             }
-            let idx: Vec<u32> = self.order[within * BATCH..][..BATCH].iter().map(|&i| i as u32).collect();
+            let idx: Vec<u32> = self.order[within * BATCH..][..BATCH]
+                .iter()
+                .map(|&i| i as u32)
+                .collect();
             let idx = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
-            let (xb, yb) = (x.index_select(&idx, 0).unwrap(), y.index_select(&idx, 0).unwrap());
+            let (xb, yb) = (
+                x.index_select(&idx, 0).unwrap(),
+                y.index_select(&idx, 0).unwrap(),
+            );
             let h = self.model.fc1.forward(&xb).unwrap().relu().unwrap();
             let h = self.rng.dropout(&h, 0.2).unwrap();
             let logits = self.model.fc2.forward(&h).unwrap();
@@ -109,7 +142,10 @@ impl Run {
 /// resumes from that checkpoint in a fresh process and trains to the end.
 #[test]
 fn child_process() {
-    let (Ok(role), Ok(dir)) = (std::env::var("CKPT_RESUME_ROLE"), std::env::var("CKPT_RESUME_DIR")) else {
+    let (Ok(role), Ok(dir)) = (
+        std::env::var("CKPT_RESUME_ROLE"),
+        std::env::var("CKPT_RESUME_DIR"),
+    ) else {
         return; // only runs when re-executed by the test below
     };
     let dir = PathBuf::from(dir);
@@ -125,7 +161,9 @@ fn child_process() {
         "second" => {
             let mut run = Run::resume(&at_k);
             run.train_until(TOTAL);
-            run.checkpoint().save(dir.join(format!("final.{ext}"))).unwrap();
+            run.checkpoint()
+                .save(dir.join(format!("final.{ext}")))
+                .unwrap();
         }
         other => panic!("unknown role {other}"),
     }
@@ -133,7 +171,12 @@ fn child_process() {
 
 fn child(role: &str, dir: &Path, k: i64, ext: &str) {
     let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_process", "--test-threads=1", "--nocapture"])
+        .args([
+            "--exact",
+            "child_process",
+            "--test-threads=1",
+            "--nocapture",
+        ])
         .env("CKPT_RESUME_ROLE", role)
         .env("CKPT_RESUME_DIR", dir)
         .env("CKPT_RESUME_K", k.to_string())
@@ -155,9 +198,18 @@ fn resuming_in_a_fresh_process_is_bit_identical() {
         child("first", dir.path(), k, ext);
         child("second", dir.path(), k, ext);
         let resumed = TrainingCheckpoint::load(dir.path().join(format!("final.{ext}"))).unwrap();
-        assert_eq!(resumed.model, expected.model, "parameters differ after resuming at {k} ({ext})");
-        assert_eq!(resumed.optimizer, expected.optimizer, "optimizer state differs ({ext})");
-        assert_eq!(resumed.scheduler, expected.scheduler, "scheduler state differs ({ext})");
+        assert_eq!(
+            resumed.model, expected.model,
+            "parameters differ after resuming at {k} ({ext})"
+        );
+        assert_eq!(
+            resumed.optimizer, expected.optimizer,
+            "optimizer state differs ({ext})"
+        );
+        assert_eq!(
+            resumed.scheduler, expected.scheduler,
+            "scheduler state differs ({ext})"
+        );
         assert_eq!(resumed.rng_state, expected.rng_state);
         assert_eq!(resumed.step, TOTAL);
     }

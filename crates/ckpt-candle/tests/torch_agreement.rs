@@ -359,3 +359,48 @@ fn states_that_do_not_fit_are_refused_naming_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_model_saved_from_cuda_loads_on_the_cpu_in_any_float_dtype() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/training/from_cuda.pth");
+    let sd = ckpt::load_state_dict(&path).unwrap();
+    let f32s = ckpt_candle::Placement::new(Device::Cpu)
+        .place_all(&sd)
+        .unwrap();
+    assert_eq!(f32s["weight"].dims(), [2, 3]);
+    assert!(f32s["weight"].device().is_cpu());
+    for dtype in [
+        candle_core::DType::BF16,
+        candle_core::DType::F16,
+        candle_core::DType::F64,
+    ] {
+        let placed = ckpt_candle::Placement::new(Device::Cpu)
+            .dtype(dtype)
+            .place_all(&sd)
+            .unwrap();
+        assert_eq!(placed["bias"].dtype(), dtype);
+        let back = placed["bias"]
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let want = f32s["bias"].to_vec1::<f32>().unwrap();
+        for (a, b) in back.iter().zip(&want) {
+            assert!((a - b).abs() <= 4e-3 * b.abs(), "{dtype:?}: {a} vs {b}");
+        }
+    }
+    // Into a model whose variables live on the CPU in bf16.
+    let store = ckpt_candle::ParamStore::new(0);
+    candle_nn::linear(
+        3,
+        2,
+        store.var_builder(candle_core::DType::BF16, &Device::Cpu),
+    )
+    .unwrap();
+    let report = store
+        .load_state_dict(sd, &ckpt::LoadRules::default())
+        .unwrap();
+    assert_eq!(report.loaded, ["weight", "bias"]);
+    assert_eq!(report.cast.len(), 2);
+}

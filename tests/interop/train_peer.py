@@ -1,0 +1,81 @@
+"""torch's side of the training interop tests (crates/ckpt-candle/tests/interop.rs).
+
+    train_peer.py start DIR K
+        train the reference MLP in torch for K steps on DIR/data.safetensors
+        and write the tutorial-shaped checkpoint DIR/torch_k.pth
+    train_peer.py continue DIR IN M OUT
+        torch.load(IN, weights_only=True) (a checkpoint written by ckpt or by
+        `start`), load model, AdamW and StepLR states, train M more steps and
+        write the same kind of checkpoint to OUT
+
+The model (Linear 6->16, ReLU, Linear 16->3), optimizer (AdamW lr 0.01),
+scheduler (StepLR 5, 0.7) and batch order (step % 8, in order) are the
+Rust test's.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+BATCH = 8
+
+
+class Mlp(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(6, 16)
+        self.fc2 = torch.nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def setup():
+    torch.manual_seed(3)
+    model = Mlp()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.7)
+    return model, opt, sched
+
+
+def train(folder, model, opt, sched, start, steps):
+    data = load_file(folder / "data.safetensors")
+    x, y = data["x"], data["y"]
+    batches = x.shape[0] // BATCH
+    loss = None
+    for step in range(start, start + steps):
+        b = step % batches
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x[b * BATCH : (b + 1) * BATCH]), y[b * BATCH : (b + 1) * BATCH])
+        loss.backward()
+        opt.step()
+        sched.step()
+    return {
+        "epoch": (start + steps) // batches,
+        "step": start + steps,
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": opt.state_dict(),
+        "scheduler_state_dict": sched.state_dict(),
+        "loss": loss.item(),
+    }
+
+
+def main():
+    folder = Path(sys.argv[2])
+    model, opt, sched = setup()
+    if sys.argv[1] == "start":
+        torch.save(train(folder, model, opt, sched, 0, int(sys.argv[3])), folder / "torch_k.pth")
+    elif sys.argv[1] == "continue":
+        ckpt = torch.load(folder / sys.argv[3], weights_only=True)
+        model.load_state_dict(ckpt["model_state_dict"])
+        opt.load_state_dict(ckpt["optimizer_state_dict"])
+        sched.load_state_dict(ckpt["scheduler_state_dict"])
+        torch.save(train(folder, model, opt, sched, ckpt["step"], int(sys.argv[4])), folder / sys.argv[5])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
