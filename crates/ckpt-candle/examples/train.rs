@@ -23,7 +23,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = ParamStore::new(0);
     let vb = store.var_builder(DType::F32, &Device::Cpu);
     let (fc1, fc2): (Linear, Linear) = (linear(2, 32, vb.pp("fc1"))?, linear(32, 2, vb.pp("fc2"))?);
-    let mut opt = Adam::new(store.vars(), AdamConfig { lr: 0.02, ..AdamConfig::adamw() })?;
+    let mut opt = Adam::new(
+        store.vars(),
+        AdamConfig {
+            lr: 0.02,
+            ..AdamConfig::adamw()
+        },
+    )?;
     let warmup = LrScheduler::linear_lr(&mut opt, 0.1, 1.0, 10)?;
     let cosine = LrScheduler::cosine_annealing_lr(&mut opt, total - 10, 1e-4)?;
     let mut sched = LrScheduler::sequential_lr(&mut opt, vec![warmup, cosine], &[10])?;
@@ -41,17 +47,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Points in a square; the class is which side of a sine curve they lie on.
-    let xs: Vec<f32> = (0..SAMPLES * 2).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
-    let ys: Vec<u32> = xs.chunks(2).map(|p| u32::from(p[1] > (3.0 * p[0]).sin() * 0.5)).collect();
+    let xs: Vec<f32> = (0..SAMPLES * 2)
+        .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
+        .collect();
+    let ys: Vec<u32> = xs
+        .chunks(2)
+        .map(|p| u32::from(p[1] > (3.0 * p[0]).sin() * 0.5))
+        .collect();
     let x = Tensor::from_vec(xs, (SAMPLES, 2), &Device::Cpu)?;
     let y = Tensor::from_vec(ys, SAMPLES, &Device::Cpu)?;
 
     while step < total {
         // A random batch and dropout, both from the saved generator.
-        let idx: Vec<u32> = (0..BATCH).map(|_| rng.below(SAMPLES as u64) as u32).collect();
+        let idx: Vec<u32> = (0..BATCH)
+            .map(|_| rng.below(SAMPLES as u64) as u32)
+            .collect();
         let idx = Tensor::new(idx.as_slice(), &Device::Cpu)?;
         let hidden = rng.dropout(&fc1.forward(&x.index_select(&idx, 0)?)?.relu()?, 0.1)?;
-        let loss = candle_nn::loss::cross_entropy(&fc2.forward(&hidden)?, &y.index_select(&idx, 0)?)?;
+        let loss =
+            candle_nn::loss::cross_entropy(&fc2.forward(&hidden)?, &y.index_select(&idx, 0)?)?;
         opt.step(&loss.backward()?)?;
         sched.step(&mut opt)?;
         step += 1;
@@ -63,7 +77,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             c.loss = Some(f64::from(loss.to_scalar::<f32>()?));
             c.rng_state = Some(rng.state());
             c.save(&path)?; // atomic: a crash leaves the previous checkpoint whole
-            println!("step {step:4}  loss {:.4}  lr {:.5}", c.loss.unwrap_or(0.0), opt.lrs()[0]);
+            println!(
+                "step {step:4}  loss {:.4}  lr {:.5}",
+                c.loss.unwrap_or(0.0),
+                opt.lrs()[0]
+            );
         }
     }
     Ok(())

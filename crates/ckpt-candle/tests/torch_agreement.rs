@@ -404,3 +404,37 @@ fn a_model_saved_from_cuda_loads_on_the_cpu_in_any_float_dtype() {
     assert_eq!(report.loaded, ["weight", "bias"]);
     assert_eq!(report.cast.len(), 2);
 }
+
+#[test]
+fn the_tutorial_checkpoint_torch_wrote_restores_into_ckpt_objects() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/pth/checkpoint.pth");
+    let c = ckpt::TrainingCheckpoint::load(&path).unwrap();
+    assert_eq!(c.epoch, 3);
+    assert_eq!(c.metric("accuracy"), Some(0.875));
+    // The optimizer covers the parameters (not the BatchNorm buffers), in order.
+    let params: Vec<Var> = c
+        .model
+        .iter()
+        .filter(|(name, _)| !name.contains("running_") && !name.contains("num_batches"))
+        .map(|(name, t)| Var::from_tensor(&to_candle(t, &Device::Cpu, name).unwrap()).unwrap())
+        .collect();
+    assert_eq!(params.len(), 6);
+    let mut adam = Adam::new(params, AdamConfig::default()).unwrap();
+    adam.load_state_dict(c.optimizer.as_ref().unwrap()).unwrap();
+    assert_eq!(adam.param_state(0).unwrap().step, 1.0);
+    let mut sched = LrScheduler::step_lr(&mut adam, 1, 1.0).unwrap();
+    sched
+        .load_state_dict(c.scheduler.as_ref().unwrap())
+        .unwrap();
+    assert_same_state(
+        &sched.state_dict(),
+        c.scheduler.as_ref().unwrap(),
+        "scheduler",
+    );
+    assert_same_state(
+        &adam.state_dict().unwrap(),
+        c.optimizer.as_ref().unwrap(),
+        "optimizer",
+    );
+}
