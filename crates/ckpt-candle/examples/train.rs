@@ -9,7 +9,9 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear, Linear};
 use ckpt::{LoadRules, TrainingCheckpoint};
-use ckpt_candle::{Adam, AdamConfig, LrScheduler, Optimizer, ParamStore, Rng};
+use ckpt_candle::{
+    capture, restore, Adam, AdamConfig, LrScheduler, Optimizer, ParamStore, Rng, Training,
+};
 
 const SAMPLES: usize = 256;
 const BATCH: usize = 32;
@@ -38,10 +40,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     if std::path::Path::new(&path).exists() {
         let c = TrainingCheckpoint::load(&path)?;
-        store.load_state_dict(c.model, &LoadRules::default())?;
-        opt.load_state_dict(c.optimizer.as_ref().ok_or("no optimizer state")?)?;
-        sched.load_state_dict(c.scheduler.as_ref().ok_or("no scheduler state")?)?;
-        rng = Rng::from_state(c.rng_state.as_ref().ok_or("no rng state")?)?;
+        let parts = Training {
+            model: &store,
+            optimizer: &mut opt,
+            scheduler: Some(&mut sched),
+            rng: Some(&mut rng),
+        };
+        restore(&c, &LoadRules::default(), parts)?;
         step = c.step;
         println!("resumed from {path} at step {step} (loss {:?})", c.loss);
     }
@@ -70,12 +75,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sched.step(&mut opt)?;
         step += 1;
         if step % 10 == 0 || step == total {
-            let mut c = TrainingCheckpoint::new(store.state_dict()?);
+            let parts = Training {
+                model: &store,
+                optimizer: &mut opt,
+                scheduler: Some(&mut sched),
+                rng: Some(&mut rng),
+            };
+            let mut c = capture(parts)?;
             c.step = step;
-            c.optimizer = Some(opt.state_dict()?);
-            c.scheduler = Some(sched.state_dict());
             c.loss = Some(f64::from(loss.to_scalar::<f32>()?));
-            c.rng_state = Some(rng.state());
             c.save(&path)?; // atomic: a crash leaves the previous checkpoint whole
             println!(
                 "step {step:4}  loss {:.4}  lr {:.5}",

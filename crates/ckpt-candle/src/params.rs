@@ -143,6 +143,34 @@ fn load_into_vars(
     state_dict: StateDict,
     rules: &LoadRules,
 ) -> Result<LoadReport> {
+    let prepared = prepare(vars.to_vec(), state_dict, rules)?;
+    let report = prepared.report.clone();
+    prepared.apply()?;
+    Ok(report)
+}
+
+/// A load that has been checked and whose tensors are already on their
+/// devices; [`Prepared::apply`] only assigns them.
+pub(crate) struct Prepared {
+    sets: Vec<(Var, Tensor)>,
+    pub(crate) report: LoadReport,
+}
+
+impl Prepared {
+    pub(crate) fn apply(self) -> Result<()> {
+        for (var, tensor) in self.sets {
+            var.set(&tensor)?;
+        }
+        Ok(())
+    }
+}
+
+/// Matches and builds every tensor, changing nothing.
+pub(crate) fn prepare(
+    vars: Vec<(String, Var)>,
+    state_dict: StateDict,
+    rules: &LoadRules,
+) -> Result<Prepared> {
     let expected = vars
         .iter()
         .map(|(name, var)| {
@@ -154,19 +182,18 @@ fn load_into_vars(
         })
         .collect::<Result<Vec<_>>>()?;
     let matched = match_state_dict(state_dict, &expected, rules)?;
-    // Build every tensor before setting any, so a failure changes nothing.
-    let tensors = matched
+    let sets = matched
         .tensors
         .iter()
         .map(|(i, t)| {
             let (name, var) = &vars[*i];
-            to_candle(t, var.device(), name)
+            Ok((var.clone(), to_candle(t, var.device(), name)?))
         })
         .collect::<Result<Vec<_>>>()?;
-    for ((i, _), tensor) in matched.tensors.iter().zip(tensors) {
-        vars[*i].1.set(&tensor)?;
-    }
-    Ok(matched.report)
+    Ok(Prepared {
+        sets,
+        report: matched.report,
+    })
 }
 
 impl SimpleBackend for ParamStore {

@@ -5,39 +5,25 @@
 //! arrange it); plain `cargo test` skips it with a message.
 
 use std::path::Path;
-use std::process::Command;
 
 use candle_core::{DType, Device, Module};
 use candle_nn::{linear, Linear};
 use ckpt::{LoadRules, StateDict, TensorData, TrainingCheckpoint, Value};
-use ckpt_candle::{to_candle, Adam, AdamConfig, LrScheduler, Optimizer, ParamStore};
+use ckpt_candle::{
+    capture, restore, to_candle, Adam, AdamConfig, LrScheduler, Optimizer, ParamStore, Training,
+};
 
 const SAMPLES: usize = 32;
 const BATCH: usize = 8;
 const K: i64 = 6;
 const M: &str = "7";
 
-fn python() -> Option<String> {
-    let python = std::env::var("CKPT_PYTHON").ok();
-    if python.is_none() {
-        eprintln!("skipping interop test: set CKPT_PYTHON to a Python with torch");
-    }
-    python
-}
+#[path = "../../../tests/interop/python.rs"]
+mod python;
+use python::{python, run_peer};
 
 fn peer(python: &str, args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/train_peer.py");
-    let out = Command::new(python)
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "train_peer.py {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_peer(python, "train_peer.py", args);
 }
 
 struct Run {
@@ -74,18 +60,19 @@ impl Run {
         }
     }
 
+    fn parts(&mut self) -> Training<'_> {
+        Training {
+            model: &self.store,
+            optimizer: &mut self.opt,
+            scheduler: Some(&mut self.sched),
+            rng: None,
+        }
+    }
+
     fn resume(path: &Path) -> Run {
         let mut run = Run::new();
         let c = TrainingCheckpoint::load(path).unwrap();
-        run.store
-            .load_state_dict(c.model, &LoadRules::default())
-            .unwrap();
-        run.opt
-            .load_state_dict(c.optimizer.as_ref().unwrap())
-            .unwrap();
-        run.sched
-            .load_state_dict(c.scheduler.as_ref().unwrap())
-            .unwrap();
+        restore(&c, &LoadRules::default(), run.parts()).unwrap();
         run.step = c.step;
         run
     }
@@ -113,11 +100,9 @@ impl Run {
         }
     }
 
-    fn checkpoint(&self) -> TrainingCheckpoint {
-        let mut c = TrainingCheckpoint::new(self.store.state_dict().unwrap());
+    fn checkpoint(&mut self) -> TrainingCheckpoint {
+        let mut c = capture(self.parts()).unwrap();
         c.step = self.step;
-        c.optimizer = Some(self.opt.state_dict().unwrap());
-        c.scheduler = Some(self.sched.state_dict());
         c
     }
 }

@@ -9,7 +9,9 @@ use std::process::Command;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear, Linear};
 use ckpt::{LoadRules, TrainingCheckpoint, Value};
-use ckpt_candle::{Adam, AdamConfig, LrScheduler, Optimizer, ParamStore, Rng};
+use ckpt_candle::{
+    capture, restore, Adam, AdamConfig, LrScheduler, Optimizer, ParamStore, Rng, Training,
+};
 
 const SAMPLES: usize = 64;
 const BATCH: usize = 8;
@@ -70,19 +72,19 @@ impl Run {
         }
     }
 
+    fn parts(&mut self) -> Training<'_> {
+        Training {
+            model: &self.store,
+            optimizer: &mut self.opt,
+            scheduler: Some(&mut self.sched),
+            rng: Some(&mut self.rng),
+        }
+    }
+
     fn resume(path: &Path) -> Run {
         let mut run = Run::fresh();
         let ckpt = TrainingCheckpoint::load(path).unwrap();
-        run.store
-            .load_state_dict(ckpt.model, &LoadRules::default())
-            .unwrap();
-        run.opt
-            .load_state_dict(ckpt.optimizer.as_ref().unwrap())
-            .unwrap();
-        run.sched
-            .load_state_dict(ckpt.scheduler.as_ref().unwrap())
-            .unwrap();
-        run.rng = Rng::from_state(ckpt.rng_state.as_ref().unwrap()).unwrap();
+        restore(&ckpt, &LoadRules::default(), run.parts()).unwrap();
         run.step = ckpt.step;
         let order = ckpt
             .extra
@@ -120,13 +122,10 @@ impl Run {
         }
     }
 
-    fn checkpoint(&self) -> TrainingCheckpoint {
-        let mut c = TrainingCheckpoint::new(self.store.state_dict().unwrap());
+    fn checkpoint(&mut self) -> TrainingCheckpoint {
+        let mut c = capture(self.parts()).unwrap();
         c.step = self.step;
         c.epoch = self.step / STEPS_PER_EPOCH as i64;
-        c.optimizer = Some(self.opt.state_dict().unwrap());
-        c.scheduler = Some(self.sched.state_dict());
-        c.rng_state = Some(self.rng.state());
         let order = ckpt::TensorData::new(
             ckpt::DType::I64,
             vec![self.order.len()],

@@ -6,34 +6,17 @@
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
-
-use std::process::Command;
+use std::path::PathBuf;
 
 use ckpt::{DType, Dict, Key, StateDict, TensorData, Value};
 use serde_json::{json, Value as Json};
 
-fn python() -> Option<String> {
-    let python = std::env::var("CKPT_PYTHON").ok();
-    if python.is_none() {
-        eprintln!("skipping interop test: set CKPT_PYTHON to a Python with torch and safetensors");
-    }
-    python
-}
+#[path = "../../../tests/interop/python.rs"]
+mod python;
+use python::{python, run_peer};
 
 fn peer(python: &str, args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/peer.py");
-    let out = Command::new(python)
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        out.status.success(),
-        "peer.py {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_peer(python, "peer.py", args);
 }
 
 fn describe(sd: &StateDict) -> Json {
