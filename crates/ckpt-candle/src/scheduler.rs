@@ -590,7 +590,7 @@ impl LrScheduler {
                 for (k, v) in counts {
                     match (k, v) {
                         (Key::Int(m), Value::Int(c)) if (0..=1000).contains(c) => {
-                            milestones.extend(std::iter::repeat(*m).take(*c as usize))
+                            milestones.extend(std::iter::repeat_n(*m, *c as usize))
                         }
                         _ => {
                             return Err(Error::scheduler(

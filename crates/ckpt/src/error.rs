@@ -310,6 +310,81 @@ pub enum Error {
         reason: String,
     },
 
+    /// Another live process holds the run directory's writer lock.
+    #[error("{}: another process is writing to this run directory (it holds {}/.lock)", dir.display(), dir.display())]
+    StoreLocked {
+        /// The run directory.
+        dir: PathBuf,
+    },
+
+    /// A step that is already committed was saved again.
+    #[error("{}: step {step} is already committed", dir.display())]
+    StepExists {
+        /// The run directory.
+        dir: PathBuf,
+        /// The step.
+        step: u64,
+    },
+
+    /// A step that is not committed was asked for.
+    #[error("{}: no committed step {step}", dir.display())]
+    NoSuchStep {
+        /// The run directory.
+        dir: PathBuf,
+        /// The step.
+        step: u64,
+    },
+
+    /// A store file (`manifest.json`, `meta.json`) is damaged or not the
+    /// store's.
+    #[error("{}: {reason}", path.display())]
+    BadStore {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A file's content hash differs from the one recorded when it was
+    /// committed.
+    #[error("{}: content hash {found} differs from the {expected} recorded at commit (the file was changed or damaged)", path.display())]
+    HashMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The recorded hash.
+        expected: String,
+        /// The hash of the bytes now.
+        found: String,
+    },
+
+    /// A save lacks the metric the best-K rule needs, under
+    /// `MissingMetric::Error`.
+    #[error("step {step} has no value for the metric {metric:?} that retention ranks by")]
+    MissingMetric {
+        /// The step.
+        step: u64,
+        /// The metric.
+        metric: String,
+    },
+
+    /// A background save failed; reported on the next call.
+    #[error("the background save of step {step} failed: {source}")]
+    BackgroundSave {
+        /// The step it was saving.
+        step: u64,
+        /// Why.
+        source: Box<Error>,
+    },
+
+    /// Every committed checkpoint failed to load.
+    #[error("{}: no committed checkpoint loads: {problems}", dir.display())]
+    NoIntactCheckpoint {
+        /// The run directory.
+        dir: PathBuf,
+        /// Each step's problem.
+        problems: String,
+    },
+
     /// A state dict does not fit a model: every missing, unexpected and
     /// mismatched name at once.
     #[error("state dict does not fit the model: {0}")]

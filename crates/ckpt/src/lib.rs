@@ -43,6 +43,7 @@ mod io;
 mod load;
 mod save;
 mod state_dict;
+pub mod store;
 mod tensor;
 pub mod tree;
 mod value;

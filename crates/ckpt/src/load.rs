@@ -90,7 +90,7 @@ pub fn read_bytes(format: Format, bytes: Vec<u8>, origin: &Path) -> Result<Loade
 
 /// The one dispatch from a format to its reader, after checking that the
 /// first bytes do not contradict the format.
-fn read_buffer(
+pub(crate) fn read_buffer(
     format: Format,
     buffer: Arc<Buffer>,
     path: &Path,

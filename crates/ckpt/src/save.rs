@@ -90,20 +90,43 @@ pub fn save(path: impl AsRef<Path>, value: &Value) -> Result<()> {
 pub fn save_with(path: impl AsRef<Path>, value: &Value, options: &SaveOptions) -> Result<()> {
     let path = path.as_ref();
     let format = Format::from_path(path)?;
-    let plan: Box<dyn WritePlan> = match (format, options.max_shard_size) {
-        (Format::ShardedIndex, max) | (_, max @ Some(_)) => {
-            let max = max.unwrap_or(format::sharded::DEFAULT_MAX_SHARD_SIZE);
-            return format::sharded::write(path, value, max, options);
+    if let (Format::ShardedIndex, max) | (_, max @ Some(_)) = (format, options.max_shard_size) {
+        let max = max.unwrap_or(format::sharded::DEFAULT_MAX_SHARD_SIZE);
+        return format::sharded::write(path, value, max, options);
+    }
+    let plan = plan(format, value, path, options)?;
+    crate::io::write_atomic(path, options.durable, |out| {
+        write_plan(&*plan, out, options)
+    })
+}
+
+/// The one dispatch from a single-file format to its writer; `path` only
+/// names the file in errors.
+pub(crate) fn plan(
+    format: Format,
+    value: &Value,
+    path: &Path,
+    options: &SaveOptions,
+) -> Result<Box<dyn WritePlan>> {
+    Ok(match format {
+        Format::Safetensors => Box::new(format::safetensors::Plan::new(value, &options.metadata)?),
+        Format::PyTorch => Box::new(format::pytorch::Plan::new(value, path)?),
+        Format::Npy | Format::Npz => Box::new(format::numpy::Plan::new(format, value, path)?),
+        Format::ShardedIndex => {
+            return Err(crate::Error::UnknownExtension {
+                path: path.to_owned(),
+            })
         }
-        (Format::Safetensors, None) => {
-            Box::new(format::safetensors::Plan::new(value, &options.metadata)?)
-        }
-        (Format::PyTorch, None) => Box::new(format::pytorch::Plan::new(value, path)?),
-        (Format::Npy | Format::Npz, None) => {
-            Box::new(format::numpy::Plan::new(format, value, path)?)
-        }
-    };
-    crate::io::write_atomic(path, options.durable, |out| match &options.progress {
+    })
+}
+
+/// Writes a plan to `out`, reporting progress when `options` asks for it.
+pub(crate) fn write_plan(
+    plan: &dyn WritePlan,
+    out: &mut dyn Write,
+    options: &SaveOptions,
+) -> io::Result<()> {
+    match &options.progress {
         None => plan.write_to(out),
         Some(progress) => {
             let total = plan.payload_len();
@@ -118,7 +141,7 @@ pub fn save_with(path: impl AsRef<Path>, value: &Value, options: &SaveOptions) -
             (progress.0)(total, total);
             Ok(())
         }
-    })
+    }
 }
 
 /// A progress callback (see [`SaveOptions::progress`]).

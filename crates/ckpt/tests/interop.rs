@@ -188,7 +188,7 @@ fn random_tree(seed: &mut u64, depth: usize) -> Value {
         _ => Value::Dict(
             (0..pick[1] % 4)
                 .map(|i| {
-                    let key = if bytes(1, seed)[0] % 2 == 0 {
+                    let key = if bytes(1, seed)[0].is_multiple_of(2) {
                         Key::Int(i as i64 - 1)
                     } else {
                         Key::Str(format!("k{i}"))

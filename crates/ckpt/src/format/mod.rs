@@ -133,6 +133,18 @@ impl Format {
         }
     }
 
+    /// The extension ckpt gives files it writes in this format
+    /// (`"safetensors"`, `"pth"`, `"npy"`, `"npz"`, `"safetensors.index.json"`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Safetensors => "safetensors",
+            Format::PyTorch => "pth",
+            Format::Npy => "npy",
+            Format::Npz => "npz",
+            Format::ShardedIndex => "safetensors.index.json",
+        }
+    }
+
     /// Checks that a file's first bytes do not contradict this format.
     /// Formats without a magic number (safetensors) are confirmed by their
     /// parser; here they are only refused when the bytes are plainly another

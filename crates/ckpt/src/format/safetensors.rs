@@ -336,7 +336,7 @@ impl Plan {
         }
         let mut json = Json::Object(header).to_string().into_bytes();
         // Pad with spaces so the data starts on an 8-byte boundary.
-        while (json.len() + 8) % 8 != 0 {
+        while !(json.len() + 8).is_multiple_of(8) {
             json.push(b' ');
         }
         let mut bytes = Vec::with_capacity(8 + json.len());

@@ -182,7 +182,7 @@ impl LoadRules {
     }
 
     fn wanted(&self, name: &str) -> bool {
-        self.include.as_ref().map_or(true, |re| re.is_match(name))
+        self.include.as_ref().is_none_or(|re| re.is_match(name))
             && !self.exclude.as_ref().is_some_and(|re| re.is_match(name))
     }
 }

@@ -310,7 +310,7 @@ impl Machine<'_> {
     }
 
     fn set_items(&mut self, dict: Id, items: Vec<Id>) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(self.err("SETITEMS with an odd number of values"));
         }
         match &mut self.arena[dict] {

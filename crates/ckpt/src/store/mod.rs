@@ -1,0 +1,699 @@
+//! The checkpoint store: a run directory that training writes checkpoints
+//! into, crash-safe, with retention rules, integrity checks and saving in
+//! the background.
+//!
+//! ```text
+//! runs/exp1/
+//!   manifest.json            the committed steps (writing it is the commit)
+//!   step-00000010/
+//!     checkpoint.safetensors (or checkpoint.pth)
+//!     meta.json              step, epoch, metrics, time, size, content hash
+//!   .tmp-<id>/               a save in progress; removed on open
+//!   .lock                    held by the one process writing
+//! ```
+//!
+//! A save writes everything into `.tmp-<id>/`, syncs the files and the
+//! directory, renames it to `step-N/`, syncs the run directory, and then
+//! replaces `manifest.json` atomically (write beside, sync, rename, sync).
+//! Readers trust only steps the manifest lists, so a crash at any instant
+//! leaves the previous committed checkpoint loadable; leftovers are removed
+//! the next time the directory is opened. Retention deletes only after the
+//! new manifest is in place.
+//!
+//! ```
+//! # let dir = tempfile::tempdir().unwrap();
+//! use ckpt::store::{CheckpointManager, StoreOptions};
+//! use ckpt::{StateDict, TensorData, TrainingCheckpoint};
+//! let mut store = CheckpointManager::open(dir.path(), StoreOptions::default()).unwrap();
+//! for step in [10, 20, 30, 40] {
+//!     let mut model = StateDict::new();
+//!     model.insert("w".into(), TensorData::from_f32(&[1], &[step as f32]).unwrap());
+//!     let mut c = TrainingCheckpoint::new(model);
+//!     c.step = step as i64;
+//!     store.save(step, &c, &[("loss", 1.0 / step as f64)]).unwrap();
+//! }
+//! assert_eq!(store.steps().iter().map(|s| s.step).collect::<Vec<_>>(), [20, 30, 40]); // keep last 3
+//! let restored = store.restore_latest().unwrap().unwrap();
+//! assert_eq!((restored.step, restored.checkpoint.step), (40, 40));
+//! ```
+
+mod hash;
+mod manifest;
+mod retention;
+mod storage;
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use indexmap::IndexMap;
+
+pub use manifest::StepInfo;
+pub use retention::{KeepBest, KeepEvery, MetricMode, MissingMetric, Reason, Retention};
+pub use storage::{LocalStorage, Storage};
+
+use crate::format::Format;
+use crate::tensor::Buffer;
+use crate::{Error, Result, SaveOptions, TrainingCheckpoint};
+use hash::{content_hash, HashingWriter, StreamHasher};
+use manifest::{step_dir, Manifest, Meta};
+
+const MANIFEST: &str = "manifest.json";
+const MANIFEST_TMP: &str = ".manifest.json.tmp";
+const TMP_PREFIX: &str = ".tmp-";
+
+/// What to do when `save_async` is called while a save is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AsyncPolicy {
+    /// Wait for it to finish, then start (the default).
+    #[default]
+    Wait,
+    /// Skip this save and return [`AsyncSave::Skipped`].
+    Skip,
+}
+
+/// How a run directory is written and read.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// Which steps to keep.
+    pub retention: Retention,
+    /// The checkpoint file format: [`Format::Safetensors`] (the default)
+    /// or [`Format::PyTorch`].
+    pub format: Format,
+    /// Sync files and directories to disk before a save returns (the
+    /// default); without it a power cut (not a crash) can lose recent
+    /// saves.
+    pub durable: bool,
+    /// Check content hashes on load (the default).
+    pub verify: bool,
+    /// What `save_async` does when a save is in flight.
+    pub async_policy: AsyncPolicy,
+    /// Progress callback and file metadata for the checkpoint files.
+    pub save: SaveOptions,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            retention: Retention::default(),
+            format: Format::Safetensors,
+            durable: true,
+            verify: true,
+            async_policy: AsyncPolicy::Wait,
+            save: SaveOptions::default(),
+        }
+    }
+}
+
+impl StoreOptions {
+    /// Sets [`StoreOptions::retention`].
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Sets [`StoreOptions::format`].
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Sets [`StoreOptions::durable`].
+    pub fn durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Sets [`StoreOptions::verify`].
+    pub fn verify(mut self, verify: bool) -> Self {
+        self.verify = verify;
+        self
+    }
+
+    /// Sets [`StoreOptions::async_policy`].
+    pub fn async_policy(mut self, policy: AsyncPolicy) -> Self {
+        self.async_policy = policy;
+        self
+    }
+
+    /// Sets [`StoreOptions::save`].
+    pub fn save_options(mut self, save: SaveOptions) -> Self {
+        self.save = save;
+        self
+    }
+}
+
+/// What a save did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SaveReport {
+    /// The committed step.
+    pub step: u64,
+    /// The checkpoint file's size.
+    pub bytes: u64,
+    /// Steps retention deleted after the commit.
+    pub deleted: Vec<u64>,
+    /// Seconds from the call (or the background start) to the commit.
+    pub seconds: f64,
+}
+
+/// What `save_async` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsyncSave {
+    /// The save runs in the background.
+    Started,
+    /// A save was in flight and the policy is [`AsyncPolicy::Skip`].
+    Skipped,
+}
+
+/// A checkpoint restored by [`CheckpointManager::restore_latest`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Restored {
+    /// The step it came from.
+    pub step: u64,
+    /// The checkpoint.
+    pub checkpoint: TrainingCheckpoint,
+    /// Newer steps that failed to load, and why: never skipped silently.
+    pub skipped: Vec<(u64, String)>,
+}
+
+/// What opening a run directory cleaned up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OpenReport {
+    /// Leftovers of interrupted saves or deletions that were removed.
+    pub removed: Vec<String>,
+    /// Set when `manifest.json` was damaged and rebuilt from the steps'
+    /// `meta.json` files: what was wrong with it.
+    pub rebuilt: Option<String>,
+}
+
+struct Shared {
+    storage: Arc<dyn Storage>,
+    options: StoreOptions,
+    manifest: Mutex<Manifest>,
+}
+
+/// A run directory, open for writing: one per directory at a time (a lock
+/// held for the manager's life refuses a second).
+pub struct CheckpointManager {
+    shared: Arc<Shared>,
+    pending: Option<(u64, JoinHandle<Result<SaveReport>>)>,
+    opened: OpenReport,
+    _lock: Box<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for CheckpointManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointManager")
+            .field("dir", &self.shared.storage.root())
+            .field("steps", &self.shared.manifest().steps.len())
+            .finish()
+    }
+}
+
+impl Shared {
+    fn manifest(&self) -> MutexGuard<'_, Manifest> {
+        self.manifest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.storage.root().join(name)
+    }
+
+    fn io<T>(&self, name: &str, r: std::io::Result<T>) -> Result<T> {
+        r.map_err(|e| Error::io(self.path(name), e))
+    }
+
+    fn sync(&self, name: &str) -> Result<()> {
+        if self.options.durable {
+            self.io(name, self.storage.sync(name))?;
+        }
+        Ok(())
+    }
+
+    /// Writes a small file whole.
+    fn write_small(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.io(name, self.storage.write(name, &mut |w| w.write_all(bytes)))
+    }
+
+    /// The commit protocol (module docs).
+    fn commit(
+        &self,
+        step: u64,
+        checkpoint: &TrainingCheckpoint,
+        metrics: IndexMap<String, f64>,
+    ) -> Result<SaveReport> {
+        let start = Instant::now();
+        self.options.retention.check(step, &metrics)?;
+        if self.manifest().steps.iter().any(|s| s.step == step) {
+            return Err(Error::StepExists {
+                dir: self.storage.root().to_owned(),
+                step,
+            });
+        }
+        let value = checkpoint.to_value();
+        let file = format!("checkpoint.{}", self.options.format.extension());
+        let tmp = temp_name();
+        let dir = step_dir(step);
+        let written = (|| {
+            self.io(&tmp, self.storage.create_dir(&tmp))?;
+            let name = format!("{tmp}/{file}");
+            let plan = crate::save::plan(
+                self.options.format,
+                &value,
+                &self.path(&format!("{dir}/{file}")),
+                &self.options.save,
+            )?;
+            let mut hasher = Some(StreamHasher::new());
+            self.io(
+                &name,
+                self.storage.write(&name, &mut |out| {
+                    let mut hashing = HashingWriter {
+                        out,
+                        hasher: StreamHasher::new(),
+                    };
+                    crate::save::write_plan(&*plan, &mut hashing, &self.options.save)?;
+                    hasher = Some(hashing.hasher);
+                    Ok(())
+                }),
+            )?;
+            let (file_hash, bytes) = hasher.take().expect("set by the write").finish();
+            self.sync(&name)?;
+            let info = StepInfo {
+                step,
+                epoch: checkpoint.epoch,
+                metrics,
+                time: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                bytes,
+                file,
+                meta_hash: String::new(),
+            };
+            let meta = Meta {
+                info,
+                file_hash,
+                tensors: checkpoint.model.len(),
+            }
+            .to_bytes();
+            let meta_name = format!("{tmp}/meta.json");
+            self.write_small(&meta_name, &meta)?;
+            self.sync(&meta_name)?;
+            self.sync(&tmp)?;
+            self.io(&tmp, self.storage.rename(&tmp, &dir))?;
+            self.sync("")?;
+            Meta::parse(&meta).map_err(|reason| Error::BadStore {
+                path: self.path(&meta_name),
+                reason,
+            })
+        })();
+        let meta = match written {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = self.storage.remove(&tmp);
+                return Err(e);
+            }
+        };
+
+        // The commit: a new manifest without the steps retention drops.
+        let mut next = self.manifest().clone();
+        next.steps.push(meta.info.clone());
+        let reasons = self.options.retention.reasons(&next.steps);
+        let (kept, dropped): (Vec<_>, Vec<_>) = next
+            .steps
+            .into_iter()
+            .zip(reasons)
+            .partition(|(_, r)| !r.is_empty());
+        next.steps = kept.into_iter().map(|(s, _)| s).collect();
+        if let Err(e) = self.write_manifest(&next) {
+            let _ = self.storage.remove(&dir);
+            return Err(e);
+        }
+        *self.manifest() = next;
+
+        // After the commit, deletion; leftovers of a failure here are
+        // uncommitted and removed on the next open.
+        let deleted: Vec<u64> = dropped.iter().map(|(s, _)| s.step).collect();
+        for (s, _) in &dropped {
+            let _ = self.storage.remove(&s.dir());
+        }
+        Ok(SaveReport {
+            step,
+            bytes: meta.info.bytes,
+            deleted,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
+        self.write_small(MANIFEST_TMP, &manifest.to_bytes())?;
+        self.sync(MANIFEST_TMP)?;
+        self.io(MANIFEST, self.storage.rename(MANIFEST_TMP, MANIFEST))?;
+        self.sync("")
+    }
+
+    fn load(&self, info: &StepInfo) -> Result<TrainingCheckpoint> {
+        let dir = info.dir();
+        let meta_name = format!("{dir}/meta.json");
+        let meta_bytes = self.io(&meta_name, self.storage.read(&meta_name))?;
+        let found = content_hash(&meta_bytes);
+        if found != info.meta_hash {
+            return Err(Error::HashMismatch {
+                path: self.path(&meta_name),
+                expected: info.meta_hash.clone(),
+                found,
+            });
+        }
+        let meta = Meta::parse(&meta_bytes).map_err(|reason| Error::BadStore {
+            path: self.path(&meta_name),
+            reason,
+        })?;
+        let name = format!("{dir}/{}", meta.info.file);
+        let path = self.path(&name);
+        let buffer = match self.storage.local_path(&name) {
+            Some(local) => crate::io::open(&local, true)?,
+            None => Arc::new(Buffer::Heap(self.io(&name, self.storage.read(&name))?)),
+        };
+        if self.options.verify {
+            let found = content_hash(buffer.as_slice());
+            if found != meta.file_hash {
+                return Err(Error::HashMismatch {
+                    path,
+                    expected: meta.file_hash,
+                    found,
+                });
+            }
+        }
+        let format = Format::from_path(&path)?;
+        let loaded =
+            crate::load::read_buffer(format, buffer, &path, &crate::LoadOptions::default())?;
+        TrainingCheckpoint::from_value(&loaded.value).map_err(|e| match e {
+            Error::BadCheckpoint { key, reason } => Error::BadCheckpoint {
+                key: format!("{}: {key}", path.display()),
+                reason,
+            },
+            other => other,
+        })
+    }
+}
+
+fn temp_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{TMP_PREFIX}{}-{nanos:08x}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl CheckpointManager {
+    /// Opens (creating if needed) the run directory `dir` on the local
+    /// filesystem.
+    pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<CheckpointManager> {
+        CheckpointManager::open_with(Arc::new(LocalStorage::new(dir.as_ref())), options)
+    }
+
+    /// Opens a run on any [`Storage`]: takes the writer lock (refusing a
+    /// directory another live process writes to), reads the manifest
+    /// (rebuilding it from the steps' `meta.json` if it is damaged), and
+    /// removes leftovers of interrupted saves.
+    pub fn open_with(
+        storage: Arc<dyn Storage>,
+        options: StoreOptions,
+    ) -> Result<CheckpointManager> {
+        if !matches!(options.format, Format::Safetensors | Format::PyTorch) {
+            return Err(Error::UnknownExtension {
+                path: storage
+                    .root()
+                    .join(format!("checkpoint.{}", options.format.extension())),
+            });
+        }
+        let root = storage.root().to_owned();
+        storage.create_root().map_err(|e| Error::io(&root, e))?;
+        let lock = storage
+            .lock()
+            .map_err(|e| Error::io(root.join(".lock"), e))?
+            .ok_or(Error::StoreLocked { dir: root.clone() })?;
+        let shared = Arc::new(Shared {
+            storage,
+            options,
+            manifest: Mutex::new(Manifest::default()),
+        });
+        let mut opened = OpenReport::default();
+        let manifest = match shared.storage.read(MANIFEST) {
+            Ok(bytes) => match Manifest::parse(&bytes) {
+                Ok(m) => m,
+                Err(reason) if reason.contains("newer ckpt") => {
+                    return Err(Error::BadStore {
+                        path: shared.path(MANIFEST),
+                        reason,
+                    })
+                }
+                Err(reason) => {
+                    let rebuilt = rebuild(&shared)?;
+                    opened.rebuilt = Some(reason);
+                    shared.write_manifest(&rebuilt)?;
+                    rebuilt
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
+            Err(e) => return Err(Error::io(shared.path(MANIFEST), e)),
+        };
+        let committed: Vec<String> = manifest.steps.iter().map(StepInfo::dir).collect();
+        for name in shared.io("", shared.storage.list())? {
+            let leftover = name.starts_with(TMP_PREFIX)
+                || name == MANIFEST_TMP
+                || (name.starts_with("step-") && !committed.contains(&name));
+            if leftover {
+                shared.io(&name, shared.storage.remove(&name))?;
+                opened.removed.push(name);
+            }
+        }
+        *shared.manifest() = manifest;
+        Ok(CheckpointManager {
+            shared,
+            pending: None,
+            opened,
+            _lock: lock,
+        })
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        self.shared.storage.root()
+    }
+
+    /// What opening cleaned up.
+    pub fn opened(&self) -> &OpenReport {
+        &self.opened
+    }
+
+    /// The options the run was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.shared.options
+    }
+
+    /// Saves `checkpoint` as `step` and commits it; then applies retention.
+    /// `metrics` are recorded in the manifest (for `best()`, retention and
+    /// `ckpt ls`). A save still running in the background finishes first,
+    /// and its failure, if any, is returned here.
+    pub fn save(
+        &mut self,
+        step: u64,
+        checkpoint: &TrainingCheckpoint,
+        metrics: &[(&str, f64)],
+    ) -> Result<SaveReport> {
+        self.wait()?;
+        self.shared.commit(step, checkpoint, to_map(metrics))
+    }
+
+    /// Starts saving `checkpoint` in the background and returns at once.
+    /// The checkpoint is the snapshot: its tensors are immutable shared
+    /// bytes (copies of the model's, for a live candle model), so training
+    /// can go on changing the model. At most one save is in flight; a
+    /// failed one is reported by the next call of `save_async`, `save` or
+    /// [`CheckpointManager::wait`].
+    pub fn save_async(
+        &mut self,
+        step: u64,
+        checkpoint: TrainingCheckpoint,
+        metrics: &[(&str, f64)],
+    ) -> Result<AsyncSave> {
+        if let Some((_, handle)) = &self.pending {
+            if !handle.is_finished() && self.shared.options.async_policy == AsyncPolicy::Skip {
+                return Ok(AsyncSave::Skipped);
+            }
+        }
+        self.wait()?;
+        let shared = Arc::clone(&self.shared);
+        let metrics = to_map(metrics);
+        let handle = std::thread::Builder::new()
+            .name(format!("ckpt-save-{step}"))
+            .spawn(move || shared.commit(step, &checkpoint, metrics))
+            .map_err(|e| Error::io(self.dir(), e))?;
+        self.pending = Some((step, handle));
+        Ok(AsyncSave::Started)
+    }
+
+    /// Waits for the background save, if any, and returns its report (or
+    /// its error).
+    pub fn wait(&mut self) -> Result<Option<SaveReport>> {
+        let Some((step, handle)) = self.pending.take() else {
+            return Ok(None);
+        };
+        match handle.join() {
+            Ok(Ok(report)) => Ok(Some(report)),
+            Ok(Err(e)) => Err(Error::BackgroundSave {
+                step,
+                source: Box::new(e),
+            }),
+            Err(_) => Err(Error::BackgroundSave {
+                step,
+                source: Box::new(Error::io(
+                    self.dir(),
+                    std::io::Error::other("the save thread panicked"),
+                )),
+            }),
+        }
+    }
+
+    /// The committed steps, oldest first.
+    pub fn steps(&self) -> Vec<StepInfo> {
+        self.shared.manifest().steps.clone()
+    }
+
+    /// The newest committed step.
+    pub fn latest(&self) -> Option<StepInfo> {
+        self.shared.manifest().steps.last().cloned()
+    }
+
+    /// The best committed step by the retention's best-K metric.
+    pub fn best(&self) -> Option<StepInfo> {
+        let manifest = self.shared.manifest();
+        self.shared.options.retention.best(&manifest.steps).cloned()
+    }
+
+    /// Why each committed step is kept under the current rules.
+    pub fn reasons(&self) -> Vec<(u64, Vec<Reason>)> {
+        let steps = self.steps();
+        let reasons = self.shared.options.retention.reasons(&steps);
+        steps.iter().map(|s| s.step).zip(reasons).collect()
+    }
+
+    /// Loads a committed step, checking its content hashes unless the
+    /// options say not to.
+    pub fn load(&self, step: u64) -> Result<TrainingCheckpoint> {
+        let info = self
+            .steps()
+            .into_iter()
+            .find(|s| s.step == step)
+            .ok_or_else(|| Error::NoSuchStep {
+                dir: self.dir().to_owned(),
+                step,
+            })?;
+        self.shared.load(&info)
+    }
+
+    /// Loads the newest committed step that loads; newer ones that fail
+    /// (damaged, missing files) are listed in [`Restored::skipped`], never
+    /// passed over silently. `Ok(None)` for a run with no steps.
+    pub fn restore_latest(&self) -> Result<Option<Restored>> {
+        let mut skipped = Vec::new();
+        for info in self.steps().iter().rev() {
+            match self.shared.load(info) {
+                Ok(checkpoint) => {
+                    return Ok(Some(Restored {
+                        step: info.step,
+                        checkpoint,
+                        skipped,
+                    }))
+                }
+                Err(e) => skipped.push((info.step, e.to_string())),
+            }
+        }
+        if skipped.is_empty() {
+            return Ok(None);
+        }
+        let problems = skipped
+            .iter()
+            .map(|(s, e)| format!("step {s}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(Error::NoIntactCheckpoint {
+            dir: self.dir().to_owned(),
+            problems,
+        })
+    }
+
+    /// Applies `retention` to the committed steps now and returns the steps
+    /// it deletes (with `dry_run`, would delete). The newest step is always
+    /// kept.
+    pub fn gc(&mut self, retention: &Retention, dry_run: bool) -> Result<Vec<u64>> {
+        self.wait()?;
+        let mut next = self.shared.manifest().clone();
+        let reasons = retention.reasons(&next.steps);
+        let dropped: Vec<StepInfo> = next
+            .steps
+            .iter()
+            .zip(&reasons)
+            .filter(|(_, r)| r.is_empty())
+            .map(|(s, _)| s.clone())
+            .collect();
+        if dry_run || dropped.is_empty() {
+            return Ok(dropped.iter().map(|s| s.step).collect());
+        }
+        next.steps
+            .retain(|s| !dropped.iter().any(|d| d.step == s.step));
+        self.shared.write_manifest(&next)?;
+        *self.shared.manifest() = next;
+        for s in &dropped {
+            self.shared
+                .io(&s.dir(), self.shared.storage.remove(&s.dir()))?;
+        }
+        Ok(dropped.iter().map(|s| s.step).collect())
+    }
+}
+
+impl Drop for CheckpointManager {
+    /// Finishes a background save. Its error cannot be returned from here:
+    /// call [`CheckpointManager::wait`] to see it.
+    fn drop(&mut self) {
+        if let Some((_, handle)) = self.pending.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn to_map(metrics: &[(&str, f64)]) -> IndexMap<String, f64> {
+    metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// A manifest rebuilt from the steps' own `meta.json` files (each checked
+/// against its checksum), for a damaged `manifest.json`.
+fn rebuild(shared: &Shared) -> Result<Manifest> {
+    let mut steps = Vec::new();
+    for name in shared.io("", shared.storage.list())? {
+        if !name.starts_with("step-") {
+            continue;
+        }
+        let meta_name = format!("{name}/meta.json");
+        if let Ok(bytes) = shared.storage.read(&meta_name) {
+            if let Ok(meta) = Meta::parse(&bytes) {
+                if meta.info.dir() == name {
+                    steps.push(meta.info);
+                }
+            }
+        }
+    }
+    steps.sort_by_key(|s| s.step);
+    Ok(Manifest { steps })
+}

@@ -1,0 +1,157 @@
+//! Where a run lives: the small [`Storage`] trait the store writes through,
+//! and [`LocalStorage`], a directory on the local filesystem. Tests wrap it
+//! to inject failures; the object-store backend will implement it too.
+
+use std::any::Any;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// The operations the store needs, on names relative to the run's root
+/// (`manifest.json`, `step-00000010/meta.json`). Every write goes through
+/// [`Storage::write`]; nothing is durable until [`Storage::sync`].
+pub trait Storage: Send + Sync + 'static {
+    /// The root, for messages (a directory path or a URL).
+    fn root(&self) -> &Path;
+
+    /// Creates the root if it is missing.
+    fn create_root(&self) -> io::Result<()>;
+
+    /// Takes the run's writer lock, held until the returned guard drops.
+    /// `Ok(None)` means another live process holds it.
+    fn lock(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>>;
+
+    /// Creates a directory.
+    fn create_dir(&self, name: &str) -> io::Result<()>;
+
+    /// Creates (or truncates) a file and fills it with what `write`
+    /// produces, buffered in large sequential writes.
+    fn write(
+        &self,
+        name: &str,
+        write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()>;
+
+    /// Makes a file, or a directory's entries (`""` is the root), durable.
+    fn sync(&self, name: &str) -> io::Result<()>;
+
+    /// Renames a file or directory, replacing a file of the new name.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+
+    /// Removes a file, or a directory and everything in it; a missing
+    /// name is not an error.
+    fn remove(&self, name: &str) -> io::Result<()>;
+
+    /// The names in the root.
+    fn list(&self) -> io::Result<Vec<String>>;
+
+    /// A whole (small) file.
+    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
+
+    /// A local path for `name`, when the file can be memory-mapped.
+    fn local_path(&self, name: &str) -> Option<PathBuf>;
+}
+
+/// A run directory on the local filesystem.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+const WRITE_BUFFER: usize = 4 << 20;
+
+impl LocalStorage {
+    /// The run directory `root` (created on open if missing).
+    pub fn new(root: impl Into<PathBuf>) -> LocalStorage {
+        LocalStorage { root: root.into() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        if name.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(name)
+        }
+    }
+}
+
+impl Storage for LocalStorage {
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn create_root(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.root)
+    }
+
+    fn lock(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path(".lock"))?;
+        match file.try_lock() {
+            // The lock lives with the open file; dropping the guard (or
+            // the process dying) releases it.
+            Ok(()) => Ok(Some(Box::new(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+
+    fn create_dir(&self, name: &str) -> io::Result<()> {
+        fs::create_dir(self.path(name))
+    }
+
+    fn write(
+        &self,
+        name: &str,
+        write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut out = BufWriter::with_capacity(WRITE_BUFFER, File::create(self.path(name))?);
+        write(&mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    }
+
+    fn sync(&self, name: &str) -> io::Result<()> {
+        // fsync applies to the file, not the descriptor: reopening works.
+        File::open(self.path(name))?.sync_all()
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.path(from), self.path(to))
+    }
+
+    fn remove(&self, name: &str) -> io::Result<()> {
+        let path = self.path(name);
+        let removed = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
+            Ok(_) => fs::remove_file(&path),
+            Err(e) => Err(e),
+        };
+        match removed {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn list(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&self.root)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn read(&self, name: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.path(name))
+    }
+
+    fn local_path(&self, name: &str) -> Option<PathBuf> {
+        Some(self.path(name))
+    }
+}
