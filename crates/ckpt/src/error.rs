@@ -376,6 +376,17 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// The new manifest is in place (the step is committed and loads), but
+    /// syncing the run directory afterwards failed, so a power cut could
+    /// still undo the commit.
+    #[error("step {step} is committed, but making the commit durable failed: {source}")]
+    CommitNotDurable {
+        /// The step.
+        step: u64,
+        /// Why.
+        source: Box<Error>,
+    },
+
     /// Every committed checkpoint failed to load.
     #[error("{}: no committed checkpoint loads: {problems}", dir.display())]
     NoIntactCheckpoint {

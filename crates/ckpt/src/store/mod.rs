@@ -331,9 +331,14 @@ impl Shared {
             .zip(reasons)
             .partition(|(_, r)| !r.is_empty());
         next.steps = kept.into_iter().map(|(s, _)| s).collect();
-        if let Err(e) = self.write_manifest(&next) {
-            let _ = self.storage.remove(&dir);
-            return Err(e);
+        let mut not_durable = None;
+        match self.write_manifest(&next) {
+            Ok(()) => {}
+            Err((false, e)) => {
+                let _ = self.storage.remove(&dir);
+                return Err(e);
+            }
+            Err((true, e)) => not_durable = Some(e),
         }
         *self.manifest() = next;
 
@@ -343,6 +348,12 @@ impl Shared {
         for (s, _) in &dropped {
             let _ = self.storage.remove(&s.dir());
         }
+        if let Some(e) = not_durable {
+            return Err(Error::CommitNotDurable {
+                step,
+                source: Box::new(e),
+            });
+        }
         Ok(SaveReport {
             step,
             bytes: meta.info.bytes,
@@ -351,11 +362,16 @@ impl Shared {
         })
     }
 
-    fn write_manifest(&self, manifest: &Manifest) -> Result<()> {
-        self.write_small(MANIFEST_TMP, &manifest.to_bytes())?;
-        self.sync(MANIFEST_TMP)?;
-        self.io(MANIFEST, self.storage.rename(MANIFEST_TMP, MANIFEST))?;
-        self.sync("")
+    /// Replaces the manifest atomically. On error, whether the new one
+    /// is already in place (the commit happened).
+    fn write_manifest(&self, manifest: &Manifest) -> Result<(), (bool, Error)> {
+        let before = |e| (false, e);
+        self.write_small(MANIFEST_TMP, &manifest.to_bytes())
+            .map_err(before)?;
+        self.sync(MANIFEST_TMP).map_err(before)?;
+        self.io(MANIFEST, self.storage.rename(MANIFEST_TMP, MANIFEST))
+            .map_err(before)?;
+        self.sync("").map_err(|e| (true, e))
     }
 
     fn load(&self, info: &StepInfo) -> Result<TrainingCheckpoint> {
@@ -439,10 +455,22 @@ impl CheckpointManager {
         }
         let root = storage.root().to_owned();
         storage.create_root().map_err(|e| Error::io(&root, e))?;
-        let lock = storage
-            .lock()
-            .map_err(|e| Error::io(root.join(".lock"), e))?
-            .ok_or(Error::StoreLocked { dir: root.clone() })?;
+        // A child process this one forks shares the lock's file until it
+        // execs, so a lock just released can look held for a moment: try
+        // for a little while before calling the directory busy.
+        let deadline = Instant::now() + std::time::Duration::from_millis(250);
+        let lock = loop {
+            match storage
+                .lock()
+                .map_err(|e| Error::io(root.join(".lock"), e))?
+            {
+                Some(lock) => break lock,
+                None if Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                None => return Err(Error::StoreLocked { dir: root.clone() }),
+            }
+        };
         let shared = Arc::new(Shared {
             storage,
             options,
@@ -461,7 +489,7 @@ impl CheckpointManager {
                 Err(reason) => {
                     let rebuilt = rebuild(&shared)?;
                     opened.rebuilt = Some(reason);
-                    shared.write_manifest(&rebuilt)?;
+                    shared.write_manifest(&rebuilt).map_err(|(_, e)| e)?;
                     rebuilt
                 }
             },
@@ -653,7 +681,11 @@ impl CheckpointManager {
         }
         next.steps
             .retain(|s| !dropped.iter().any(|d| d.step == s.step));
-        self.shared.write_manifest(&next)?;
+        // A failed sync after the manifest's rename still leaves the new
+        // manifest in place; the deletions follow it.
+        if let Err((false, e)) = self.shared.write_manifest(&next) {
+            return Err(e);
+        }
         *self.shared.manifest() = next;
         for s in &dropped {
             self.shared
