@@ -6,8 +6,12 @@
 
 mod convert;
 mod diff;
+mod gc;
 mod inspect;
+mod ls;
 mod output;
+#[cfg(feature = "plot")]
+mod plot;
 mod values;
 mod verify;
 
@@ -85,18 +89,86 @@ enum Command {
         max_shard_size: Option<u64>,
     },
 
-    /// Check files end to end: parse everything, read every tensor byte,
-    /// and compare every stored checksum (the zip CRC-32s of .pth and .npz
-    /// files and of sharded checkpoints' shards).
+    /// Check files or run directories end to end.
     ///
-    /// torch does not check CRCs when loading, and neither does ckpt, so a
-    /// file whose checksums do not match still loads; verify reports it.
-    /// Exit code 0 when every file is intact, 1 when a checksum does not
-    /// match, 2 when a file cannot be read.
+    /// A file: parse everything, read every tensor byte, and compare every
+    /// stored checksum (the zip CRC-32s of .pth and .npz files and of
+    /// sharded checkpoints' shards). torch does not check CRCs when loading,
+    /// and neither does ckpt, so a file whose checksums do not match still
+    /// loads; verify reports it.
+    ///
+    /// A run directory (written by the checkpoint store): every committed
+    /// step's content hashes and structure, and leftovers of torn saves.
+    /// Safe while training writes to it.
+    ///
+    /// Exit code 0 when everything is intact, 1 when a checksum or hash does
+    /// not match or a save was torn, 2 when something cannot be read.
     Verify {
-        /// The files to check.
+        /// The files or run directories to check.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+    },
+
+    /// List the committed steps of a run directory: step, epoch, metrics,
+    /// size, age, and which retention rules keep each (latest, last, best#k,
+    /// every); the best step is marked `*`. A last line draws one metric
+    /// as a sparkline.
+    ///
+    /// Reads without taking the writer's lock: safe while training runs.
+    Ls {
+        /// The run directory.
+        dir: PathBuf,
+        /// The metric for the sparkline (default: the one retention ranks
+        /// by, else the first recorded).
+        #[arg(long)]
+        metric: Option<String>,
+        /// Print JSON for programs: {"dir", "best", "steps": [{"step",
+        /// "epoch", "metrics", "bytes", "time", "age_seconds", "kept_by",
+        /// "best", "dir"}]}.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Delete the steps of a run directory that no retention rule keeps
+    /// (the newest step is always kept). Without rule flags, the rules the
+    /// run's writer recorded apply; with any, only the given rules.
+    ///
+    /// Takes the writer's lock: refused while training writes to the run.
+    Gc {
+        /// The run directory.
+        dir: PathBuf,
+        /// Keep the newest N steps.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
+        /// Keep the best K steps by --metric.
+        #[arg(long, value_name = "K", requires = "metric")]
+        keep_best: Option<usize>,
+        /// The metric --keep-best ranks by.
+        #[arg(long)]
+        metric: Option<String>,
+        /// Whether lower (min, the default) or higher (max) is better.
+        #[arg(long, value_enum, default_value = "min")]
+        mode: Mode,
+        /// Keep every step whose number is a multiple of N.
+        #[arg(long, value_name = "N")]
+        keep_every: Option<u64>,
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Draw a metric of a run directory against step, as a PNG (the best
+    /// step circled in red when the run ranks by that metric).
+    #[cfg(feature = "plot")]
+    Plot {
+        /// The run directory.
+        dir: PathBuf,
+        /// The metric to draw.
+        #[arg(long)]
+        metric: String,
+        /// The PNG to write (default: METRIC.png in the current directory).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
 
     /// Compare two checkpoints, in any formats: keys only in one, dtype or
@@ -123,6 +195,13 @@ enum Command {
     },
 }
 
+/// Whether lower or higher is better, for `ckpt gc --mode`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Min,
+    Max,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut stdout = io::stdout().lock();
@@ -145,6 +224,39 @@ fn main() -> ExitCode {
             convert::run(&input, &output, &changes, &mut stdout).map(|()| 0)
         }
         Command::Verify { files } => verify::run(&files, &mut stdout),
+        Command::Ls { dir, metric, json } => {
+            ls::run(&dir, metric.as_deref(), json, &mut stdout).map(|()| 0)
+        }
+        Command::Gc {
+            dir,
+            keep_last,
+            keep_best,
+            metric,
+            mode,
+            keep_every,
+            dry_run,
+        } => {
+            let rules = gc::Rules {
+                keep_last,
+                keep_best,
+                metric,
+                mode: match mode {
+                    Mode::Min => ckpt::store::MetricMode::Min,
+                    Mode::Max => ckpt::store::MetricMode::Max,
+                },
+                keep_every,
+            };
+            gc::run(&dir, &rules, dry_run, &mut stdout).map(|()| 0)
+        }
+        #[cfg(feature = "plot")]
+        Command::Plot {
+            dir,
+            metric,
+            output,
+        } => {
+            let output = output.unwrap_or_else(|| PathBuf::from(format!("{metric}.png")));
+            plot::run(&dir, &metric, &output, &mut stdout).map(|()| 0)
+        }
         Command::Diff {
             a,
             b,

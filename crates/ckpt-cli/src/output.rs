@@ -23,6 +23,11 @@ pub fn error(err: &anyhow::Error) {
 /// Draws a one-line progress bar on stderr for writes of 64 MiB or more
 /// (smaller ones finish before a bar would help).
 pub fn progress_bar(done: u64, total: u64) {
+    labelled_progress_bar("writing", done, total);
+}
+
+/// [`progress_bar`] with another verb (`verifying`).
+pub fn labelled_progress_bar(verb: &str, done: u64, total: u64) {
     if total < 64 << 20 {
         return;
     }
@@ -31,7 +36,7 @@ pub fn progress_bar(done: u64, total: u64) {
     let mut err = io::stderr();
     let _ = write!(
         err,
-        "\r  writing [{}{}] {:>3}% {} of {}",
+        "\r  {verb} [{}{}] {:>3}% {} of {}",
         "#".repeat(filled),
         " ".repeat(width as usize - filled),
         done.min(total) * 100 / total,
@@ -72,18 +77,33 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A duration for people, rounded to its largest unit: `42 s`, `5 min`,
+/// `3 h`, `2 d`.
+pub fn human_age(seconds: f64) -> String {
+    let s = seconds.max(0.0);
+    if s < 90.0 {
+        format!("{s:.0} s")
+    } else if s < 90.0 * 60.0 {
+        format!("{:.0} min", s / 60.0)
+    } else if s < 36.0 * 3600.0 {
+        format!("{:.0} h", s / 3600.0)
+    } else {
+        format!("{:.0} d", s / 86400.0)
+    }
+}
+
 /// A table with left-aligned text columns and right-aligned numeric ones.
 pub struct Table {
-    header: Vec<&'static str>,
+    header: Vec<String>,
     right: Vec<bool>,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
     /// A table with these columns; `right[i]` right-aligns column `i`.
-    pub fn new(header: Vec<&'static str>, right: Vec<bool>) -> Table {
+    pub fn new<S: Into<String>>(header: Vec<S>, right: Vec<bool>) -> Table {
         Table {
-            header,
+            header: header.into_iter().map(Into::into).collect(),
             right,
             rows: Vec::new(),
         }
@@ -102,8 +122,7 @@ impl Table {
                 *w = (*w).max(cell.chars().count());
             }
         }
-        let header: Vec<String> = self.header.iter().map(|h| h.to_string()).collect();
-        for row in std::iter::once(&header).chain(&self.rows) {
+        for row in std::iter::once(&self.header).chain(&self.rows) {
             let mut line = String::new();
             for (i, cell) in row.iter().enumerate() {
                 let pad = widths[i] - cell.chars().count();

@@ -1,7 +1,7 @@
-//! `ckpt verify FILE...`.
+//! `ckpt verify PATH...`: files, or run directories of the store.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
@@ -12,6 +12,16 @@ use crate::output::human_bytes;
 pub fn run(files: &[PathBuf], out: &mut dyn Write) -> Result<u8> {
     let mut code = 0;
     for file in files {
+        if file.is_dir() {
+            match run_dir(file, out) {
+                Ok(ok) => code = code.max(if ok { 0 } else { 1 }),
+                Err(err) => {
+                    code = 2;
+                    crate::output::error(&err);
+                }
+            }
+            continue;
+        }
         match ckpt::verify(file) {
             Ok(report) if report.mismatches.is_empty() => writeln!(
                 out,
@@ -42,4 +52,55 @@ pub fn run(files: &[PathBuf], out: &mut dyn Write) -> Result<u8> {
         }
     }
     Ok(code)
+}
+
+/// Verifies a run directory: every committed step's hashes and structure,
+/// and torn saves. Returns whether everything is intact.
+fn run_dir(dir: &Path, out: &mut dyn Write) -> Result<bool> {
+    let reader = ckpt::store::RunReader::open(dir)?;
+    let tty = std::io::stderr().is_terminal();
+    let check = reader.check(|done, total| {
+        if tty {
+            crate::output::labelled_progress_bar("verifying", done, total);
+        }
+    })?;
+    let steps = reader.steps();
+    writeln!(
+        out,
+        "{}: run directory, {} committed steps",
+        dir.display(),
+        steps.len()
+    )?;
+    let mut problems = 0;
+    for ((step, problem), info) in check.steps.iter().zip(&steps) {
+        match problem {
+            None => writeln!(out, "  step {step}: ok ({})", human_bytes(info.bytes))?,
+            Some(p) => {
+                problems += 1;
+                writeln!(out, "  step {step}: {p}")?;
+            }
+        }
+    }
+    for name in &check.leftovers {
+        if check.writer_active {
+            writeln!(
+                out,
+                "  {name}: a save in progress (a writer holds the lock)"
+            )?;
+        } else {
+            problems += 1;
+            writeln!(out, "  {name}: left by an interrupted save or deletion (removed when the run is next opened for writing)")?;
+        }
+    }
+    if problems == 0 {
+        writeln!(out, "{}: ok", dir.display())?;
+    } else {
+        writeln!(
+            out,
+            "{}: {problems} problem{}",
+            dir.display(),
+            if problems == 1 { "" } else { "s" }
+        )?;
+    }
+    Ok(check.is_ok())
 }

@@ -262,6 +262,10 @@ impl Storage for Faulty {
             _ => self.inner.write(name, write),
         }
     }
+    fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.op();
+        self.inner.append(name, bytes)
+    }
     fn sync(&self, name: &str) -> io::Result<()> {
         self.op();
         if self.fault == Fault::Sync(self.syncs.fetch_add(1, Ordering::SeqCst)) {

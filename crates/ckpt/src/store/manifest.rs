@@ -190,10 +190,35 @@ impl Meta {
     }
 }
 
-/// The committed steps, oldest first.
+/// One line of `history.jsonl` for a commit.
+pub(crate) fn history_line(info: &StepInfo) -> Vec<u8> {
+    let mut line = Json::Object(info_json(info)).to_string().into_bytes();
+    line.push(b'\n');
+    line
+}
+
+/// The entries of `history.jsonl`, one per step (the last line for it
+/// wins), sorted by step; lines that do not parse (a torn last line) are
+/// skipped.
+pub(crate) fn parse_history(bytes: &[u8]) -> Vec<StepInfo> {
+    let mut by_step = std::collections::BTreeMap::new();
+    for line in bytes.split(|&b| b == b'\n') {
+        let Ok(v) = serde_json::from_slice::<Json>(line) else {
+            continue;
+        };
+        if let Ok(info) = parse_info(&v, String::new()) {
+            by_step.insert(info.step, info);
+        }
+    }
+    by_step.into_values().collect()
+}
+
+/// The committed steps, oldest first, and the retention rules of the
+/// writer that last committed (so `ckpt ls` can say what keeps a step).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Manifest {
     pub steps: Vec<StepInfo>,
+    pub retention: Option<super::Retention>,
 }
 
 impl Manifest {
@@ -210,6 +235,9 @@ impl Manifest {
             })
             .collect();
         m.insert("steps".into(), Json::Array(steps));
+        if let Some(r) = &self.retention {
+            m.insert("retention".into(), r.to_json());
+        }
         sealed(m)
     }
 
@@ -232,7 +260,8 @@ impl Manifest {
         if steps.windows(2).any(|w| w[0].step == w[1].step) {
             return Err("a step is listed twice".into());
         }
-        Ok(Manifest { steps })
+        let retention = body.get("retention").and_then(super::Retention::from_json);
+        Ok(Manifest { steps, retention })
     }
 }
 
@@ -258,9 +287,11 @@ mod tests {
     fn manifests_round_trip_and_any_flipped_byte_is_noticed() {
         let m = Manifest {
             steps: vec![info(10), info(20)],
+            retention: Some(Default::default()),
         };
         let bytes = m.to_bytes();
         let back = Manifest::parse(&bytes).unwrap();
+        assert_eq!(back.retention, m.retention);
         assert_eq!(back.steps[0].step, 10);
         assert!(back.steps[1].metric("bad").unwrap().is_nan());
         assert_eq!(back.steps[0].metric("loss"), Some(0.5));

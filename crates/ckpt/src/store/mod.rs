@@ -8,6 +8,8 @@
 //!   step-00000010/
 //!     checkpoint.safetensors (or checkpoint.pth)
 //!     meta.json              step, epoch, metrics, time, size, content hash
+//!   history.jsonl            every commit's step, epoch, metrics and time,
+//!                            kept when retention deletes the step
 //!   .tmp-<id>/               a save in progress; removed on open
 //!   .lock                    held by the one process writing
 //! ```
@@ -62,6 +64,7 @@ use hash::{content_hash, HashingWriter, StreamHasher};
 use manifest::{step_dir, Manifest, Meta};
 
 const MANIFEST: &str = "manifest.json";
+const HISTORY: &str = "history.jsonl";
 const MANIFEST_TMP: &str = ".manifest.json.tmp";
 const TMP_PREFIX: &str = ".tmp-";
 
@@ -323,6 +326,7 @@ impl Shared {
 
         // The commit: a new manifest without the steps retention drops.
         let mut next = self.manifest().clone();
+        next.retention = Some(self.options.retention.clone());
         next.steps.push(meta.info.clone());
         let reasons = self.options.retention.reasons(&next.steps);
         let (kept, dropped): (Vec<_>, Vec<_>) = next
@@ -342,8 +346,12 @@ impl Shared {
         }
         *self.manifest() = next;
 
-        // After the commit, deletion; leftovers of a failure here are
-        // uncommitted and removed on the next open.
+        // After the commit: the metric history (best effort: it feeds
+        // plots, not loads; a torn last line is skipped when read), then
+        // deletion, whose leftovers are removed on the next open.
+        let _ = self
+            .storage
+            .append(HISTORY, &manifest::history_line(&meta.info));
         let deleted: Vec<u64> = dropped.iter().map(|(s, _)| s.step).collect();
         for (s, _) in &dropped {
             let _ = self.storage.remove(&s.dir());
@@ -705,6 +713,143 @@ impl Drop for CheckpointManager {
     }
 }
 
+/// A run directory opened read-only: no lock and no clean-up, so it can be
+/// read (listed, verified, loaded from) while a writer is saving into it.
+pub struct RunReader {
+    shared: Shared,
+    retention: Option<Retention>,
+}
+
+/// What [`RunReader::check`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RunCheck {
+    /// Each committed step and its problem, if any (hashes, structure).
+    pub steps: Vec<(u64, Option<String>)>,
+    /// Names that are not committed steps: interrupted saves or deletions
+    /// (or, while `writer_active`, a save in progress).
+    pub leftovers: Vec<String>,
+    /// A process holds the writer lock.
+    pub writer_active: bool,
+}
+
+impl RunCheck {
+    /// True when every step loads and nothing is torn.
+    pub fn is_ok(&self) -> bool {
+        self.steps.iter().all(|(_, p)| p.is_none())
+            && (self.writer_active || self.leftovers.is_empty())
+    }
+}
+
+impl RunReader {
+    /// Opens the run directory `dir` for reading.
+    pub fn open(dir: impl AsRef<Path>) -> Result<RunReader> {
+        RunReader::open_with(
+            Arc::new(LocalStorage::new(dir.as_ref())),
+            StoreOptions::default(),
+        )
+    }
+
+    /// Opens a run on any [`Storage`] for reading; `options.verify` says
+    /// whether loads check hashes.
+    pub fn open_with(storage: Arc<dyn Storage>, options: StoreOptions) -> Result<RunReader> {
+        let shared = Shared {
+            storage,
+            options,
+            manifest: Mutex::new(Manifest::default()),
+        };
+        let bytes = match shared.storage.read(MANIFEST) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::BadStore {
+                    path: shared.path(MANIFEST),
+                    reason: "not a ckpt run directory (no manifest.json; a run has one after its first save)".into(),
+                })
+            }
+            Err(e) => return Err(Error::io(shared.path(MANIFEST), e)),
+        };
+        let manifest = Manifest::parse(&bytes).map_err(|reason| Error::BadStore {
+            path: shared.path(MANIFEST),
+            reason,
+        })?;
+        let retention = manifest.retention.clone();
+        *shared.manifest() = manifest;
+        Ok(RunReader { shared, retention })
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        self.shared.storage.root()
+    }
+
+    /// The committed steps, oldest first.
+    pub fn steps(&self) -> Vec<StepInfo> {
+        self.shared.manifest().steps.clone()
+    }
+
+    /// The retention rules the writer recorded at its last commit.
+    pub fn retention(&self) -> Option<&Retention> {
+        self.retention.as_ref()
+    }
+
+    /// Every commit's step, epoch, metrics and time, including steps that
+    /// retention has since deleted, oldest first (one entry per step, the
+    /// latest commit of it). Falls back to the committed steps when the
+    /// run has no history file.
+    pub fn history(&self) -> Result<Vec<StepInfo>> {
+        match self.shared.storage.read(HISTORY) {
+            Ok(bytes) => Ok(manifest::parse_history(&bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(self.steps()),
+            Err(e) => Err(Error::io(self.shared.path(HISTORY), e)),
+        }
+    }
+
+    /// Loads a committed step (hashes checked unless the options said not).
+    pub fn load(&self, step: u64) -> Result<TrainingCheckpoint> {
+        let info = self
+            .steps()
+            .into_iter()
+            .find(|s| s.step == step)
+            .ok_or_else(|| Error::NoSuchStep {
+                dir: self.dir().to_owned(),
+                step,
+            })?;
+        self.shared.load(&info)
+    }
+
+    /// Checks every committed step (reads every byte, compares hashes,
+    /// parses the checkpoint) and looks for torn saves. `progress` is
+    /// called with (bytes checked, total bytes) after each step.
+    pub fn check(&self, mut progress: impl FnMut(u64, u64)) -> Result<RunCheck> {
+        let steps = self.steps();
+        let total: u64 = steps.iter().map(|s| s.bytes).sum();
+        let mut done = 0;
+        let mut check = RunCheck::default();
+        for info in &steps {
+            let problem = self.shared.load(info).err().map(|e| e.to_string());
+            check.steps.push((info.step, problem));
+            done += info.bytes;
+            progress(done, total);
+        }
+        let committed: Vec<String> = steps.iter().map(StepInfo::dir).collect();
+        for name in self.shared.io("", self.shared.storage.list())? {
+            if name.starts_with(TMP_PREFIX)
+                || name == MANIFEST_TMP
+                || (name.starts_with("step-") && !committed.contains(&name))
+            {
+                check.leftovers.push(name);
+            }
+        }
+        check.writer_active = self
+            .shared
+            .storage
+            .lock()
+            .map_err(|e| Error::io(self.shared.path(".lock"), e))?
+            .is_none();
+        Ok(check)
+    }
+}
+
 fn to_map(metrics: &[(&str, f64)]) -> IndexMap<String, f64> {
     metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
@@ -727,5 +872,8 @@ fn rebuild(shared: &Shared) -> Result<Manifest> {
         }
     }
     steps.sort_by_key(|s| s.step);
-    Ok(Manifest { steps })
+    Ok(Manifest {
+        steps,
+        retention: Some(shared.options.retention.clone()),
+    })
 }

@@ -213,6 +213,66 @@ fn ranked(steps: &[StepInfo], best: &KeepBest) -> Vec<usize> {
     idx
 }
 
+impl Retention {
+    /// The rules as JSON, as the manifest records them.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        use serde_json::json;
+        let best = self.keep_best.as_ref().map(|b| {
+            json!({
+                "metric": b.metric,
+                "mode": match b.mode { MetricMode::Min => "min", MetricMode::Max => "max" },
+                "k": b.k,
+                "missing": match b.missing {
+                    MissingMetric::Ignore => "ignore",
+                    MissingMetric::Keep => "keep",
+                    MissingMetric::Error => "error",
+                },
+            })
+        });
+        let every = self.keep_every.map(|e| match e {
+            KeepEvery::Steps(n) => json!({"steps": n}),
+            KeepEvery::Epochs(n) => json!({"epochs": n}),
+        });
+        json!({"keep_last": self.keep_last, "keep_best": best, "keep_every": every})
+    }
+
+    /// Rules recorded by [`Retention::to_json`]; `None` when they do not
+    /// parse (a newer writer's rules, say).
+    pub(crate) fn from_json(v: &serde_json::Value) -> Option<Retention> {
+        let keep_best = match v.get("keep_best")? {
+            serde_json::Value::Null => None,
+            b => Some(KeepBest {
+                metric: b.get("metric")?.as_str()?.to_owned(),
+                mode: match b.get("mode")?.as_str()? {
+                    "min" => MetricMode::Min,
+                    "max" => MetricMode::Max,
+                    _ => return None,
+                },
+                k: usize::try_from(b.get("k")?.as_u64()?).ok()?,
+                missing: match b.get("missing")?.as_str()? {
+                    "ignore" => MissingMetric::Ignore,
+                    "keep" => MissingMetric::Keep,
+                    "error" => MissingMetric::Error,
+                    _ => return None,
+                },
+            }),
+        };
+        let keep_every = match v.get("keep_every")? {
+            serde_json::Value::Null => None,
+            e => match (e.get("steps"), e.get("epochs")) {
+                (Some(n), None) => Some(KeepEvery::Steps(n.as_u64()?)),
+                (None, Some(n)) => Some(KeepEvery::Epochs(n.as_u64()?)),
+                _ => return None,
+            },
+        };
+        Some(Retention {
+            keep_last: usize::try_from(v.get("keep_last")?.as_u64()?).ok()?,
+            keep_best,
+            keep_every,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +367,23 @@ mod tests {
         assert_eq!(r[1], [Reason::Every]); // last step of epoch 0
         assert!(r[0].is_empty() && r[2].is_empty());
         assert_eq!(r[3], [Reason::Latest, Reason::Every]);
+    }
+
+    #[test]
+    fn rules_round_trip_through_json() {
+        let rules = Retention::default()
+            .keep_last(4)
+            .keep_best(best(2, MissingMetric::Keep))
+            .keep_every(KeepEvery::Epochs(3));
+        assert_eq!(Retention::from_json(&rules.to_json()), Some(rules));
+        assert_eq!(
+            Retention::from_json(&Retention::default().to_json()),
+            Some(Retention::default())
+        );
+        assert_eq!(
+            Retention::from_json(&serde_json::json!({"keep_last": "x"})),
+            None
+        );
     }
 
     proptest! {

@@ -32,6 +32,9 @@ pub trait Storage: Send + Sync + 'static {
         write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
     ) -> io::Result<()>;
 
+    /// Appends bytes to a file, creating it if missing.
+    fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
+
     /// Makes a file, or a directory's entries (`""` is the root), durable.
     fn sync(&self, name: &str) -> io::Result<()>;
 
@@ -112,6 +115,14 @@ impl Storage for LocalStorage {
         write(&mut out)?;
         out.into_inner().map_err(|e| e.into_error())?;
         Ok(())
+    }
+
+    fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        File::options()
+            .create(true)
+            .append(true)
+            .open(self.path(name))?
+            .write_all(bytes)
     }
 
     fn sync(&self, name: &str) -> io::Result<()> {
