@@ -375,32 +375,31 @@ fn injected_io_errors_fail_the_save_and_lose_nothing() {
 fn background_saves_return_at_once_and_report_failures_on_the_next_call() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = open(dir.path());
-    assert_eq!(
-        store.save_async(1, checkpoint(1, 1 << 16), &[]).unwrap(),
-        AsyncSave::Started
-    );
-    assert_eq!(
-        store.save_async(2, checkpoint(2, 1 << 16), &[]).unwrap(),
-        AsyncSave::Started
-    );
+    let mut live = checkpoint(1, 1 << 16);
+    assert_eq!(store.save_async(1, &live, &[]).unwrap(), AsyncSave::Started);
+    live = checkpoint(2, 1 << 16); // training goes on changing the model
+    assert_eq!(store.save_async(2, &live, &[]).unwrap(), AsyncSave::Started);
     let report = store.wait().unwrap().unwrap();
     assert_eq!(report.step, 2);
     assert_eq!(store.latest().unwrap().step, 2);
+    assert_is_step(&store.load(1).unwrap(), 1);
+    assert_is_step(&store.load(2).unwrap(), 2);
+    assert!(store.snapshot_bytes() >= 4 << 16);
 
     // A failing background save is reported by the next call, not lost.
     drop(store);
     let mut store = open_faulty(dir.path(), Fault::Write(0));
     assert_eq!(
-        store.save_async(3, checkpoint(3, 16), &[]).unwrap(),
+        store.save_async(3, &checkpoint(3, 16), &[]).unwrap(),
         AsyncSave::Started
     );
-    let err = store.save_async(4, checkpoint(4, 16), &[]).unwrap_err();
+    let err = store.save_async(4, &checkpoint(4, 16), &[]).unwrap_err();
     assert!(
         err.to_string()
             .starts_with("the background save of step 3 failed"),
         "{err}"
     );
-    store.save_async(4, checkpoint(4, 16), &[]).unwrap();
+    store.save_async(4, &checkpoint(4, 16), &[]).unwrap();
     assert_eq!(store.wait().unwrap().unwrap().step, 4);
 
     // With the skip policy, a save while one is in flight is skipped.
@@ -412,7 +411,7 @@ fn background_saves_return_at_once_and_report_failures_on_the_next_call() {
     for step in 5..25 {
         let mut c = big.clone(); // shares the tensors: no copy
         c.step = step as i64;
-        outcomes.push(store.save_async(step, c, &[]).unwrap());
+        outcomes.push(store.save_async_owned(step, c, &[]).unwrap());
     }
     store.wait().unwrap();
     assert_eq!(outcomes[0], AsyncSave::Started);

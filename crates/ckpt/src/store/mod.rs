@@ -42,6 +42,7 @@
 mod hash;
 mod manifest;
 mod retention;
+mod snapshot;
 mod storage;
 
 use std::any::Any;
@@ -62,6 +63,7 @@ use crate::tensor::Buffer;
 use crate::{Error, Result, SaveOptions, TrainingCheckpoint};
 use hash::{content_hash, HashingWriter, StreamHasher};
 use manifest::{step_dir, Manifest, Meta};
+use snapshot::SnapshotBuffer;
 
 const MANIFEST: &str = "manifest.json";
 const HISTORY: &str = "history.jsonl";
@@ -160,7 +162,8 @@ pub struct SaveReport {
     pub bytes: u64,
     /// Steps retention deleted after the commit.
     pub deleted: Vec<u64>,
-    /// Seconds from the call (or the background start) to the commit.
+    /// Seconds from the call (or the background start) to the commit
+    /// (before retention's deletions).
     pub seconds: f64,
 }
 
@@ -207,6 +210,7 @@ struct Shared {
 pub struct CheckpointManager {
     shared: Arc<Shared>,
     pending: Option<(u64, JoinHandle<Result<SaveReport>>)>,
+    snapshots: SnapshotBuffer,
     opened: OpenReport,
     _lock: Box<dyn Any + Send + Sync>,
 }
@@ -345,6 +349,7 @@ impl Shared {
             Err((true, e)) => not_durable = Some(e),
         }
         *self.manifest() = next;
+        let seconds = start.elapsed().as_secs_f64();
 
         // After the commit: the metric history (best effort: it feeds
         // plots, not loads; a torn last line is skipped when read), then
@@ -366,7 +371,7 @@ impl Shared {
             step,
             bytes: meta.info.bytes,
             deleted,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds,
         })
     }
 
@@ -518,6 +523,7 @@ impl CheckpointManager {
         Ok(CheckpointManager {
             shared,
             pending: None,
+            snapshots: SnapshotBuffer::default(),
             opened,
             _lock: lock,
         })
@@ -552,24 +558,55 @@ impl CheckpointManager {
         self.shared.commit(step, checkpoint, to_map(metrics))
     }
 
-    /// Starts saving `checkpoint` in the background and returns at once.
-    /// The checkpoint is the snapshot: its tensors are immutable shared
-    /// bytes (copies of the model's, for a live candle model), so training
-    /// can go on changing the model. At most one save is in flight; a
-    /// failed one is reported by the next call of `save_async`, `save` or
-    /// [`CheckpointManager::wait`].
+    /// Takes a snapshot of `checkpoint` (one copy of its tensors into a
+    /// buffer reused from save to save) and saves it in the background;
+    /// returns as soon as the copy is made, so training can go on changing
+    /// the model. At most one save is in flight: with
+    /// [`AsyncPolicy::Wait`] this call first waits for the previous one,
+    /// with [`AsyncPolicy::Skip`] it returns [`AsyncSave::Skipped`]. A
+    /// failed background save is reported by the next call of
+    /// `save_async`, `save` or [`CheckpointManager::wait`].
     pub fn save_async(
+        &mut self,
+        step: u64,
+        checkpoint: &TrainingCheckpoint,
+        metrics: &[(&str, f64)],
+    ) -> Result<AsyncSave> {
+        if self.in_flight() && self.shared.options.async_policy == AsyncPolicy::Skip {
+            return Ok(AsyncSave::Skipped);
+        }
+        self.wait()?;
+        let snapshot = self.snapshots.snapshot(checkpoint)?;
+        self.spawn(step, snapshot, metrics)
+    }
+
+    /// [`CheckpointManager::save_async`] without the snapshot copy, for a
+    /// checkpoint that is already a copy nothing will change (what
+    /// `ckpt-candle`'s `capture` returns): its tensors are immutable shared
+    /// bytes.
+    pub fn save_async_owned(
         &mut self,
         step: u64,
         checkpoint: TrainingCheckpoint,
         metrics: &[(&str, f64)],
     ) -> Result<AsyncSave> {
-        if let Some((_, handle)) = &self.pending {
-            if !handle.is_finished() && self.shared.options.async_policy == AsyncPolicy::Skip {
-                return Ok(AsyncSave::Skipped);
-            }
+        if self.in_flight() && self.shared.options.async_policy == AsyncPolicy::Skip {
+            return Ok(AsyncSave::Skipped);
         }
         self.wait()?;
+        self.spawn(step, checkpoint, metrics)
+    }
+
+    fn in_flight(&self) -> bool {
+        self.pending.as_ref().is_some_and(|(_, h)| !h.is_finished())
+    }
+
+    fn spawn(
+        &mut self,
+        step: u64,
+        checkpoint: TrainingCheckpoint,
+        metrics: &[(&str, f64)],
+    ) -> Result<AsyncSave> {
         let shared = Arc::clone(&self.shared);
         let metrics = to_map(metrics);
         let handle = std::thread::Builder::new()
@@ -578,6 +615,11 @@ impl CheckpointManager {
             .map_err(|e| Error::io(self.dir(), e))?;
         self.pending = Some((step, handle));
         Ok(AsyncSave::Started)
+    }
+
+    /// The bytes the snapshot buffer of background saves holds.
+    pub fn snapshot_bytes(&self) -> usize {
+        self.snapshots.capacity()
     }
 
     /// Waits for the background save, if any, and returns its report (or

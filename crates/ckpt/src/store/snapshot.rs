@@ -1,0 +1,102 @@
+//! Snapshots for background saves: every tensor of a checkpoint copied
+//! into one buffer that is reused from save to save, so a snapshot costs
+//! one `memcpy` into memory that is already paged in.
+
+use std::sync::Arc;
+
+use crate::tensor::Buffer;
+use crate::{Result, TensorData, TrainingCheckpoint, Value};
+
+/// The reused buffer. It is free again once the background save that
+/// holds the previous snapshot has finished and dropped it.
+#[derive(Default)]
+pub(crate) struct SnapshotBuffer {
+    buffer: Option<Arc<Buffer>>,
+}
+
+impl SnapshotBuffer {
+    /// The bytes held (reported as the memory background saving costs).
+    pub(crate) fn capacity(&self) -> usize {
+        match self.buffer.as_deref() {
+            Some(Buffer::Heap(v)) => v.capacity(),
+            _ => 0,
+        }
+    }
+
+    /// Copies every tensor of `checkpoint` into the buffer and returns a
+    /// checkpoint whose tensors are ranges of it.
+    pub(crate) fn snapshot(
+        &mut self,
+        checkpoint: &TrainingCheckpoint,
+    ) -> Result<TrainingCheckpoint> {
+        let value = checkpoint.to_value();
+        let mut total = 0usize;
+        value.try_map_tensors(&mut |t| {
+            total += t.bytes().len();
+            Ok(t.clone())
+        })?;
+        // Reuse the previous buffer when nothing else holds it.
+        let mut bytes = match self.buffer.take().map(Arc::try_unwrap) {
+            Some(Ok(Buffer::Heap(v))) => v,
+            _ => Vec::new(),
+        };
+        bytes.clear();
+        bytes.reserve(total);
+        let mut ranges = Vec::new();
+        value.try_map_tensors(&mut |t| {
+            let start = bytes.len();
+            bytes.extend_from_slice(t.bytes());
+            ranges.push(start..bytes.len());
+            Ok(t.clone())
+        })?;
+        let buffer = Arc::new(Buffer::Heap(bytes));
+        let mut next = ranges.into_iter();
+        let copied: Value = value.try_map_tensors(&mut |t| {
+            let range = next.next().expect("one range per tensor");
+            TensorData::shared(t.dtype(), t.shape().to_vec(), Arc::clone(&buffer), range)
+        })?;
+        self.buffer = Some(buffer);
+        TrainingCheckpoint::from_value(&copied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StateDict;
+
+    #[test]
+    fn snapshots_copy_once_and_reuse_the_buffer() {
+        let mut model = StateDict::new();
+        model.insert(
+            "a".into(),
+            TensorData::from_f32(&[1000], &[1.5; 1000]).unwrap(),
+        );
+        model.insert(
+            "b".into(),
+            TensorData::from_f32(&[3], &[1.0, 2.0, 3.0]).unwrap(),
+        );
+        let mut c = TrainingCheckpoint::new(model);
+        c.rng_state = Some(TensorData::new(crate::DType::U8, vec![2], vec![7, 9]).unwrap());
+        let mut buf = SnapshotBuffer::default();
+        let snap = buf.snapshot(&c).unwrap();
+        assert_eq!(snap, c);
+        let first = buf.buffer.as_ref().map(|b| b.as_slice().as_ptr()).unwrap();
+        drop(snap);
+        let again = buf.snapshot(&c).unwrap();
+        assert_eq!(again, c);
+        assert_eq!(
+            buf.buffer.as_ref().map(|b| b.as_slice().as_ptr()).unwrap(),
+            first,
+            "not reused"
+        );
+        assert!(buf.capacity() >= 4014);
+        // While a snapshot is still held (a save in flight), a new buffer is used.
+        let third = buf.snapshot(&c).unwrap();
+        assert_ne!(
+            buf.buffer.as_ref().map(|b| b.as_slice().as_ptr()).unwrap(),
+            again.model["a"].bytes().as_ptr()
+        );
+        drop(third);
+    }
+}
