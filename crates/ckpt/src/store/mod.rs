@@ -95,6 +95,10 @@ pub struct StoreOptions {
     pub durable: bool,
     /// Check content hashes on load (the default).
     pub verify: bool,
+    /// Load checkpoints memory-mapped (the default; the hash check then
+    /// reads the map in parallel) or into one heap buffer, hashed piece by
+    /// piece as it is read.
+    pub mmap: bool,
     /// What `save_async` does when a save is in flight.
     pub async_policy: AsyncPolicy,
     /// Progress callback and file metadata for the checkpoint files.
@@ -108,6 +112,7 @@ impl Default for StoreOptions {
             format: Format::Safetensors,
             durable: true,
             verify: true,
+            mmap: true,
             async_policy: AsyncPolicy::Wait,
             save: SaveOptions::default(),
         }
@@ -136,6 +141,12 @@ impl StoreOptions {
     /// Sets [`StoreOptions::verify`].
     pub fn verify(mut self, verify: bool) -> Self {
         self.verify = verify;
+        self
+    }
+
+    /// Sets [`StoreOptions::mmap`].
+    pub fn mmap(mut self, mmap: bool) -> Self {
+        self.mmap = mmap;
         self
     }
 
@@ -405,12 +416,22 @@ impl Shared {
         })?;
         let name = format!("{dir}/{}", meta.info.file);
         let path = self.path(&name);
-        let buffer = match self.storage.local_path(&name) {
-            Some(local) => crate::io::open(&local, true)?,
-            None => Arc::new(Buffer::Heap(self.io(&name, self.storage.read(&name))?)),
+        let (buffer, hash) = match self.storage.local_path(&name) {
+            Some(local) if self.options.mmap => (crate::io::open(&local, true)?, None),
+            // Owned: hash each piece right after reading it, while it is
+            // still in the cache, instead of a second pass over memory.
+            Some(local) => {
+                let (bytes, hash) =
+                    read_hashed(&local, self.options.verify).map_err(|e| Error::io(&local, e))?;
+                (Arc::new(Buffer::Heap(bytes)), hash)
+            }
+            None => (
+                Arc::new(Buffer::Heap(self.io(&name, self.storage.read(&name))?)),
+                None,
+            ),
         };
         if self.options.verify {
-            let found = content_hash(buffer.as_slice());
+            let found = hash.unwrap_or_else(|| content_hash(buffer.as_slice()));
             if found != meta.file_hash {
                 return Err(Error::HashMismatch {
                     path,
@@ -430,6 +451,26 @@ impl Shared {
             other => other,
         })
     }
+}
+
+/// Reads a whole file, hashing it on the way when `hash` is set.
+fn read_hashed(path: &Path, hash: bool) -> std::io::Result<(Vec<u8>, Option<String>)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).unwrap_or(0);
+    let mut bytes = vec![0u8; len];
+    let mut hasher = hash.then(StreamHasher::new);
+    for piece in bytes.chunks_mut(1 << 20) {
+        file.read_exact(piece)?;
+        if let Some(h) = &mut hasher {
+            h.update(piece);
+        }
+    }
+    // A file that grew after we sized the buffer is not what was committed.
+    if file.read(&mut [0u8; 1])? != 0 {
+        return Err(std::io::Error::other("the file grew while being read"));
+    }
+    Ok((bytes, hasher.map(|h| h.finish().0)))
 }
 
 fn temp_name() -> String {
