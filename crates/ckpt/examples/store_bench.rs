@@ -70,9 +70,13 @@ fn main() {
 
     let run_dir = work.join("run");
     let _ = std::fs::remove_dir_all(&run_dir);
-    let options = StoreOptions::default().retention(Retention::default().keep_last(1));
+    // The newest big save is at most two saves back when a load runs.
+    let options = StoreOptions::default().retention(Retention::default().keep_last(4));
     let mut store = CheckpointManager::open(&run_dir, options).unwrap();
     let mut step = 0u64;
+    step += 1;
+    store.save(step, &big, &[]).unwrap();
+    let mut big_step = step;
 
     let names = [
         "limit: plain write + fsync",
@@ -111,6 +115,9 @@ fn main() {
                     sync();
                     step += 1;
                     let c = if op == 1 { &big } else { &tiny };
+                    if op == 1 {
+                        big_step = step;
+                    }
                     store.save(step, c, &[("loss", 1.0)]).unwrap().seconds
                 }
                 3 => {
@@ -128,6 +135,9 @@ fn main() {
                     sync();
                     step += 1;
                     let c = if op == 4 { &big } else { &small };
+                    if op == 4 {
+                        big_step = step;
+                    }
                     // Warm the snapshot buffer for this size first.
                     let start = Instant::now();
                     store.save_async(step, c, &[]).unwrap();
@@ -136,7 +146,6 @@ fn main() {
                     t
                 }
                 _ => {
-                    let latest = store.latest().unwrap().step;
                     let reader = RunReader::open_with(
                         std::sync::Arc::new(ckpt::store::LocalStorage::new(&run_dir)),
                         StoreOptions::default()
@@ -145,7 +154,7 @@ fn main() {
                     )
                     .unwrap();
                     let start = Instant::now();
-                    let c = reader.load(latest).unwrap();
+                    let c = reader.load(big_step).unwrap();
                     black_box(touch(&c));
                     start.elapsed().as_secs_f64()
                 }

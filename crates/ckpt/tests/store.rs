@@ -560,3 +560,47 @@ fn hundreds_of_kills_at_random_instants_lose_nothing() {
     );
     eprintln!("{kills} kills, {mid_save} during a save, {last_seen} steps committed");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Saving a random sequence through the store leaves exactly the union
+    /// of the rules, computed here from the whole sequence at the end.
+    #[test]
+    fn retention_through_real_saves_keeps_exactly_the_union(
+        losses in proptest::collection::vec(proptest::option::of(0u8..10), 1..25),
+        last in 0usize..4,
+        k in 0usize..3,
+        every in 0u64..5,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let best = KeepBest { metric: "loss".into(), mode: MetricMode::Min, k, missing: MissingMetric::Ignore };
+        let mut rules = Retention::default().keep_last(last).keep_best(best);
+        if every > 0 {
+            rules = rules.keep_every(ckpt::store::KeepEvery::Steps(every));
+        }
+        let options = StoreOptions::default().durable(false).retention(rules);
+        let mut store = CheckpointManager::open(dir.path(), options).unwrap();
+        for (i, loss) in losses.iter().enumerate() {
+            let step = i as u64 + 1;
+            let metrics: Vec<(&str, f64)> = loss.iter().map(|&l| ("loss", f64::from(l))).collect();
+            store.save(step, &checkpoint(step, 2), &metrics).unwrap();
+        }
+        let n = losses.len() as u64;
+        let mut ranked: Vec<(u8, u64)> = losses.iter().enumerate().filter_map(|(i, l)| l.map(|l| (l, i as u64 + 1))).collect();
+        ranked.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let best: Vec<u64> = ranked.iter().take(k).map(|p| p.1).collect();
+        let expected: Vec<u64> = (1..=n)
+            .filter(|&s| s == n || s + last as u64 > n || best.contains(&s) || (every > 0 && s % every == 0))
+            .collect();
+        let kept: Vec<u64> = store.steps().iter().map(|s| s.step).collect();
+        proptest::prop_assert_eq!(&kept, &expected);
+        let mut dirs: Vec<String> = std::fs::read_dir(dir.path()).unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("step-"))
+            .collect();
+        dirs.sort();
+        let want: Vec<String> = expected.iter().map(|s| format!("step-{s:08}")).collect();
+        proptest::prop_assert_eq!(dirs, want);
+    }
+}
