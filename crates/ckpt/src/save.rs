@@ -146,7 +146,7 @@ pub(crate) fn write_plan(
 
 /// A progress callback (see [`SaveOptions::progress`]).
 #[derive(Clone)]
-pub struct Progress(Arc<dyn Fn(u64, u64) + Send + Sync>);
+pub struct Progress(pub(crate) Arc<dyn Fn(u64, u64) + Send + Sync>);
 
 impl fmt::Debug for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -604,3 +604,31 @@ proptest::proptest! {
         proptest::prop_assert_eq!(dirs, want);
     }
 }
+
+#[test]
+fn saves_and_verified_loads_report_progress() {
+    use std::sync::atomic::AtomicU64;
+    let dir = tempfile::tempdir().unwrap();
+    let saved = Arc::new(AtomicU64::new(0));
+    let checked = Arc::new(AtomicU64::new(0));
+    let (s, c) = (Arc::clone(&saved), Arc::clone(&checked));
+    let options = StoreOptions::default()
+        .save_options(
+            ckpt::SaveOptions::default().on_progress(move |done, total| {
+                assert!(done <= total);
+                s.store(done, Ordering::SeqCst);
+            }),
+        )
+        .on_load_progress(move |done, total| {
+            assert!(done <= total);
+            c.fetch_max(done, Ordering::SeqCst);
+        });
+    let mut store = CheckpointManager::open(dir.path(), options).unwrap();
+    store.save(1, &checkpoint(1, 1 << 22), &[]).unwrap();
+    assert_eq!(saved.load(Ordering::SeqCst), 4 * (1 << 22) + 12);
+    assert_is_step(&store.load(1).unwrap(), 1);
+    assert_eq!(
+        checked.load(Ordering::SeqCst),
+        store.latest().unwrap().bytes
+    );
+}

@@ -10,6 +10,26 @@ const CHUNK: usize = 8 << 20;
 
 /// The store's hash of `bytes`, as 16 hex digits.
 pub(crate) fn content_hash(bytes: &[u8]) -> String {
+    content_hash_reporting(bytes, None)
+}
+
+/// [`content_hash`], calling `progress(bytes hashed, total)` after each
+/// chunk (from the hashing threads).
+pub(crate) fn content_hash_reporting(
+    bytes: &[u8],
+    progress: Option<&(dyn Fn(u64, u64) + Sync)>,
+) -> String {
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let total = bytes.len() as u64;
+    let hash_one = |c: &[u8]| {
+        let h = xxh3_64(c);
+        if let Some(report) = progress {
+            let now = done.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed)
+                + c.len() as u64;
+            report(now, total);
+        }
+        h
+    };
     let chunks: Vec<&[u8]> = if bytes.is_empty() {
         vec![bytes]
     } else {
@@ -21,15 +41,16 @@ pub(crate) fn content_hash(bytes: &[u8]) -> String {
     let mut hashes = vec![0u64; chunks.len()];
     if threads <= 1 {
         for (h, c) in hashes.iter_mut().zip(&chunks) {
-            *h = xxh3_64(c);
+            *h = hash_one(c);
         }
     } else {
         let per = chunks.len().div_ceil(threads);
+        let hash_one = &hash_one;
         thread::scope(|scope| {
             for (hs, cs) in hashes.chunks_mut(per).zip(chunks.chunks(per)) {
                 scope.spawn(move || {
                     for (h, c) in hs.iter_mut().zip(cs) {
-                        *h = xxh3_64(c);
+                        *h = hash_one(c);
                     }
                 });
             }

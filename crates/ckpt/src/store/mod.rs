@@ -61,7 +61,7 @@ pub use storage::{LocalStorage, Storage};
 use crate::format::Format;
 use crate::tensor::Buffer;
 use crate::{Error, Result, SaveOptions, TrainingCheckpoint};
-use hash::{content_hash, HashingWriter, StreamHasher};
+use hash::{content_hash, content_hash_reporting, HashingWriter, StreamHasher};
 use manifest::{step_dir, Manifest, Meta};
 use snapshot::SnapshotBuffer;
 
@@ -103,6 +103,9 @@ pub struct StoreOptions {
     pub async_policy: AsyncPolicy,
     /// Progress callback and file metadata for the checkpoint files.
     pub save: SaveOptions,
+    /// Called with (bytes checked, total) while a load verifies a mapped
+    /// checkpoint's hash.
+    pub load_progress: Option<crate::save::Progress>,
 }
 
 impl Default for StoreOptions {
@@ -115,6 +118,7 @@ impl Default for StoreOptions {
             mmap: true,
             async_policy: AsyncPolicy::Wait,
             save: SaveOptions::default(),
+            load_progress: None,
         }
     }
 }
@@ -153,6 +157,12 @@ impl StoreOptions {
     /// Sets [`StoreOptions::async_policy`].
     pub fn async_policy(mut self, policy: AsyncPolicy) -> Self {
         self.async_policy = policy;
+        self
+    }
+
+    /// Sets [`StoreOptions::load_progress`].
+    pub fn on_load_progress(mut self, report: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
+        self.load_progress = Some(crate::save::Progress(Arc::new(report)));
         self
     }
 
@@ -431,7 +441,12 @@ impl Shared {
             ),
         };
         if self.options.verify {
-            let found = hash.unwrap_or_else(|| content_hash(buffer.as_slice()));
+            let report = self
+                .options
+                .load_progress
+                .as_ref()
+                .map(|p| &*p.0 as &(dyn Fn(u64, u64) + Sync));
+            let found = hash.unwrap_or_else(|| content_hash_reporting(buffer.as_slice(), report));
             if found != meta.file_hash {
                 return Err(Error::HashMismatch {
                     path,
