@@ -396,6 +396,15 @@ pub enum Error {
         problems: String,
     },
 
+    /// A model spec is malformed or its layers do not fit together.
+    #[error("model spec: {at}: {reason}")]
+    BadSpec {
+        /// The layer (its dotted name) or `spec`.
+        at: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A state dict does not fit a model: every missing, unexpected and
     /// mismatched name at once.
     #[error("state dict does not fit the model: {0}")]

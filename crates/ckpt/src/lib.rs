@@ -42,6 +42,7 @@ pub mod format;
 mod io;
 mod load;
 mod save;
+pub mod spec;
 mod state_dict;
 pub mod store;
 mod tensor;
@@ -58,6 +59,7 @@ pub use load::rules::{
 };
 pub use load::{load, load_state_dict, read, read_bytes, LoadOptions, Loaded};
 pub use save::{save, save_with, SaveOptions};
+pub use spec::{Layer, LayerKind, ModelSpec, Param};
 pub use state_dict::{StateDict, SEPARATOR};
 pub use tensor::{byte_len, TensorData};
 pub use value::{Dict, Key, Value};
