@@ -881,13 +881,11 @@ fn layer_params(layer: &Layer, prefix: &str, out: &mut Vec<Param>) {
         }
         LayerKind::LayerNorm {
             normalized_shape,
-            elementwise_affine,
+            elementwise_affine: true,
             ..
         } => {
-            if *elementwise_affine {
-                add("weight", normalized_shape.clone(), DType::F32, false);
-                add("bias", normalized_shape.clone(), DType::F32, false);
-            }
+            add("weight", normalized_shape.clone(), DType::F32, false);
+            add("bias", normalized_shape.clone(), DType::F32, false);
         }
         LayerKind::Embedding {
             num_embeddings,
