@@ -46,6 +46,7 @@
 
 mod convert;
 mod error;
+mod model;
 mod optim;
 mod params;
 mod plateau;
@@ -56,6 +57,7 @@ mod training;
 
 pub use convert::{candle_dtype, ckpt_dtype, from_candle, to_candle, Placement};
 pub use error::{Error, Result};
+pub use model::Model;
 pub use optim::{
     Adam, AdamConfig, AdamState, Optim, Optimizer, ParamGroup, Sgd, SgdConfig, SgdState, UpdateRule,
 };

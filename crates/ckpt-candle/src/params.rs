@@ -38,6 +38,9 @@ pub struct ParamStore {
 
 struct Inner {
     vars: IndexMap<String, Var>,
+    /// Names of buffers (running statistics): in the state dict, not
+    /// trained.
+    buffers: std::collections::HashSet<String>,
     rng: Rng,
 }
 
@@ -47,6 +50,7 @@ impl ParamStore {
         ParamStore {
             inner: Arc::new(Mutex::new(Inner {
                 vars: IndexMap::new(),
+                buffers: Default::default(),
                 rng: Rng::new(seed),
             })),
         }
@@ -72,12 +76,34 @@ impl ParamStore {
         VarBuilder::from_backend(Box::new(self.clone()), dtype, device.clone())
     }
 
-    /// The variables in creation order, for an optimizer.
+    /// The trainable variables in creation order, for an optimizer
+    /// (buffers are left out, as `model.parameters()` leaves them out).
     pub fn vars(&self) -> Vec<Var> {
-        self.lock().vars.values().cloned().collect()
+        let inner = self.lock();
+        inner
+            .vars
+            .iter()
+            .filter(|(name, _)| !inner.buffers.contains(*name))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
-    /// The variables with their names, in creation order.
+    /// Registers a buffer (a running statistic such as BatchNorm's
+    /// `running_mean`): part of the state dict, in creation order, but not
+    /// among [`ParamStore::vars`], so optimizers leave it alone. An existing
+    /// buffer of that name is returned as it is.
+    pub fn buffer(&self, name: &str, initial: &Tensor) -> Result<Var> {
+        let mut inner = self.lock();
+        if let Some(var) = inner.vars.get(name) {
+            return Ok(var.clone());
+        }
+        let var = Var::from_tensor(initial)?;
+        inner.vars.insert(name.to_owned(), var.clone());
+        inner.buffers.insert(name.to_owned());
+        Ok(var)
+    }
+
+    /// Every variable and buffer with its name, in creation order.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         self.lock()
             .vars

@@ -52,6 +52,7 @@ pub struct Layer {
 /// defaults.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)]
+#[non_exhaustive]
 pub enum LayerKind {
     /// `nn.Linear`.
     Linear {
