@@ -6,7 +6,9 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::init::Init;
 use candle_nn::Module;
-use ckpt::{LayerKind, LoadReport, LoadRules, ModelSpec, StateDict};
+use ckpt::{
+    LayerKind, LoadReport, LoadRules, ModelSpec, Package, PackageInfo, PackageOptions, StateDict,
+};
 
 use crate::{Error, ParamStore, Result, Rng};
 
@@ -29,6 +31,8 @@ pub struct Model {
     store: ParamStore,
     layers: Vec<Built>,
     device: Device,
+    info: Option<PackageInfo>,
+    warnings: Vec<String>,
 }
 
 enum Built {
@@ -83,7 +87,82 @@ impl Model {
             store,
             layers,
             device: device.clone(),
+            info: None,
+            warnings: Vec::new(),
         })
+    }
+
+    /// A runnable model from a model package (`.safetensors` or `.pth`):
+    /// no user code, nothing executed from the file.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let path = dir.path().join("model.safetensors");
+    /// use candle_core::Device;
+    /// let spec = ckpt::ModelSpec::from_json(r#"{"name": "lin", "input_shape": [3], "layers": [
+    ///     {"name": "fc", "type": "Linear", "in_features": 3, "out_features": 2}]}"#).unwrap();
+    /// let trained = ckpt_candle::Model::new(spec, &Device::Cpu, 7).unwrap();
+    /// trained.package("1.0.0").unwrap().save(&path).unwrap();
+    ///
+    /// let model = ckpt_candle::Model::load(&path, &Device::Cpu).unwrap();
+    /// assert_eq!(model.info().unwrap().model_version, "1.0.0");
+    /// assert_eq!(model.state_dict().unwrap(), trained.state_dict().unwrap());
+    /// ```
+    pub fn load(path: impl AsRef<std::path::Path>, device: &Device) -> Result<Model> {
+        Model::load_with(path, device, &PackageOptions::default())
+    }
+
+    /// [`Model::load`] with version expectations and migrations (see
+    /// [`Model::warnings`]).
+    pub fn load_with(
+        path: impl AsRef<std::path::Path>,
+        device: &Device,
+        options: &PackageOptions,
+    ) -> Result<Model> {
+        Model::from_package(Package::load(path, options)?, device)
+    }
+
+    /// A runnable model from a package already loaded.
+    pub fn from_package(package: Package, device: &Device) -> Result<Model> {
+        let mut model =
+            Model::from_state_dict(package.spec.clone(), package.weights.clone(), device)?;
+        let mut info = package.info.clone();
+        info.user.extend(
+            package
+                .warnings
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (format!("ckpt.warning.{i}"), w.clone())),
+        );
+        model.info = Some(info);
+        Ok(model)
+    }
+
+    /// The package metadata, for a model loaded from a package.
+    pub fn info(&self) -> Option<&PackageInfo> {
+        self.info.as_ref()
+    }
+
+    /// What loading the package warned about (another model version).
+    pub fn warnings(&self) -> Vec<String> {
+        self.info.as_ref().map_or_else(Vec::new, |i| {
+            i.user
+                .iter()
+                .filter(|(k, _)| k.starts_with("ckpt.warning."))
+                .map(|(_, v)| v.clone())
+                .collect()
+        })
+    }
+
+    /// An inference package of this model's current weights at
+    /// `model_version` (add classes, metrics and user entries to its
+    /// `info` before saving).
+    pub fn package(&self, model_version: &str) -> Result<Package> {
+        let mut info = PackageInfo::new(&self.spec, model_version);
+        if let Some(loaded) = &self.info {
+            info.classes = loaded.classes.clone();
+        }
+        Ok(Package::new(self.spec.clone(), self.state_dict()?, info)?)
     }
 
     /// A model with the weights of `state_dict`, which must fit the spec

@@ -24,7 +24,9 @@ const CASES: [&str; 12] = [
 ];
 
 fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/spec").join(format!("{name}.pth"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/spec")
+        .join(format!("{name}.pth"));
     ckpt::load(path).unwrap()
 }
 
@@ -32,29 +34,61 @@ fn fixture(name: &str) -> Value {
 fn every_layer_kind_matches_torch() {
     for case in CASES {
         let f = fixture(case);
-        let Some(Value::Str(json)) = f.get("spec") else { panic!("{case}: no spec") };
+        let Some(Value::Str(json)) = f.get("spec") else {
+            panic!("{case}: no spec")
+        };
         let spec = ModelSpec::from_json(json).unwrap_or_else(|e| panic!("{case}: {e}"));
         let sd = StateDict::try_from(f.get("state_dict").unwrap()).unwrap();
-        let model = Model::from_state_dict(spec, sd.clone(), &Device::Cpu).unwrap_or_else(|e| panic!("{case}: {e}"));
-        assert_eq!(model.state_dict().unwrap(), sd, "{case}: the weights come back as loaded");
-        let x = to_candle(f.get("input").unwrap().as_tensor().unwrap(), &Device::Cpu, "input").unwrap();
-        let y = from_candle(&model.forward(&x).unwrap_or_else(|e| panic!("{case}: {e}")), "y").unwrap();
+        let model = Model::from_state_dict(spec, sd.clone(), &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(
+            model.state_dict().unwrap(),
+            sd,
+            "{case}: the weights come back as loaded"
+        );
+        let x = to_candle(
+            f.get("input").unwrap().as_tensor().unwrap(),
+            &Device::Cpu,
+            "input",
+        )
+        .unwrap();
+        let y = from_candle(
+            &model.forward(&x).unwrap_or_else(|e| panic!("{case}: {e}")),
+            "y",
+        )
+        .unwrap();
         let want = f.get("output").unwrap().as_tensor().unwrap();
         assert_eq!(y.shape(), want.shape(), "{case}");
-        let (ours, theirs): (Vec<f64>, Vec<f64>) = (y.values_f64().collect(), want.values_f64().collect());
+        let (ours, theirs): (Vec<f64>, Vec<f64>) =
+            (y.values_f64().collect(), want.values_f64().collect());
         let scale = theirs.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs() / scale).fold(0.0, f64::max);
-        assert!(worst <= 1e-5, "{case}: differs from torch by {worst:.2e} of the output's scale");
+        let worst = ours
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs() / scale)
+            .fold(0.0, f64::max);
+        assert!(
+            worst <= 1e-5,
+            "{case}: differs from torch by {worst:.2e} of the output's scale"
+        );
     }
 }
 
 #[test]
 fn a_state_dict_for_another_spec_is_refused_naming_the_keys() {
     let f = fixture("residual");
-    let Some(Value::Str(json)) = f.get("spec") else { panic!() };
+    let Some(Value::Str(json)) = f.get("spec") else {
+        panic!()
+    };
     let spec = ModelSpec::from_json(json).unwrap();
     let other = StateDict::try_from(fixture("linear").get("state_dict").unwrap()).unwrap();
-    let err = Model::from_state_dict(spec, other, &Device::Cpu).err().unwrap().to_string();
+    let err = Model::from_state_dict(spec, other, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("missing keys: 1.0.bias"), "{err}");
-    assert!(err.contains("0.weight: the model has shape [8, 6], the file [5, 6]"), "{err}");
+    assert!(
+        err.contains("0.weight: the model has shape [8, 6], the file [5, 6]"),
+        "{err}"
+    );
 }

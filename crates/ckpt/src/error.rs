@@ -405,6 +405,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file is not a model package, or its parts do not fit together.
+    #[error("{}: {reason}", path.display())]
+    BadPackage {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A state dict does not fit a model: every missing, unexpected and
     /// mismatched name at once.
     #[error("state dict does not fit the model: {0}")]

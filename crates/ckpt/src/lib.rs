@@ -41,6 +41,7 @@ mod error;
 pub mod format;
 mod io;
 mod load;
+pub mod package;
 mod save;
 pub mod spec;
 mod state_dict;
@@ -58,6 +59,7 @@ pub use load::rules::{
     match_state_dict, Expected, KeyRule, LoadReport, LoadRules, Matched, Mismatch, OnMismatch,
 };
 pub use load::{load, load_state_dict, read, read_bytes, LoadOptions, Loaded};
+pub use package::{Package, PackageInfo, PackageOptions};
 pub use save::{save, save_with, SaveOptions};
 pub use spec::{Layer, LayerKind, ModelSpec, Param};
 pub use state_dict::{StateDict, SEPARATOR};
