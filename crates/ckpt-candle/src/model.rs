@@ -124,17 +124,9 @@ impl Model {
 
     /// A runnable model from a package already loaded.
     pub fn from_package(package: Package, device: &Device) -> Result<Model> {
-        let mut model =
-            Model::from_state_dict(package.spec.clone(), package.weights.clone(), device)?;
-        let mut info = package.info.clone();
-        info.user.extend(
-            package
-                .warnings
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (format!("ckpt.warning.{i}"), w.clone())),
-        );
-        model.info = Some(info);
+        let mut model = Model::from_state_dict(package.spec, package.weights, device)?;
+        model.info = Some(package.info);
+        model.warnings = package.warnings;
         Ok(model)
     }
 
@@ -144,14 +136,8 @@ impl Model {
     }
 
     /// What loading the package warned about (another model version).
-    pub fn warnings(&self) -> Vec<String> {
-        self.info.as_ref().map_or_else(Vec::new, |i| {
-            i.user
-                .iter()
-                .filter(|(k, _)| k.starts_with("ckpt.warning."))
-                .map(|(_, v)| v.clone())
-                .collect()
-        })
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// An inference package of this model's current weights at

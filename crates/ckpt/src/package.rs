@@ -101,6 +101,9 @@ pub enum VersionPolicy {
     Error,
 }
 
+/// A function from one tensor to its migrated form.
+pub type TensorChange = Arc<dyn Fn(&TensorData) -> Result<TensorData> + Send + Sync>;
+
 /// One step of a migration.
 #[derive(Clone)]
 pub enum MigrationStep {
@@ -114,7 +117,7 @@ pub enum MigrationStep {
         /// The weight's name (after earlier renames).
         name: String,
         /// The change.
-        change: Arc<dyn Fn(&TensorData) -> Result<TensorData> + Send + Sync>,
+        change: TensorChange,
     },
 }
 
