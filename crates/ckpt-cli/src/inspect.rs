@@ -42,6 +42,9 @@ pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
         return Ok(());
     }
 
+    if ckpt::Package::is_package(&loaded.value) {
+        return package(file, &loaded, out);
+    }
     writeln!(out, "{} ({})", file.display(), loaded.format)?;
     writeln!(out)?;
     let mut table = Table::new(
@@ -79,4 +82,136 @@ pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
         }
     }
     Ok(())
+}
+
+/// A model package: its metadata and its spec as a layer table.
+fn package(file: &Path, loaded: &ckpt::Loaded, out: &mut dyn Write) -> Result<()> {
+    let p = ckpt::Package::from_value(&loaded.value, file, &Default::default())?;
+    let i = &p.info;
+    writeln!(
+        out,
+        "{} ({} model package, format {})",
+        file.display(),
+        loaded.format,
+        i.format_version
+    )?;
+    writeln!(out)?;
+    writeln!(out, "  architecture: {}", i.architecture)?;
+    writeln!(out, "  version:      {}", i.model_version)?;
+    writeln!(out, "  created:      {} by {}", i.created, i.library)?;
+    writeln!(out, "  input shape:  {:?} per sample", p.spec.input_shape)?;
+    if !i.classes.is_empty() {
+        writeln!(out, "  classes:      {}", i.classes.join(", "))?;
+    }
+    for (k, v) in &i.metrics {
+        writeln!(out, "  {k}: {v:.4}")?;
+    }
+    for (k, v) in &i.user {
+        writeln!(out, "  {k}: {v}")?;
+    }
+    if !i.migrations.is_empty() {
+        writeln!(out, "  migrations:   {}", i.migrations.join(", "))?;
+    }
+    let training = if p.optimizer.is_some() {
+        "training package: optimizer state included"
+    } else {
+        "inference package"
+    };
+    writeln!(out, "  contents:     {training}")?;
+    writeln!(out)?;
+    let mut table = Table::new(
+        vec!["layer", "type", "output", "params"],
+        vec![false, false, false, true],
+    );
+    for row in p.spec.summary()? {
+        let kind = match row.kind {
+            ckpt::LayerKind::Residual { .. } => "Residual (x + ...)".to_owned(),
+            ref other => describe(other),
+        };
+        let params = if row.params == 0 {
+            "-".into()
+        } else {
+            thousands(row.params)
+        };
+        table.row(vec![
+            row.name,
+            kind,
+            format!("{:?}", row.output_shape),
+            params,
+        ]);
+    }
+    table.write(out)?;
+    let bytes: u64 = p.weights.total_bytes();
+    writeln!(
+        out,
+        "\n{} layers, {} parameters, {} of weights",
+        p.spec.layers.len(),
+        thousands(p.spec.parameter_count()),
+        human_bytes(bytes)
+    )?;
+    Ok(())
+}
+
+/// `Linear(64 → 128)`, `Conv2d(1 → 8, 3×3, stride 1)`, `Dropout(p=0.1)`.
+fn describe(kind: &ckpt::LayerKind) -> String {
+    use ckpt::LayerKind as K;
+    match kind {
+        K::Linear {
+            in_features,
+            out_features,
+            bias,
+        } => {
+            format!(
+                "Linear({in_features} → {out_features}{})",
+                if *bias { "" } else { ", no bias" }
+            )
+        }
+        K::Conv2d {
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            ..
+        } => format!(
+            "Conv2d({in_channels} → {out_channels}, {}×{}, stride {:?}, padding {:?})",
+            kernel_size[0], kernel_size[1], stride, padding
+        ),
+        K::BatchNorm1d { num_features, .. } | K::BatchNorm2d { num_features, .. } => {
+            format!("{}({num_features})", kind.type_name())
+        }
+        K::LayerNorm {
+            normalized_shape, ..
+        } => format!("LayerNorm({normalized_shape:?})"),
+        K::Embedding {
+            num_embeddings,
+            embedding_dim,
+        } => format!("Embedding({num_embeddings} × {embedding_dim})"),
+        K::GELU { tanh: true } => "GELU(tanh)".into(),
+        K::Softmax { dim } => format!("Softmax(dim={dim})"),
+        K::Dropout { p } => format!("Dropout(p={p})"),
+        K::Flatten { start_dim, end_dim } => format!("Flatten({start_dim}, {end_dim})"),
+        K::MaxPool2d {
+            kernel_size,
+            stride,
+            ..
+        }
+        | K::AvgPool2d {
+            kernel_size,
+            stride,
+            ..
+        } => {
+            format!(
+                "{}({}×{}, stride {:?})",
+                kind.type_name(),
+                kernel_size[0],
+                kernel_size[1],
+                stride
+            )
+        }
+        K::AdaptiveAvgPool2d { output_size } => {
+            format!("AdaptiveAvgPool2d({}×{})", output_size[0], output_size[1])
+        }
+        other => other.type_name().to_owned(),
+    }
 }

@@ -355,6 +355,14 @@ impl ModelSpec {
             .sum()
     }
 
+    /// One row per layer (residual blocks, then their layers, with dotted
+    /// names): the output shape per sample and the parameters it holds.
+    pub fn summary(&self) -> Result<Vec<LayerSummary>> {
+        let mut rows = Vec::new();
+        summarise(&self.layers, "", &self.input_shape, &mut rows)?;
+        Ok(rows)
+    }
+
     /// True when the model takes integer ids (its first layer is an
     /// embedding).
     pub fn takes_ids(&self) -> bool {
@@ -363,6 +371,50 @@ impl ModelSpec {
             Some(LayerKind::Embedding { .. })
         )
     }
+}
+
+/// A row of [`ModelSpec::summary`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LayerSummary {
+    /// The dotted name (`res.0`).
+    pub name: String,
+    /// The layer.
+    pub kind: LayerKind,
+    /// One sample's output shape.
+    pub output_shape: Vec<usize>,
+    /// Trainable parameters (a residual block counts its layers').
+    pub params: u64,
+}
+
+fn summarise(
+    layers: &[Layer],
+    prefix: &str,
+    input: &[usize],
+    rows: &mut Vec<LayerSummary>,
+) -> Result<Vec<usize>> {
+    let mut shape = input.to_vec();
+    for layer in layers {
+        let name = format!("{prefix}{}", layer.name);
+        let output = layer_output(layer, &shape, &name)?;
+        let mut params = Vec::new();
+        layer_params(layer, &name, &mut params);
+        rows.push(LayerSummary {
+            name: name.clone(),
+            kind: layer.kind.clone(),
+            output_shape: output.clone(),
+            params: params
+                .iter()
+                .filter(|p| !p.buffer)
+                .map(|p| p.shape.iter().product::<usize>() as u64)
+                .sum(),
+        });
+        if let LayerKind::Residual { layers: inner } = &layer.kind {
+            summarise(inner, &format!("{name}."), &shape, rows)?;
+        }
+        shape = output;
+    }
+    Ok(shape)
 }
 
 fn parse_layers(

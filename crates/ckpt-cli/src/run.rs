@@ -1,0 +1,104 @@
+//! `ckpt run MODEL --input x.npy --output y.npy`: batched inference.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use ckpt::{ModelSpec, Value};
+use ckpt_candle::{from_candle, to_candle, Model};
+
+/// Where the model runs.
+pub fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0)
+            .context("no CUDA device (this ckpt may have been built without the `cuda` feature)"),
+        other => bail!("unknown device {other:?}: use cpu or cuda"),
+    }
+}
+
+/// Runs `model` (a package, or a state dict with `spec`) on every sample
+/// of `input` in batches and writes the outputs to `output` (float32).
+pub fn run(
+    model_path: &Path,
+    spec_path: Option<&Path>,
+    input: &Path,
+    output: &Path,
+    device_name: &str,
+    batch_size: usize,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let device = device(device_name)?;
+    let model = match spec_path {
+        Some(spec_path) => {
+            let text = std::fs::read_to_string(spec_path)
+                .with_context(|| spec_path.display().to_string())?;
+            let spec =
+                ModelSpec::from_json(&text).with_context(|| spec_path.display().to_string())?;
+            let weights = ckpt::load_state_dict(model_path)?;
+            Model::from_state_dict(spec, weights, &device)
+                .with_context(|| model_path.display().to_string())?
+        }
+        None => Model::load(model_path, &device)?,
+    };
+    for warning in model.warnings() {
+        eprintln!("ckpt: warning: {warning}");
+    }
+    let Value::Tensor(x) = ckpt::load(input)? else {
+        bail!(
+            "{}: expected one array (.npy), found several",
+            input.display()
+        );
+    };
+    let spec = model.spec();
+    if x.shape().get(1..) != Some(spec.input_shape.as_slice()) {
+        bail!(
+            "{}: the model takes samples of shape {:?} (inputs [N, {}]), the array is {:?}",
+            input.display(),
+            spec.input_shape,
+            spec.input_shape
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            x.shape()
+        );
+    }
+    let takes_ids = spec.takes_ids();
+    let x = to_candle(&x, &device, "input")?;
+    let x = if takes_ids {
+        x.to_dtype(DType::U32)?
+    } else {
+        x.to_dtype(DType::F32)?
+    };
+    let n = x.dim(0)?;
+    let start = Instant::now();
+    let mut parts = Vec::new();
+    for at in (0..n).step_by(batch_size.max(1)) {
+        let len = batch_size.min(n - at);
+        parts.push(model.forward(&x.narrow(0, at, len)?)?);
+    }
+    let y = if parts.is_empty() {
+        let mut shape = vec![0];
+        shape.extend(spec.output_shape()?);
+        Tensor::zeros(shape, DType::F32, &device)?
+    } else {
+        Tensor::cat(&parts, 0)?
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    let y = from_candle(&y.to_dtype(DType::F32)?, "output")?;
+    ckpt::save(output, &Value::Tensor(y.clone()))?;
+    let name = model.info().map_or(spec.name.clone(), |i| {
+        format!("{} {}", i.architecture, i.model_version)
+    });
+    writeln!(
+        out,
+        "{}: {n} samples through {name} on {device_name} in batches of {batch_size}: {:?} in {:.1} ms",
+        output.display(),
+        y.shape(),
+        seconds * 1e3
+    )?;
+    Ok(())
+}
