@@ -566,3 +566,222 @@ fn plot_draws_a_png_of_a_metric() {
         "no step has a value for \"acc\" (recorded: val_loss, lr)",
     );
 }
+
+#[test]
+fn demo_trains_packages_and_reports_held_out_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = ckpt(&["demo", "--dir", run.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let last = text.lines().last().unwrap();
+    assert!(last.starts_with("held-out accuracy: "), "{text}");
+    let accuracy: f64 = last["held-out accuracy: ".len()..]
+        .split('%')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(accuracy >= 95.0, "{last}");
+    assert!(text.contains("epoch  30/30"), "{text}");
+    for file in [
+        "best-model.safetensors",
+        "inference-model.safetensors",
+        "val_loss.png",
+    ] {
+        assert!(run.join(file).exists(), "{file} missing:\n{text}");
+    }
+    // Three checkpoints kept (last 3; the best is among them or kept too).
+    let steps = std::fs::read_dir(&run)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("step-")
+        })
+        .count();
+    assert!((3..=4).contains(&steps), "{steps}");
+
+    // The inference package runs through `ckpt run` and predicts digits.
+    let x = ckpt::TensorData::from_f32(&[2, 64], &[0.25; 128]).unwrap();
+    let input = dir.path().join("x.npy");
+    ckpt::save(&input, &ckpt::Value::Tensor(x)).unwrap();
+    let output = dir.path().join("y.npy");
+    let model = run.join("inference-model.safetensors");
+    let out = ckpt(&[
+        "run",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("2 samples through digits-mlp 1.0.0 on cpu"),
+        "{}",
+        stdout(&out)
+    );
+    let ckpt::Value::Tensor(y) = ckpt::load(&output).unwrap() else {
+        panic!()
+    };
+    assert_eq!(y.shape(), [2, 10]);
+
+    // inspect shows the spec; a second demo in the same directory is refused.
+    let out = ckpt(&["inspect", model.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("head   Linear(64 → 10)   [10]       650"),
+        "{}",
+        stdout(&out)
+    );
+    expect_error(
+        &["demo", "--dir", run.to_str().unwrap()],
+        "already holds a run (epoch 30): add --resume",
+    );
+    expect_error(
+        &[
+            "run",
+            model.to_str().unwrap(),
+            "--input",
+            model.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ],
+        "expected one array",
+    );
+}
+
+#[test]
+fn demo_resumes_exactly_after_sigkill_and_extends_a_finished_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (killed, whole) = (dir.path().join("killed"), dir.path().join("whole"));
+    let arg = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    // Kill a run of 12 epochs after its first commits, then resume it.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(["demo", "--epochs", "12", "--dir", &arg(&killed)])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !killed.join("manifest.json").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = ckpt(&["demo", "--epochs", "12", "--dir", &arg(&killed), "--resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("resumed ") || stdout(&out).contains("resumed"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A finished run extended: 3 epochs, then to 12 with --resume.
+    let extended = dir.path().join("extended");
+    assert!(ckpt(&["demo", "--epochs", "3", "--dir", &arg(&extended)])
+        .status
+        .success());
+    assert!(ckpt(&[
+        "demo",
+        "--epochs",
+        "12",
+        "--dir",
+        &arg(&extended),
+        "--resume"
+    ])
+    .status
+    .success());
+
+    assert!(ckpt(&["demo", "--epochs", "12", "--dir", &arg(&whole)])
+        .status
+        .success());
+    let last = |d: &PathBuf| arg(&d.join("step-00000012/checkpoint.safetensors"));
+    for other in [&killed, &extended] {
+        let out = ckpt(&["diff", &last(other), &last(&whole)]);
+        assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    }
+}
+
+#[test]
+fn bad_packages_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert!(ckpt(&[
+        "demo",
+        "--epochs",
+        "2",
+        "--dir",
+        run.to_str().unwrap(),
+        "--format",
+        "pth"
+    ])
+    .status
+    .success());
+    let good = ckpt::load(run.join("inference-model.pth")).unwrap();
+    let ckpt::Value::Dict(dict) = good else {
+        panic!()
+    };
+    let write = |name: &str, change: &dyn Fn(&mut ckpt::Dict)| {
+        let mut d = dict.clone();
+        change(&mut d);
+        let path = dir.path().join(name);
+        ckpt::save(&path, &ckpt::Value::Dict(d)).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let spec_text = |d: &ckpt::Dict| match d.get(&ckpt::Key::from("spec")) {
+        Some(ckpt::Value::Str(s)) => s.clone(),
+        _ => panic!(),
+    };
+    let mismatched = write("mismatch.pth", &|d| {
+        let s = spec_text(d).replace("\"out_features\":10", "\"out_features\":12");
+        d.insert("spec".into(), ckpt::Value::Str(s));
+    });
+    let corrupt = write("corrupt.pth", &|d| {
+        let s = spec_text(d);
+        d.insert("spec".into(), ckpt::Value::Str(s[..s.len() / 2].to_owned()));
+    });
+    let unknown = write("unknown.pth", &|d| {
+        let s = spec_text(d).replace("\"type\":\"ReLU\"", "\"type\":\"Mish\"");
+        d.insert("spec".into(), ckpt::Value::Str(s));
+    });
+    let newer = write("newer.pth", &|d| {
+        if let Some(ckpt::Value::Dict(meta)) = d.get_mut(&ckpt::Key::from("ckpt_package")) {
+            meta.insert("format_version".into(), ckpt::Value::Int(99));
+        }
+    });
+    let y = dir.path().join("y.npy");
+    let x = dir.path().join("x.npy");
+    ckpt::save(
+        &x,
+        &ckpt::Value::Tensor(ckpt::TensorData::from_f32(&[1, 64], &[0.0; 64]).unwrap()),
+    )
+    .unwrap();
+    let run_it = |model: &str, needle: &str| {
+        expect_error(
+            &[
+                "run",
+                model,
+                "--input",
+                x.to_str().unwrap(),
+                "--output",
+                y.to_str().unwrap(),
+            ],
+            needle,
+        )
+    };
+    run_it(&mismatched, "the weights do not fit the package's spec");
+    run_it(
+        &mismatched,
+        "head.weight: the model has shape [12, 64], the file [10, 64]",
+    );
+    run_it(&corrupt, "model spec: spec: not JSON");
+    run_it(&unknown, "unknown layer type \"Mish\"");
+    run_it(
+        &newer,
+        "package format 99 is newer than this ckpt reads (1)",
+    );
+    expect_error(&["inspect", &unknown], "unknown layer type \"Mish\"");
+}
