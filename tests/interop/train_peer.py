@@ -3,6 +3,11 @@
     train_peer.py start DIR K
         train the reference MLP in torch for K steps on DIR/data.safetensors
         and write the tutorial-shaped checkpoint DIR/torch_k.pth
+    train_peer.py demo-check CKPT
+        load a `ckpt demo --format pth` checkpoint with weights_only=True
+        into the equivalent torch model, torch.optim.AdamW and the demo's
+        SequentialLR (strict), take one step, and check the loaded
+        parameters equal the file's
     train_peer.py continue DIR IN M OUT
         torch.load(IN, weights_only=True) (a checkpoint written by ckpt or by
         `start`), load model, AdamW and StepLR states, train M more steps and
@@ -62,7 +67,45 @@ def train(folder, model, opt, sched, start, steps):
     }
 
 
+class DemoMlp(torch.nn.Module):
+    """ckpt demo's spec, as torch: the same layers under the same names."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(64, 128)
+        self.act1 = torch.nn.ReLU()
+        self.drop = torch.nn.Dropout(0.1)
+        self.fc2 = torch.nn.Linear(128, 64)
+        self.act2 = torch.nn.ReLU()
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(self.act2(self.fc2(self.drop(self.act1(self.fc1(x))))))
+
+
+def demo_check(path):
+    ckpt = torch.load(path, weights_only=True)
+    model = DemoMlp()
+    model.load_state_dict(ckpt["model_state_dict"], strict=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    opt.load_state_dict(ckpt["optimizer_state_dict"])
+    L = torch.optim.lr_scheduler
+    sched = L.SequentialLR(opt, [L.LinearLR(opt, 0.1, 1.0, 5), L.ExponentialLR(opt, 0.93)], milestones=[5])
+    sched.load_state_dict(ckpt["scheduler_state_dict"])
+    assert opt.state_dict()["state"][0]["step"].item() > 0, "no optimizer steps in the state"
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), ckpt["model_state_dict"][name]), name
+    loss = torch.nn.functional.cross_entropy(model(torch.rand(8, 64)), torch.arange(8))
+    loss.backward()
+    opt.step()
+    sched.step()
+    print(f"ok: epoch {ckpt['epoch']}, lr {opt.param_groups[0]['lr']:.6f}")
+
+
 def main():
+    if sys.argv[1] == "demo-check":
+        demo_check(sys.argv[2])
+        return
     folder = Path(sys.argv[2])
     model, opt, sched = setup()
     if sys.argv[1] == "start":

@@ -785,3 +785,18 @@ fn bad_packages_are_clear_errors() {
     );
     expect_error(&["inspect", &unknown], "unknown layer type \"Mish\"");
 }
+
+#[path = "../../../tests/interop/python.rs"]
+mod python;
+
+#[test]
+fn demo_pth_checkpoints_continue_in_torch_adamw() {
+    let Some(py) = python::python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert!(ckpt(&["demo", "--epochs", "7", "--dir", run.to_str().unwrap(), "--format", "pth"]).status.success());
+    for step in [5, 6, 7] {
+        let file = run.join(format!("step-{step:08}/checkpoint.pth"));
+        python::run_peer(&py, "train_peer.py", &["demo-check", file.to_str().unwrap()]);
+    }
+}
