@@ -629,6 +629,28 @@ fn demo_trains_packages_and_reports_held_out_accuracy() {
     };
     assert_eq!(y.shape(), [2, 10]);
 
+    // A plain state dict plus the spec as JSON runs the same.
+    let package = ckpt::Package::load(&model, &Default::default()).unwrap();
+    let weights = dir.path().join("weights.pth");
+    ckpt::save(&weights, &package.weights.clone().into()).unwrap();
+    let spec = dir.path().join("spec.json");
+    std::fs::write(&spec, package.spec.to_json().to_string()).unwrap();
+    let output2 = dir.path().join("y2.npy");
+    let out = ckpt(&[
+        "run",
+        weights.to_str().unwrap(),
+        "--spec",
+        spec.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output2.to_str().unwrap(),
+        "--batch-size",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ckpt::load(&output2).unwrap(), ckpt::load(&output).unwrap());
+
     // inspect shows the spec; a second demo in the same directory is refused.
     let out = ckpt(&["inspect", model.to_str().unwrap()]);
     assert!(
@@ -794,9 +816,23 @@ fn demo_pth_checkpoints_continue_in_torch_adamw() {
     let Some(py) = python::python() else { return };
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    assert!(ckpt(&["demo", "--epochs", "7", "--dir", run.to_str().unwrap(), "--format", "pth"]).status.success());
+    assert!(ckpt(&[
+        "demo",
+        "--epochs",
+        "7",
+        "--dir",
+        run.to_str().unwrap(),
+        "--format",
+        "pth"
+    ])
+    .status
+    .success());
     for step in [5, 6, 7] {
         let file = run.join(format!("step-{step:08}/checkpoint.pth"));
-        python::run_peer(&py, "train_peer.py", &["demo-check", file.to_str().unwrap()]);
+        python::run_peer(
+            &py,
+            "train_peer.py",
+            &["demo-check", file.to_str().unwrap()],
+        );
     }
 }
