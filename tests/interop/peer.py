@@ -14,6 +14,11 @@
                         numpy.load(allow_pickle=False) every .npy/.npz file
                         listed in DIR/manifest.json (written by ckpt) and compare
                         dtypes, shapes and bytes with the description there
+    peer.py check-onnx DIR
+                        for every model in DIR/onnx.json (exported by ckpt):
+                        onnx.checker.check_model(full_check=True), then
+                        onnxruntime on each listed input, compared with
+                        ckpt's own outputs (within 1e-5 of their scale)
     peer.py write-pth DIR N SEED
                         torch.save N random checkpoint trees and describe them
                         in DIR/manifest.json, for ckpt to read
@@ -176,6 +181,28 @@ def write_pth(folder, count, seed):
     print(f"wrote {count} files")
 
 
+def check_onnx(folder):
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    manifest = json.loads((folder / "onnx.json").read_text())
+    for entry in manifest:
+        path = folder / entry["onnx"]
+        onnx.checker.check_model(str(path), full_check=True)
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for pair in entry["runs"]:
+            x = np.load(folder / pair["input"])
+            want = np.load(folder / pair["output"])
+            got = session.run(None, {name: x})[0]
+            assert got.shape == want.shape, f"{path.name}: shape {got.shape} vs ckpt {want.shape}"
+            scale = max(float(np.abs(want).max()), 1e-6)
+            worst = float(np.abs(got - want).max()) / scale
+            assert worst <= 1e-5, f"{path.name} on {pair['input']}: onnxruntime differs from ckpt by {worst:.2e} of the scale"
+    print(f"checked {len(manifest)} models")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "check":
         check(Path(sys.argv[2]))
@@ -185,6 +212,8 @@ if __name__ == "__main__":
         check_pth(Path(sys.argv[2]))
     elif sys.argv[1] == "check-numpy":
         check_numpy(Path(sys.argv[2]))
+    elif sys.argv[1] == "check-onnx":
+        check_onnx(Path(sys.argv[2]))
     elif sys.argv[1] == "write-pth":
         write_pth(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     else:

@@ -414,6 +414,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// An export cannot express a layer or option.
+    #[error("cannot export {layer}: {reason}")]
+    Unsupported {
+        /// The layer (its dotted name), or `model`.
+        layer: String,
+        /// Why, and what would be needed.
+        reason: String,
+    },
+
     /// A state dict does not fit a model: every missing, unexpected and
     /// mismatched name at once.
     #[error("state dict does not fit the model: {0}")]

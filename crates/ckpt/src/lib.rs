@@ -38,6 +38,7 @@ mod cast;
 mod checkpoint;
 mod dtype;
 mod error;
+pub mod export;
 pub mod format;
 mod io;
 mod load;

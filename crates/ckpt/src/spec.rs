@@ -674,7 +674,8 @@ fn pooled(
     Ok((size + 2 * pad - span) / stride + 1)
 }
 
-fn layer_output(layer: &Layer, shape: &[usize], at: &str) -> Result<Vec<usize>> {
+/// One sample's output shape of `layer` given one sample's input shape.
+pub(crate) fn layer_output(layer: &Layer, shape: &[usize], at: &str) -> Result<Vec<usize>> {
     let need_rank = |rank: usize, what: &str| -> Result<()> {
         if shape.len() != rank {
             return Err(bad(

@@ -1,0 +1,164 @@
+//! ONNX export checked by a real runtime: every layer kind (the spec golden
+//! files) and the external-data layout, exported by ckpt, pass
+//! `onnx.checker.check_model(full_check=True)` and give ckpt's own outputs
+//! in onnxruntime within 1e-5, on batches of 1 and 7 through the dynamic
+//! batch dimension. Runs when `CKPT_PYTHON` names a Python with onnx and
+//! onnxruntime (`scripts/test` and CI arrange it).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use ckpt::export::onnx::{export, OnnxOptions};
+use ckpt::{DType, ModelSpec, StateDict, TensorData, Value};
+use ckpt_candle::{from_candle, to_candle, Model, Rng};
+use serde_json::json;
+
+#[path = "../../../tests/interop/python.rs"]
+mod python;
+
+const CASES: [&str; 12] = [
+    "linear",
+    "conv",
+    "conv_groups",
+    "batchnorm1d",
+    "batchnorm1d_seq",
+    "batchnorm2d",
+    "layernorm",
+    "embedding",
+    "activations",
+    "dropout_flatten",
+    "pools",
+    "residual",
+];
+
+fn fixture(name: &str) -> (ModelSpec, StateDict) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/spec")
+        .join(format!("{name}.pth"));
+    let f = ckpt::load(path).unwrap();
+    let Some(Value::Str(json)) = f.get("spec") else {
+        panic!()
+    };
+    (
+        ModelSpec::from_json(json).unwrap(),
+        StateDict::try_from(f.get("state_dict").unwrap()).unwrap(),
+    )
+}
+
+/// A random batch for `spec` (ids below the vocabulary for embeddings).
+fn batch(spec: &ModelSpec, n: usize, rng: &mut Rng) -> TensorData {
+    let mut shape = vec![n];
+    shape.extend(&spec.input_shape);
+    let count: usize = shape.iter().product();
+    if spec.takes_ids() {
+        let bytes = (0..count)
+            .flat_map(|_| (rng.below(10) as i64).to_le_bytes())
+            .collect();
+        TensorData::new(DType::I64, shape, bytes).unwrap()
+    } else {
+        let values: Vec<f32> = (0..count).map(|_| rng.normal() as f32).collect();
+        TensorData::from_f32(&shape, &values).unwrap()
+    }
+}
+
+/// Exports `case` and writes inputs and ckpt's outputs for batches of 1 and 7.
+fn prepare(
+    dir: &Path,
+    case: &str,
+    file: &str,
+    options: &OnnxOptions,
+    rng: &mut Rng,
+) -> serde_json::Value {
+    let (spec, weights) = fixture(case);
+    export(&spec, weights.clone(), options, &dir.join(file))
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let model = Model::from_state_dict(spec.clone(), weights, &Device::Cpu).unwrap();
+    let mut runs = Vec::new();
+    for n in [1, 7] {
+        let x = batch(&spec, n, rng);
+        let y = model
+            .forward(&to_candle(&x, &Device::Cpu, "x").unwrap())
+            .unwrap();
+        let (input, output) = (
+            format!("{file}.b{n}.in.npy"),
+            format!("{file}.b{n}.out.npy"),
+        );
+        ckpt::save(dir.join(&input), &Value::Tensor(x)).unwrap();
+        ckpt::save(
+            dir.join(&output),
+            &Value::Tensor(from_candle(&y, "y").unwrap()),
+        )
+        .unwrap();
+        runs.push(json!({"input": input, "output": output}));
+    }
+    json!({"onnx": file, "runs": runs})
+}
+
+#[test]
+fn every_layer_kind_runs_in_onnxruntime_as_in_ckpt() {
+    let Some(py) = python::python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(3);
+    let mut manifest = Vec::new();
+    for case in CASES {
+        manifest.push(prepare(
+            dir.path(),
+            case,
+            &format!("{case}.onnx"),
+            &OnnxOptions::default(),
+            &mut rng,
+        ));
+    }
+    // Opset 13 where no layer needs newer operators, and external data.
+    let mut old = OnnxOptions::default();
+    old.opset = 13;
+    manifest.push(prepare(
+        dir.path(),
+        "activations",
+        "activations13.onnx",
+        &old,
+        &mut rng,
+    ));
+    let mut external = OnnxOptions::default();
+    external.external_data = true;
+    manifest.push(prepare(
+        dir.path(),
+        "conv",
+        "conv_external.onnx",
+        &external,
+        &mut rng,
+    ));
+    assert!(dir.path().join("conv_external.onnx.data").exists());
+    std::fs::write(
+        dir.path().join("onnx.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    python::run_peer(
+        &py,
+        "peer.py",
+        &["check-onnx", dir.path().to_str().unwrap()],
+    );
+}
+
+#[test]
+fn unsupported_layers_and_opsets_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, weights) = fixture("layernorm");
+    let mut old = OnnxOptions::default();
+    old.opset = 13;
+    let err = export(&spec, weights, &old, &dir.path().join("x.onnx"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "cannot export 0: LayerNorm needs opset 17 (LayerNormalization); asked for 13"
+    );
+    let mut future = OnnxOptions::default();
+    future.opset = 30;
+    let (spec, weights) = fixture("linear");
+    let err = export(&spec, weights, &future, &dir.path().join("x.onnx"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "cannot export model: opset 30 (ckpt writes 13 to 21)");
+}

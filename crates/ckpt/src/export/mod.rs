@@ -1,0 +1,4 @@
+//! Export to formats that serving stacks run: [`onnx`].
+
+pub mod onnx;
+mod proto;
