@@ -7,6 +7,7 @@
 mod convert;
 mod demo;
 mod diff;
+mod export;
 mod gc;
 mod inspect;
 mod ls;
@@ -65,6 +66,41 @@ enum Command {
         /// Continue the run in --dir from its last checkpoint.
         #[arg(long)]
         resume: bool,
+    },
+
+    /// Export a model package (or a state dict with --spec) to ONNX, then
+    /// run the file in tract, an independent ONNX runtime, on a random batch
+    /// and compare with ckpt's own inference.
+    ///
+    /// Every spec layer maps to standard ONNX operators; the weights become
+    /// initializers under their state-dict names (past 1 GiB, external
+    /// data in OUT.onnx.data). The batch dimension is dynamic unless
+    /// --static-batch fixes it. The package's metadata (version, classes,
+    /// input shape, metrics) goes into the model's metadata properties.
+    /// Exit code 1 when the check finds a difference.
+    Export {
+        /// The model package (.safetensors or .pth), or a state dict with --spec.
+        model: PathBuf,
+        /// The ONNX file to write.
+        output: PathBuf,
+        /// A model spec (JSON) for MODEL when MODEL is a plain state dict.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// The ONNX opset: 13 to 21 (LayerNorm needs 17).
+        #[arg(long, default_value_t = 17)]
+        opset: i64,
+        /// Fix the batch dimension to N instead of leaving it dynamic.
+        #[arg(long, value_name = "N")]
+        static_batch: Option<usize>,
+        /// The graph input's name.
+        #[arg(long, default_value = "input")]
+        input_name: String,
+        /// The graph output's name.
+        #[arg(long, default_value = "output")]
+        output_name: String,
+        /// Skip running the export in tract.
+        #[arg(long)]
+        no_check: bool,
     },
 
     /// Run a model on inputs: batched inference on a model package (or a
@@ -305,6 +341,26 @@ fn main() -> ExitCode {
                 resume,
             };
             demo::run(&options, &mut stdout).map(|()| 0)
+        }
+        Command::Export {
+            model,
+            output,
+            spec,
+            opset,
+            static_batch,
+            input_name,
+            output_name,
+            no_check,
+        } => {
+            let options = export::Options {
+                spec: spec.as_deref(),
+                opset,
+                static_batch,
+                input_name,
+                output_name,
+                check: !no_check,
+            };
+            export::run(&model, &output, &options, &mut stdout)
         }
         Command::Run {
             model,

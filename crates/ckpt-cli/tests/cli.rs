@@ -836,3 +836,126 @@ fn demo_pth_checkpoints_continue_in_torch_adamw() {
         );
     }
 }
+
+/// Every layer kind (the spec golden files) exported and run in tract by
+/// `ckpt export`'s check, against ckpt's own inference.
+#[test]
+fn export_checks_every_layer_kind_in_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        "linear",
+        "conv",
+        "conv_groups",
+        "batchnorm1d",
+        "batchnorm1d_seq",
+        "batchnorm2d",
+        "layernorm",
+        "embedding",
+        "activations",
+        "dropout_flatten",
+        "pools",
+        "residual",
+    ];
+    for case in cases {
+        let f = ckpt::load(fixture(&format!("spec/{case}.pth"))).unwrap();
+        let Some(ckpt::Value::Str(json)) = f.get("spec") else {
+            panic!()
+        };
+        let spec = dir.path().join(format!("{case}.json"));
+        std::fs::write(&spec, json).unwrap();
+        let weights = dir.path().join(format!("{case}.safetensors"));
+        ckpt::save(&weights, f.get("state_dict").unwrap()).unwrap();
+        let onnx = dir.path().join(format!("{case}.onnx"));
+        let out = ckpt(&[
+            "export",
+            weights.to_str().unwrap(),
+            onnx.to_str().unwrap(),
+            "--spec",
+            spec.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{case}: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        assert!(
+            stdout(&out).contains("check:      ok"),
+            "{case}: {}",
+            stdout(&out)
+        );
+    }
+    let layernorm = [
+        dir.path().join("layernorm.safetensors"),
+        dir.path().join("layernorm.json"),
+    ];
+    expect_error(
+        &[
+            "export",
+            layernorm[0].to_str().unwrap(),
+            "x.onnx",
+            "--spec",
+            layernorm[1].to_str().unwrap(),
+            "--opset",
+            "13",
+        ],
+        "cannot export 0: LayerNorm needs opset 17 (LayerNormalization); asked for 13",
+    );
+}
+
+#[test]
+fn export_reports_operators_metadata_and_static_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert!(
+        ckpt(&["demo", "--epochs", "2", "--dir", run.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let model = run.join("inference-model.safetensors");
+    let onnx = dir.path().join("digits.onnx");
+    let out = ckpt(&[
+        "export",
+        model.to_str().unwrap(),
+        onnx.to_str().unwrap(),
+        "--static-batch",
+        "5",
+        "--opset",
+        "13",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("(opset 13, batch 5)")
+            && text.contains("operators:  Gemm×3, Identity×2, Relu×2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("parameters: 17,226") && text.contains("tract on a random batch of 5"),
+        "{text}"
+    );
+    let bytes = std::fs::read(&onnx).unwrap();
+    for needle in [
+        &b"model_version"[..],
+        b"classes",
+        b"digits-mlp",
+        b"fc1.weight",
+    ] {
+        assert!(
+            bytes.windows(needle.len()).any(|w| w == needle),
+            "{}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    let out = ckpt(&[
+        "export",
+        model.to_str().unwrap(),
+        onnx.to_str().unwrap(),
+        "--no-check",
+    ]);
+    assert!(
+        stdout(&out).contains("check:      skipped (--no-check)"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -1,0 +1,199 @@
+//! `ckpt export MODEL OUT.onnx`: ONNX from a model package (or a state dict
+//! plus `--spec`), with a report and a check in an independent runtime.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use ckpt::export::onnx::{export, OnnxOptions};
+use ckpt::{DType, ModelSpec, Package, TensorData};
+use ckpt_candle::{from_candle, to_candle, Model, Rng};
+
+use crate::output::{human_bytes, thousands};
+
+/// What the user asked for.
+pub struct Options<'a> {
+    pub spec: Option<&'a Path>,
+    pub opset: i64,
+    pub static_batch: Option<usize>,
+    pub input_name: String,
+    pub output_name: String,
+    pub check: bool,
+}
+
+/// Exports and reports; returns the exit code (1 when the check finds a
+/// difference).
+pub fn run(model_path: &Path, output: &Path, o: &Options, out: &mut dyn Write) -> Result<u8> {
+    let package = match o.spec {
+        Some(spec_path) => {
+            let text = std::fs::read_to_string(spec_path)
+                .with_context(|| spec_path.display().to_string())?;
+            let spec =
+                ModelSpec::from_json(&text).with_context(|| spec_path.display().to_string())?;
+            let weights = ckpt::load_state_dict(model_path)?;
+            Package::new(
+                spec,
+                weights,
+                ckpt::PackageInfo::new(&ModelSpec::from_json(&text)?, "0.0.0"),
+            )
+            .with_context(|| model_path.display().to_string())?
+        }
+        None => Package::load(model_path, &Default::default())?,
+    };
+    for warning in &package.warnings {
+        eprintln!("ckpt: warning: {warning}");
+    }
+    let i = &package.info;
+    let mut options = OnnxOptions::default();
+    options.opset = o.opset;
+    options.batch = o.static_batch;
+    options.input_name = o.input_name.clone();
+    options.output_name = o.output_name.clone();
+    options.doc_string = format!(
+        "{} {}, exported by ckpt {}",
+        i.architecture,
+        i.model_version,
+        env!("CARGO_PKG_VERSION")
+    );
+    let m = &mut options.metadata;
+    m.insert("model_version".into(), i.model_version.clone());
+    m.insert("architecture".into(), i.architecture.clone());
+    m.insert(
+        "input_shape".into(),
+        serde_json::to_string(&package.spec.input_shape)?,
+    );
+    if !i.classes.is_empty() {
+        m.insert("classes".into(), serde_json::to_string(&i.classes)?);
+    }
+    if !i.created.is_empty() {
+        m.insert("created".into(), i.created.clone());
+    }
+    for (k, v) in &i.metrics {
+        m.insert(format!("metric.{k}"), v.to_string());
+    }
+    for (k, v) in &i.user {
+        m.insert(k.clone(), v.clone());
+    }
+    let report = export(&package.spec, package.weights.clone(), &options, output)?;
+
+    writeln!(
+        out,
+        "{} -> {} (opset {}, batch {})",
+        model_path.display(),
+        output.display(),
+        o.opset,
+        o.static_batch
+            .map_or("dynamic".to_owned(), |n| n.to_string())
+    )?;
+    let ops: Vec<String> = report
+        .operators
+        .iter()
+        .map(|(op, n)| {
+            if *n > 1 {
+                format!("{op}×{n}")
+            } else {
+                op.clone()
+            }
+        })
+        .collect();
+    writeln!(out, "  operators:  {}", ops.join(", "))?;
+    writeln!(out, "  parameters: {}", thousands(report.parameters))?;
+    write!(out, "  file:       {}", human_bytes(report.bytes))?;
+    if let Some((path, bytes)) = &report.external {
+        write!(
+            out,
+            " + external data {} ({})",
+            path.display(),
+            human_bytes(*bytes)
+        )?;
+    }
+    writeln!(out)?;
+    if !o.check {
+        writeln!(out, "  check:      skipped (--no-check)")?;
+        return Ok(0);
+    }
+    check(&package, output, o.static_batch.unwrap_or(3), out)
+}
+
+#[cfg(not(feature = "onnx-check"))]
+fn check(_: &Package, _: &Path, _: usize, out: &mut dyn Write) -> Result<u8> {
+    writeln!(
+        out,
+        "  check:      skipped (this ckpt was built without the onnx-check feature)"
+    )?;
+    Ok(0)
+}
+
+/// Runs the file in tract on a random batch and compares with ckpt's own
+/// inference.
+#[cfg(feature = "onnx-check")]
+fn check(package: &Package, file: &Path, batch: usize, out: &mut dyn Write) -> Result<u8> {
+    use tract_onnx::prelude::*;
+    let spec = &package.spec;
+    let mut rng = Rng::new(0x0c4e_c4);
+    let mut shape = vec![batch];
+    shape.extend(&spec.input_shape);
+    let count: usize = shape.iter().product();
+    let vocab = match spec.layers.first().map(|l| &l.kind) {
+        Some(ckpt::LayerKind::Embedding { num_embeddings, .. }) => *num_embeddings as u64,
+        _ => 0,
+    };
+    let (x, input) = if vocab > 0 {
+        let ids: Vec<i64> = (0..count).map(|_| rng.below(vocab) as i64).collect();
+        let bytes = ids.iter().flat_map(|v| v.to_le_bytes()).collect();
+        (
+            TensorData::new(DType::I64, shape.clone(), bytes)?,
+            Tensor::from_shape(&shape, &ids)?,
+        )
+    } else {
+        let values: Vec<f32> = (0..count).map(|_| rng.normal() as f32).collect();
+        (
+            TensorData::from_f32(&shape, &values)?,
+            Tensor::from_shape(&shape, &values)?,
+        )
+    };
+    let model = Model::from_state_dict(spec.clone(), package.weights.clone(), &Device::Cpu)?;
+    let ours: Vec<f64> = from_candle(
+        &model.forward(&to_candle(&x, &Device::Cpu, "input")?)?,
+        "output",
+    )?
+    .values_f64()
+    .collect();
+    let runnable = tract_onnx::onnx()
+        .model_for_path(file)
+        .and_then(|m| {
+            m.with_input_fact(
+                0,
+                InferenceFact::dt_shape(input.datum_type(), shape.clone()),
+            )
+        })
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| anyhow::anyhow!("{}: tract cannot load the export: {e:#}", file.display()))?;
+    let result = runnable
+        .run(tvec!(input.into_tvalue()))
+        .map_err(|e| anyhow::anyhow!("{}: tract cannot run the export: {e:#}", file.display()))?;
+    let theirs: Vec<f64> = result[0]
+        .to_plain_array_view::<f32>()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    if theirs.len() != ours.len() {
+        bail!("tract gives {} outputs, ckpt {}", theirs.len(), ours.len());
+    }
+    let worst = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    let scale = ours.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    let ok = worst <= 1e-5 * scale.max(1.0);
+    writeln!(
+        out,
+        "  check:      {} — tract on a random batch of {batch}: max |difference| from ckpt's inference {worst:.2e}",
+        if ok { "ok" } else { "MISMATCH" }
+    )?;
+    Ok(if ok { 0 } else { 1 })
+}
