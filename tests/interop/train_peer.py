@@ -8,6 +8,10 @@
         into the equivalent torch model, torch.optim.AdamW and the demo's
         SequentialLR (strict), take one step, and check the loaded
         parameters equal the file's
+    train_peer.py onnx-vs-torch PACKAGE.safetensors CKPT.onnx
+        build the demo model in torch from the package's weights, export it
+        with torch.onnx.export, and check that onnxruntime gives the same
+        outputs for both files (and torch's) within 1e-5, batches 1 and 7
     train_peer.py continue DIR IN M OUT
         torch.load(IN, weights_only=True) (a checkpoint written by ckpt or by
         `start`), load model, AdamW and StepLR states, train M more steps and
@@ -102,7 +106,41 @@ def demo_check(path):
     print(f"ok: epoch {ckpt['epoch']}, lr {opt.param_groups[0]['lr']:.6f}")
 
 
+def onnx_vs_torch(package, ours):
+    import tempfile
+    import warnings
+
+    import numpy as np
+    import onnxruntime as ort
+
+    weights = {k.removeprefix("model_state_dict/"): v for k, v in load_file(package).items()}
+    model = DemoMlp()
+    model.load_state_dict(weights, strict=True)
+    model.eval()
+    theirs = str(Path(tempfile.mkdtemp()) / "torch.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(2, 64),), theirs, dynamo=False, input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    sessions = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for p in (ours, theirs)]
+    for n in (1, 7):
+        x = torch.rand(n, 64)
+        with torch.no_grad():
+            want = model(x).numpy()
+        a, b = (s.run(None, {"input": x.numpy()})[0] for s in sessions)
+        scale = max(float(np.abs(want).max()), 1e-6)
+        for name, got in (("ckpt's export", a), ("torch.onnx.export", b)):
+            worst = float(np.abs(got - want).max()) / scale
+            assert worst <= 1e-5, f"{name} differs from torch by {worst:.2e} (batch {n})"
+        worst = float(np.abs(a - b).max()) / scale
+        assert worst <= 1e-5, f"the two exports differ by {worst:.2e} (batch {n})"
+    print("ok: ckpt's export and torch.onnx.export agree")
+
+
 def main():
+    if sys.argv[1] == "onnx-vs-torch":
+        onnx_vs_torch(sys.argv[2], sys.argv[3])
+        return
     if sys.argv[1] == "demo-check":
         demo_check(sys.argv[2])
         return

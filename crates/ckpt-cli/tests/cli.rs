@@ -959,3 +959,31 @@ fn export_reports_operators_metadata_and_static_batches() {
         stdout(&out)
     );
 }
+
+#[test]
+fn export_agrees_with_torch_onnx_export_in_onnxruntime() {
+    let Some(py) = python::python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    assert!(
+        ckpt(&["demo", "--epochs", "3", "--dir", run.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let model = run.join("inference-model.safetensors");
+    let onnx = dir.path().join("digits.onnx");
+    assert!(
+        ckpt(&["export", model.to_str().unwrap(), onnx.to_str().unwrap()])
+            .status
+            .success()
+    );
+    python::run_peer(
+        &py,
+        "train_peer.py",
+        &[
+            "onnx-vs-torch",
+            model.to_str().unwrap(),
+            onnx.to_str().unwrap(),
+        ],
+    );
+}
