@@ -16,20 +16,23 @@ use serde_json::json;
 #[path = "../../../tests/interop/python.rs"]
 mod python;
 
-const CASES: [&str; 12] = [
-    "linear",
-    "conv",
-    "conv_groups",
-    "batchnorm1d",
-    "batchnorm1d_seq",
-    "batchnorm2d",
-    "layernorm",
-    "embedding",
-    "activations",
-    "dropout_flatten",
-    "pools",
-    "residual",
-];
+/// Every golden model in tests/fixtures/spec/, by name.
+fn cases() -> Vec<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/spec");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".pth")
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 12, "{names:?}");
+    names
+}
 
 fn fixture(name: &str) -> (ModelSpec, StateDict) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -100,10 +103,10 @@ fn every_layer_kind_runs_in_onnxruntime_as_in_ckpt() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(3);
     let mut manifest = Vec::new();
-    for case in CASES {
+    for case in cases() {
         manifest.push(prepare(
             dir.path(),
-            case,
+            &case,
             &format!("{case}.onnx"),
             &OnnxOptions::default(),
             &mut rng,

@@ -8,20 +8,23 @@ use candle_core::Device;
 use ckpt::{ModelSpec, StateDict, Value};
 use ckpt_candle::{from_candle, to_candle, Model};
 
-const CASES: [&str; 12] = [
-    "linear",
-    "conv",
-    "conv_groups",
-    "batchnorm1d",
-    "batchnorm1d_seq",
-    "batchnorm2d",
-    "layernorm",
-    "embedding",
-    "activations",
-    "dropout_flatten",
-    "pools",
-    "residual",
-];
+/// Every golden model in tests/fixtures/spec/, by name.
+fn cases() -> Vec<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/spec");
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".pth")
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 12, "{names:?}");
+    names
+}
 
 fn fixture(name: &str) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -32,7 +35,8 @@ fn fixture(name: &str) -> Value {
 
 #[test]
 fn every_layer_kind_matches_torch() {
-    for case in CASES {
+    for case in cases() {
+        let case = case.as_str();
         let f = fixture(case);
         let Some(Value::Str(json)) = f.get("spec") else {
             panic!("{case}: no spec")

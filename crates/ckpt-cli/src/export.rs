@@ -4,10 +4,10 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Device;
 use ckpt::export::onnx::{export, OnnxOptions};
-use ckpt::{DType, ModelSpec, Package, TensorData};
+use ckpt::{DType, Package, TensorData};
 use ckpt_candle::{from_candle, to_candle, Model, Rng};
 
 use crate::output::{human_bytes, thousands};
@@ -25,25 +25,7 @@ pub struct Options<'a> {
 /// Exports and reports; returns the exit code (1 when the check finds a
 /// difference).
 pub fn run(model_path: &Path, output: &Path, o: &Options, out: &mut dyn Write) -> Result<u8> {
-    let package = match o.spec {
-        Some(spec_path) => {
-            let text = std::fs::read_to_string(spec_path)
-                .with_context(|| spec_path.display().to_string())?;
-            let spec =
-                ModelSpec::from_json(&text).with_context(|| spec_path.display().to_string())?;
-            let weights = ckpt::load_state_dict(model_path)?;
-            Package::new(
-                spec,
-                weights,
-                ckpt::PackageInfo::new(&ModelSpec::from_json(&text)?, "0.0.0"),
-            )
-            .with_context(|| model_path.display().to_string())?
-        }
-        None => Package::load(model_path, &Default::default())?,
-    };
-    for warning in &package.warnings {
-        eprintln!("ckpt: warning: {warning}");
-    }
+    let package = crate::run::load_package(model_path, o.spec)?;
     let i = &package.info;
     let mut options = OnnxOptions::default();
     options.opset = o.opset;

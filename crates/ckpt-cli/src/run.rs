@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use ckpt::{ModelSpec, Value};
+use ckpt::{ModelSpec, Package, PackageInfo, Value};
 use ckpt_candle::{from_candle, to_candle, Model};
 
 /// Where the model runs.
@@ -17,6 +17,28 @@ pub fn device(name: &str) -> Result<Device> {
             .context("no CUDA device (this ckpt may have been built without the `cuda` feature)"),
         other => bail!("unknown device {other:?}: use cpu or cuda"),
     }
+}
+
+/// A model package, or a plain state dict made into one with a spec file
+/// (as `ckpt run` and `ckpt export` take them); the package's warnings are
+/// printed.
+pub fn load_package(model_path: &Path, spec_path: Option<&Path>) -> Result<Package> {
+    let package = match spec_path {
+        Some(spec_path) => {
+            let text = std::fs::read_to_string(spec_path)
+                .with_context(|| spec_path.display().to_string())?;
+            let spec =
+                ModelSpec::from_json(&text).with_context(|| spec_path.display().to_string())?;
+            let weights = ckpt::load_state_dict(model_path)?;
+            let info = PackageInfo::new(&spec, "0.0.0");
+            Package::new(spec, weights, info).with_context(|| model_path.display().to_string())?
+        }
+        None => Package::load(model_path, &Default::default())?,
+    };
+    for warning in &package.warnings {
+        eprintln!("ckpt: warning: {warning}");
+    }
+    Ok(package)
 }
 
 /// Runs `model` (a package, or a state dict with `spec`) on every sample
@@ -31,21 +53,7 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<()> {
     let device = device(device_name)?;
-    let model = match spec_path {
-        Some(spec_path) => {
-            let text = std::fs::read_to_string(spec_path)
-                .with_context(|| spec_path.display().to_string())?;
-            let spec =
-                ModelSpec::from_json(&text).with_context(|| spec_path.display().to_string())?;
-            let weights = ckpt::load_state_dict(model_path)?;
-            Model::from_state_dict(spec, weights, &device)
-                .with_context(|| model_path.display().to_string())?
-        }
-        None => Model::load(model_path, &device)?,
-    };
-    for warning in model.warnings() {
-        eprintln!("ckpt: warning: {warning}");
-    }
+    let model = Model::from_package(load_package(model_path, spec_path)?, &device)?;
     let Value::Tensor(x) = ckpt::load(input)? else {
         bail!(
             "{}: expected one array (.npy), found several",

@@ -842,21 +842,19 @@ fn demo_pth_checkpoints_continue_in_torch_adamw() {
 #[test]
 fn export_checks_every_layer_kind_in_tract() {
     let dir = tempfile::tempdir().unwrap();
-    let cases = [
-        "linear",
-        "conv",
-        "conv_groups",
-        "batchnorm1d",
-        "batchnorm1d_seq",
-        "batchnorm2d",
-        "layernorm",
-        "embedding",
-        "activations",
-        "dropout_flatten",
-        "pools",
-        "residual",
-    ];
-    for case in cases {
+    let mut cases: Vec<String> = std::fs::read_dir(fixture("spec"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".pth")
+                .map(str::to_owned)
+        })
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 12);
+    for case in &cases {
         let f = ckpt::load(fixture(&format!("spec/{case}.pth"))).unwrap();
         let Some(ckpt::Value::Str(json)) = f.get("spec") else {
             panic!()
