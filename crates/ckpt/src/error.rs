@@ -423,6 +423,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// A pruning request that cannot be carried out.
+    #[error("pruning: {0}")]
+    BadPruning(String),
+
+    /// A quantization request that cannot be carried out.
+    #[error("quantization: {0}")]
+    BadQuantization(String),
+
     /// A state dict does not fit a model: every missing, unexpected and
     /// mismatched name at once.
     #[error("state dict does not fit the model: {0}")]

@@ -36,6 +36,7 @@
 
 mod cast;
 mod checkpoint;
+pub mod compress;
 mod dtype;
 mod error;
 pub mod export;

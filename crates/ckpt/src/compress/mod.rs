@@ -1,0 +1,5 @@
+//! Making models smaller: [`prune`] and [`quantize`] take state dicts to
+//! state dicts.
+
+pub mod prune;
+pub mod quantize;

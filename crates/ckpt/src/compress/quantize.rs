@@ -1,0 +1,211 @@
+//! Int8 weight quantization: symmetric, per output channel (dim 0) by
+//! default or per tensor, with the scales stored beside the weights.
+//!
+//! Layout in a state dict: a quantized `fc1.weight` becomes an `int8`
+//! tensor of the same shape under the same name, followed by
+//! `fc1.weight_scale`, `float32` of shape `[out]` (per channel) or `[]`
+//! (per tensor). The float weight is `int8 × scale` (zero point 0);
+//! values round half to even and clamp to −127…127.
+
+use crate::{DType, Error, Result, StateDict, TensorData};
+
+/// The suffix of a quantized weight's scale tensor.
+pub const SCALE_SUFFIX: &str = "_scale";
+
+/// One scale per output channel (the default) or one per tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Granularity {
+    /// One scale per slice along dimension 0.
+    #[default]
+    PerChannel,
+    /// One scale for the whole tensor.
+    PerTensor,
+}
+
+/// Quantizes a float tensor; returns the `int8` values and the scales.
+///
+/// ```
+/// use ckpt::compress::quantize::{dequantize, quantize, Granularity};
+/// let w = ckpt::TensorData::from_f32(&[2, 2], &[1.0, -0.5, 0.02, 0.04]).unwrap();
+/// let (q, scale) = quantize(&w, Granularity::PerChannel, "w").unwrap();
+/// assert_eq!(q.dtype(), ckpt::DType::I8);
+/// assert_eq!(scale.shape(), [2]);
+/// let back = dequantize(&q, &scale, "w").unwrap();
+/// for (a, b) in back.values_f64().zip(w.values_f64()) {
+///     assert!((a - b).abs() <= 1.0 / 127.0 / 2.0 + 1e-7);
+/// }
+/// ```
+pub fn quantize(
+    t: &TensorData,
+    granularity: Granularity,
+    name: &str,
+) -> Result<(TensorData, TensorData)> {
+    if !t.dtype().is_float() {
+        return Err(Error::BadQuantization(format!(
+            "{name} is {}, not a float tensor",
+            t.dtype()
+        )));
+    }
+    let v: Vec<f64> = t.values_f64().collect();
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(Error::BadQuantization(format!(
+            "{name} holds NaN or infinite values"
+        )));
+    }
+    let (groups, scale_shape): (usize, Vec<usize>) = match (granularity, t.shape().first()) {
+        (Granularity::PerChannel, Some(&out)) if out > 0 => (out, vec![out]),
+        _ => (1, vec![]),
+    };
+    let per = v.len() / groups.max(1);
+    let scales: Vec<f32> = (0..groups)
+        .map(|g| {
+            let max = v[g * per..(g + 1) * per]
+                .iter()
+                .fold(0.0f64, |m, x| m.max(x.abs()));
+            if max == 0.0 {
+                1.0
+            } else {
+                (max / 127.0) as f32
+            }
+        })
+        .collect();
+    let q: Vec<u8> = v
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let s = f64::from(scales[if per == 0 { 0 } else { i / per }]);
+            ((x / s).round_ties_even().clamp(-127.0, 127.0) as i8) as u8
+        })
+        .collect();
+    Ok((
+        TensorData::new(DType::I8, t.shape().to_vec(), q)?,
+        TensorData::from_f32(&scale_shape, &scales)?,
+    ))
+}
+
+/// The float32 tensor an `int8` tensor and its scales stand for.
+pub fn dequantize(q: &TensorData, scale: &TensorData, name: &str) -> Result<TensorData> {
+    if q.dtype() != DType::I8 {
+        return Err(Error::BadQuantization(format!(
+            "{name} is {}, not int8",
+            q.dtype()
+        )));
+    }
+    let scales: Vec<f64> = scale.values_f64().collect();
+    let n = q.numel();
+    let per = match scales.len() {
+        1 => n.max(1),
+        c if c > 0 && q.shape().first() == Some(&c) => n / c,
+        c => {
+            return Err(Error::BadQuantization(format!(
+                "{name}{SCALE_SUFFIX} has {c} scales for shape {:?}",
+                q.shape()
+            )))
+        }
+    };
+    let values: Vec<f32> = q
+        .bytes()
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| (f64::from(b as i8) * scales[i / per]) as f32)
+        .collect();
+    TensorData::from_f32(q.shape(), &values)
+}
+
+/// Quantizes the tensors `select` picks (by name and tensor), each
+/// followed by its scale tensor.
+pub fn quantize_state_dict(
+    sd: &StateDict,
+    granularity: Granularity,
+    select: impl Fn(&str, &TensorData) -> bool,
+) -> Result<StateDict> {
+    let mut out = StateDict::new();
+    for (name, t) in sd.iter() {
+        if select(name, t) {
+            let (q, scale) = quantize(t, granularity, name)?;
+            out.insert(name.clone(), q);
+            out.insert(format!("{name}{SCALE_SUFFIX}"), scale);
+        } else {
+            out.insert(name.clone(), t.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Back to floats: every `int8` tensor with a `_scale` beside it.
+pub fn dequantize_state_dict(sd: &StateDict) -> Result<StateDict> {
+    let mut out = StateDict::new();
+    for (name, t) in sd.iter() {
+        if let Some(scale) = sd
+            .get(&format!("{name}{SCALE_SUFFIX}"))
+            .filter(|_| t.dtype() == DType::I8)
+        {
+            out.insert(name.clone(), dequantize(t, scale, name)?);
+        } else if let Some(base) = name.strip_suffix(SCALE_SUFFIX) {
+            if sd.get(base).is_some_and(|b| b.dtype() == DType::I8) {
+                continue;
+            }
+            out.insert(name.clone(), t.clone());
+        } else {
+            out.insert(name.clone(), t.clone());
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_at_most_half_a_step_per_channel_and_per_tensor() {
+        let values: Vec<f32> = (0..600)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * if i < 300 { 0.01 } else { 1.0 })
+            .collect();
+        let w = TensorData::from_f32(&[2, 300], &values).unwrap();
+        for g in [Granularity::PerChannel, Granularity::PerTensor] {
+            let (q, s) = quantize(&w, g, "w").unwrap();
+            let back = dequantize(&q, &s, "w").unwrap();
+            let scales: Vec<f64> = s.values_f64().collect();
+            for (i, (a, b)) in back.values_f64().zip(w.values_f64()).enumerate() {
+                let step = scales[if scales.len() == 1 { 0 } else { i / 300 }];
+                assert!(
+                    (a - b).abs() <= step / 2.0 * (1.0 + 1e-6),
+                    "{g:?} {i}: {a} vs {b}"
+                );
+            }
+        }
+        // Quantizing what was dequantized gives the same int8 values.
+        let (q, s) = quantize(&w, Granularity::PerChannel, "w").unwrap();
+        let (q2, _) = quantize(
+            &dequantize(&q, &s, "w").unwrap(),
+            Granularity::PerChannel,
+            "w",
+        )
+        .unwrap();
+        assert_eq!(q, q2);
+    }
+
+    #[test]
+    fn state_dicts_keep_order_and_round_trip_names() {
+        let w = TensorData::from_f32(&[2, 2], &[1.0, 2.0, 3.0, 4.0]).unwrap();
+        let b = TensorData::from_f32(&[2], &[0.5, 0.5]).unwrap();
+        let sd: StateDict = [("fc.weight".to_string(), w), ("fc.bias".to_string(), b)]
+            .into_iter()
+            .collect();
+        let q = quantize_state_dict(&sd, Granularity::PerChannel, |n, _| n.ends_with(".weight"))
+            .unwrap();
+        assert_eq!(
+            q.keys().collect::<Vec<_>>(),
+            ["fc.weight", "fc.weight_scale", "fc.bias"]
+        );
+        let back = dequantize_state_dict(&q).unwrap();
+        assert_eq!(back.keys().collect::<Vec<_>>(), ["fc.weight", "fc.bias"]);
+        assert!(quantize(
+            &TensorData::from_f32(&[1], &[f32::NAN]).unwrap(),
+            Granularity::PerTensor,
+            "x"
+        )
+        .is_err());
+    }
+}
