@@ -73,7 +73,7 @@ pub fn quantize(
         .iter()
         .enumerate()
         .map(|(i, x)| {
-            let s = f64::from(scales[if per == 0 { 0 } else { i / per }]);
+            let s = f64::from(scales[i.checked_div(per).unwrap_or(0)]);
             ((x / s).round_ties_even().clamp(-127.0, 127.0) as i8) as u8
         })
         .collect();
