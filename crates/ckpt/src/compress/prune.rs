@@ -304,7 +304,7 @@ mod tests {
         let re = prune_state_dict(&sd, &[("fc.weight".into(), mask.clone())], true).unwrap();
         assert_eq!(
             re.keys().collect::<Vec<_>>(),
-            ["fc.weight_orig", "fc.bias", "fc.weight_mask"]
+            ["fc.bias", "fc.weight_orig", "fc.weight_mask"]
         );
         let permanent = prune_state_dict(&sd, &[("fc.weight".into(), mask)], false).unwrap();
         let removed = remove(&re).unwrap();
