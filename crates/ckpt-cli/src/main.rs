@@ -4,6 +4,7 @@
 //! this crate turns them into tables, JSON, messages and exit codes
 //! (0 success, 1 "differs" from `ckpt diff`, 2 error).
 
+mod compress;
 mod convert;
 mod demo;
 mod diff;
@@ -101,6 +102,67 @@ enum Command {
         /// Skip running the export in tract.
         #[arg(long)]
         no_check: bool,
+    },
+
+    /// Prune weights with PyTorch's rules, and report the sparsity.
+    ///
+    /// By default the `*.weight` tensors of rank 2 or more (Linear and
+    /// Conv weights) are pruned, each on its own, by L1 magnitude. A model
+    /// package stays a package; pruning is made permanent (zeros in the
+    /// weights) unless --reparametrize writes PyTorch's weight_orig and
+    /// weight_mask (state dicts only), which loads into a PyTorch model
+    /// pruned the same way.
+    Prune {
+        /// The model package or state dict.
+        input: PathBuf,
+        /// Where to write the result.
+        output: PathBuf,
+        /// How much: a fraction (0.3) or a count (5) of each tensor's
+        /// elements, or of all chosen elements with --global, or of whole
+        /// slices with --structured.
+        #[arg(long, value_parser = compress::parse_amount)]
+        amount: ckpt::compress::prune::Amount,
+        /// Rank all chosen tensors' elements together (global L1).
+        #[arg(long, conflicts_with_all = ["structured", "random"])]
+        global: bool,
+        /// Prune whole slices along --dim by their --n norm (Ln structured).
+        #[arg(long)]
+        structured: bool,
+        /// The dimension of the slices for --structured (0: output rows or channels).
+        #[arg(long, default_value_t = 0, requires = "structured")]
+        dim: usize,
+        /// The norm for --structured (1, 2, ... or inf).
+        #[arg(long, default_value_t = 2.0, requires = "structured")]
+        n: f64,
+        /// Prune random elements instead, from this seed.
+        #[arg(long, value_name = "SEED", conflicts_with = "structured")]
+        random: Option<u64>,
+        /// Prune the tensors whose names match this regular expression.
+        #[arg(long, value_name = "PATTERN")]
+        layers: Option<String>,
+        /// Write weight_orig + weight_mask (PyTorch's reparametrisation).
+        #[arg(long)]
+        reparametrize: bool,
+    },
+
+    /// Quantize weights to int8 (symmetric, per output channel unless
+    /// --per-tensor), with their scales beside them as NAME_scale (float32),
+    /// and report sizes and the largest rounding error.
+    ///
+    /// By default the Linear weights (in a package, from its spec; in a
+    /// state dict, the `*.weight` tensors of rank 2); --layers picks others
+    /// (Conv2d, Embedding). The output is a state dict.
+    Quantize {
+        /// The model package or state dict.
+        input: PathBuf,
+        /// Where to write the quantized state dict.
+        output: PathBuf,
+        /// One scale per tensor instead of one per output channel.
+        #[arg(long)]
+        per_tensor: bool,
+        /// Quantize the tensors whose names match this regular expression.
+        #[arg(long, value_name = "PATTERN")]
+        layers: Option<String>,
     },
 
     /// Run a model on inputs: batched inference on a model package (or a
@@ -362,6 +424,35 @@ fn main() -> ExitCode {
             };
             export::run(&model, &output, &options, &mut stdout)
         }
+        Command::Prune {
+            input,
+            output,
+            amount,
+            global,
+            structured,
+            dim,
+            n,
+            random,
+            layers,
+            reparametrize,
+        } => {
+            let options = compress::PruneOptions {
+                amount,
+                global,
+                structured: structured.then_some((dim, n)),
+                random,
+                layers: layers.as_deref(),
+                reparametrize,
+            };
+            compress::prune(&input, &output, &options, &mut stdout).map(|()| 0)
+        }
+        Command::Quantize {
+            input,
+            output,
+            per_tensor,
+            layers,
+        } => compress::quantize(&input, &output, per_tensor, layers.as_deref(), &mut stdout)
+            .map(|()| 0),
         Command::Run {
             model,
             input,

@@ -985,3 +985,93 @@ fn export_agrees_with_torch_onnx_export_in_onnxruntime() {
         ],
     );
 }
+
+#[test]
+fn prune_and_quantize_report_and_write_loadable_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp = fixture("mlp.safetensors");
+    let pruned = dir.path().join("pruned.safetensors");
+    let out = ckpt(&[
+        "prune",
+        mlp.to_str().unwrap(),
+        pruned.to_str().unwrap(),
+        "--amount",
+        "0.3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("fc1.weight    25,088  7,526     30.0%"),
+        "{text}"
+    );
+    assert!(text.contains("after       25,450     17,828"), "{text}");
+    let sd = ckpt::load_state_dict(&pruned).unwrap();
+    assert_eq!(
+        sd["fc1.weight"].values_f64().filter(|v| *v == 0.0).count(),
+        7526
+    );
+
+    // PyTorch's reparametrisation, then back.
+    let re = dir.path().join("re.pth");
+    let out = ckpt(&[
+        "prune",
+        mlp.to_str().unwrap(),
+        re.to_str().unwrap(),
+        "--amount",
+        "10",
+        "--structured",
+        "--n",
+        "1",
+        "--reparametrize",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sd = ckpt::load_state_dict(&re).unwrap();
+    assert!(
+        sd.contains_key("fc1.weight_orig") && sd.contains_key("fc1.weight_mask"),
+        "{:?}",
+        sd.keys().collect::<Vec<_>>()
+    );
+
+    let q = dir.path().join("q.safetensors");
+    let out = ckpt(&["quantize", mlp.to_str().unwrap(), q.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("2 tensors to int8 (per output channel)"),
+        "{}",
+        stdout(&out)
+    );
+    let sd = ckpt::load_state_dict(&q).unwrap();
+    assert_eq!(sd["fc1.weight"].dtype(), ckpt::DType::I8);
+    assert_eq!(sd["fc1.weight_scale"].shape(), [32]);
+    let (before, after) = (
+        std::fs::metadata(&mlp).unwrap().len(),
+        std::fs::metadata(&q).unwrap().len(),
+    );
+    assert!(
+        after * 10 <= before * 3,
+        "int8 file {after} bytes is over 30% of {before}"
+    );
+
+    expect_error(
+        &[
+            "prune",
+            mlp.to_str().unwrap(),
+            "x.safetensors",
+            "--amount",
+            "1.5",
+        ],
+        "neither a fraction in [0, 1] nor a count",
+    );
+    expect_error(
+        &[
+            "prune",
+            mlp.to_str().unwrap(),
+            "x.safetensors",
+            "--amount",
+            "0.1",
+            "--layers",
+            "nothing",
+        ],
+        "no tensor to prune",
+    );
+}

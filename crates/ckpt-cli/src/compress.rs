@@ -1,0 +1,240 @@
+//! `ckpt prune` and `ckpt quantize`: smaller models, with a before/after
+//! table.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use ckpt::compress::prune::{self, Amount};
+use ckpt::compress::quantize::{self, Granularity};
+use ckpt::{Package, StateDict, TensorData, Value};
+use regex_lite::Regex;
+
+use crate::output::{human_bytes, thousands, Table};
+
+/// `0.3` is a fraction, `5` a count.
+pub fn parse_amount(text: &str) -> Result<Amount, String> {
+    if let Ok(n) = text.parse::<usize>() {
+        return Ok(Amount::Count(n));
+    }
+    match text.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(Amount::Fraction(f)),
+        _ => Err(format!(
+            "{text:?} is neither a fraction in [0, 1] nor a count"
+        )),
+    }
+}
+
+/// The input: a package (weights and the rest) or a plain state dict.
+enum Input {
+    Package(Box<Package>),
+    StateDict(StateDict),
+}
+
+fn read(path: &Path) -> Result<Input> {
+    let value = ckpt::load(path)?;
+    if Package::is_package(&value) {
+        return Ok(Input::Package(Box::new(Package::from_value(
+            &value,
+            path,
+            &Default::default(),
+        )?)));
+    }
+    Ok(Input::StateDict(StateDict::flatten(&value)?))
+}
+
+/// Weights to compress: `--layers` when given, else every `*.weight` of
+/// rank ≥ `min_rank` (Linear and Conv weights; not norms or biases).
+fn selector(layers: Option<&str>, min_rank: usize) -> Result<impl Fn(&str, &TensorData) -> bool> {
+    let pattern = layers.map(Regex::new).transpose().context("--layers")?;
+    Ok(move |name: &str, t: &TensorData| {
+        t.dtype().is_float()
+            && match &pattern {
+                Some(re) => re.is_match(name),
+                None => name.ends_with(".weight") && t.shape().len() >= min_rank,
+            }
+    })
+}
+
+/// Elements and non-zeros of the model's tensors (quantization scales
+/// are not parameters).
+fn counts(sd: &StateDict) -> (u64, u64) {
+    let rows: Vec<_> = prune::sparsity(sd)
+        .into_iter()
+        .filter(|r| !r.name.ends_with(quantize::SCALE_SUFFIX))
+        .collect();
+    (
+        rows.iter().map(|r| r.elements).sum(),
+        rows.iter().map(|r| r.elements - r.zeros).sum(),
+    )
+}
+
+fn report(
+    before: (&StateDict, &Path),
+    after: (&StateDict, &Path),
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut table = Table::new(
+        vec!["", "parameters", "non-zeros", "on disk"],
+        vec![false, true, true, true],
+    );
+    for (label, (sd, path)) in [("before", before), ("after", after)] {
+        let (n, nz) = counts(sd);
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        table.row(vec![
+            label.into(),
+            thousands(n),
+            thousands(nz),
+            human_bytes(size),
+        ]);
+    }
+    table.write(out)?;
+    Ok(())
+}
+
+/// What `ckpt prune` was asked.
+pub struct PruneOptions<'a> {
+    pub amount: Amount,
+    pub global: bool,
+    pub structured: Option<(usize, f64)>,
+    pub random: Option<u64>,
+    pub layers: Option<&'a str>,
+    pub reparametrize: bool,
+}
+
+pub fn prune(input: &Path, output: &Path, o: &PruneOptions, out: &mut dyn Write) -> Result<()> {
+    let source = read(input)?;
+    let sd = match &source {
+        Input::Package(p) => p.weights.clone(),
+        Input::StateDict(sd) => sd.clone(),
+    };
+    let select = selector(o.layers, 2)?;
+    let chosen: Vec<(&String, &TensorData)> = sd.iter().filter(|(n, t)| select(n, t)).collect();
+    if chosen.is_empty() {
+        bail!(
+            "{}: no tensor to prune (give --layers PATTERN)",
+            input.display()
+        );
+    }
+    let masks: Vec<(String, prune::Mask)> = if o.global {
+        let refs: Vec<(&str, &TensorData)> = chosen.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        let masks = prune::global_l1_unstructured(&refs, o.amount)?;
+        chosen
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .zip(masks)
+            .collect()
+    } else {
+        chosen
+            .iter()
+            .map(|(name, t)| {
+                let mask = match (o.structured, o.random) {
+                    (Some((dim, n)), _) => prune::ln_structured(t, o.amount, n, dim, name)?,
+                    (None, Some(seed)) => prune::random_unstructured(t, o.amount, seed)?,
+                    (None, None) => prune::l1_unstructured(t, o.amount, name)?,
+                };
+                Ok((name.to_string(), mask))
+            })
+            .collect::<Result<_>>()?
+    };
+    let pruned = prune::prune_state_dict(&sd, &masks, o.reparametrize)?;
+    match source {
+        Input::Package(_) if o.reparametrize => {
+            bail!("--reparametrize writes weight_orig/weight_mask, which a package's spec does not have: give a state dict")
+        }
+        Input::Package(mut p) => {
+            p.weights = pruned.clone();
+            p.save(output)?;
+        }
+        Input::StateDict(_) => ckpt::save(output, &pruned.clone().into())?,
+    }
+    writeln!(out, "{} -> {}", input.display(), output.display())?;
+    let mut table = Table::new(
+        vec!["tensor", "elements", "zeros", "sparsity"],
+        vec![false, true, true, true],
+    );
+    let permanent = prune::remove(&pruned)?;
+    for row in prune::sparsity(&permanent)
+        .into_iter()
+        .filter(|r| masks.iter().any(|(n, _)| *n == r.name))
+    {
+        let pct = 100.0 * row.zeros as f64 / row.elements.max(1) as f64;
+        table.row(vec![
+            row.name,
+            thousands(row.elements),
+            thousands(row.zeros),
+            format!("{pct:.1}%"),
+        ]);
+    }
+    table.write(out)?;
+    writeln!(out)?;
+    report((&sd, input), (&permanent, output), out)
+}
+
+pub fn quantize(
+    input: &Path,
+    output: &Path,
+    per_tensor: bool,
+    layers: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let source = read(input)?;
+    let sd = match &source {
+        Input::Package(p) => p.weights.clone(),
+        Input::StateDict(sd) => sd.clone(),
+    };
+    // By default the Linear weights: in a package, the spec says which;
+    // in a state dict, the `*.weight` tensors of rank 2.
+    let linear: Option<Vec<String>> = match &source {
+        Input::Package(p) => Some(
+            p.spec
+                .summary()?
+                .into_iter()
+                .filter(|r| matches!(r.kind, ckpt::LayerKind::Linear { .. }))
+                .map(|r| format!("{}.weight", r.name))
+                .collect(),
+        ),
+        Input::StateDict(_) => None,
+    };
+    let select = selector(layers, 2)?;
+    let chosen = |n: &str, t: &TensorData| match (&linear, layers) {
+        (Some(names), None) => names.iter().any(|l| l == n),
+        (None, None) => select(n, t) && t.shape().len() == 2,
+        (_, Some(_)) => select(n, t),
+    };
+    let granularity = if per_tensor {
+        Granularity::PerTensor
+    } else {
+        Granularity::PerChannel
+    };
+    let quantized = quantize::quantize_state_dict(&sd, granularity, chosen)?;
+    let restored = quantize::dequantize_state_dict(&quantized)?;
+    let mut worst = 0.0f64;
+    for (name, t) in sd.iter() {
+        if let Some(r) = restored.get(name) {
+            for (a, b) in t.values_f64().zip(r.values_f64()) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+    }
+    ckpt::save(output, &Value::from(quantized.clone()))?;
+    let count = quantized
+        .keys()
+        .filter(|k| k.ends_with(quantize::SCALE_SUFFIX))
+        .count();
+    writeln!(
+        out,
+        "{} -> {}: {count} tensors to int8 ({}), scales in NAME{}; largest rounding error {worst:.2e}",
+        input.display(),
+        output.display(),
+        if per_tensor { "per tensor" } else { "per output channel" },
+        quantize::SCALE_SUFFIX
+    )?;
+    if matches!(source, Input::Package(_)) {
+        writeln!(
+            out,
+            "  (written as a state dict: running quantized packages is not built yet)"
+        )?;
+    }
+    report((&sd, input), (&quantized, output), out)
+}
