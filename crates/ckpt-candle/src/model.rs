@@ -158,6 +158,9 @@ impl Model {
         state_dict: StateDict,
         device: &Device,
     ) -> Result<Model> {
+        // Check the weights against the spec before allocating anything the
+        // spec alone claims.
+        ckpt::match_state_dict(state_dict.clone(), &spec.expected(), &LoadRules::default())?;
         let model = Model::new(spec, device, 0)?;
         model.load_state_dict(state_dict, &LoadRules::default())?;
         Ok(model)

@@ -248,10 +248,37 @@ impl Fields<'_> {
     }
 }
 
+/// The largest size any field may hold (features, channels, kernel
+/// sizes, shapes): larger values are refused before any arithmetic.
+pub const MAX_SIZE: usize = 1 << 24;
+
+/// The most elements one sample or one parameter may have.
+const MAX_ELEMENTS: u128 = 1 << 40;
+
 fn as_usize(v: &Json, at: &str, key: &str) -> Result<usize> {
-    v.as_u64()
+    let n = v
+        .as_u64()
         .and_then(|n| usize::try_from(n).ok())
-        .ok_or_else(|| bad(at, format!("{key:?} is not a non-negative integer")))
+        .ok_or_else(|| bad(at, format!("{key:?} is not a non-negative integer")))?;
+    if n > MAX_SIZE {
+        return Err(bad(
+            at,
+            format!("{key:?} is {n}, more than the {MAX_SIZE} ckpt accepts"),
+        ));
+    }
+    Ok(n)
+}
+
+/// The product of sizes, refused past [`MAX_ELEMENTS`].
+fn elements(dims: &[usize], at: &str) -> Result<usize> {
+    let n = dims
+        .iter()
+        .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128))
+        .unwrap_or(u128::MAX);
+    if n > MAX_ELEMENTS {
+        return Err(bad(at, format!("{dims:?} holds more than 2^40 elements")));
+    }
+    Ok(n as usize)
 }
 
 const MAX_LAYERS: usize = 10_000;
@@ -300,7 +327,11 @@ impl ModelSpec {
             input_shape,
             layers,
         };
+        elements(&spec.input_shape, "input_shape")?;
         spec.output_shape()?;
+        for p in spec.parameters() {
+            elements(&p.shape, &p.name)?;
+        }
         Ok(spec)
     }
 
@@ -351,8 +382,12 @@ impl ModelSpec {
         self.parameters()
             .iter()
             .filter(|p| !p.buffer)
-            .map(|p| p.shape.iter().product::<usize>() as u64)
-            .sum()
+            .map(|p| {
+                p.shape
+                    .iter()
+                    .fold(1u64, |acc, &d| acc.saturating_mul(d as u64))
+            })
+            .fold(0u64, u64::saturating_add)
     }
 
     /// One row per layer (residual blocks, then their layers, with dotted
@@ -406,7 +441,11 @@ fn summarise(
             params: params
                 .iter()
                 .filter(|p| !p.buffer)
-                .map(|p| p.shape.iter().product::<usize>() as u64)
+                .map(|p| {
+                    p.shape
+                        .iter()
+                        .fold(1u64, |acc, &d| acc.saturating_mul(d as u64))
+                })
                 .sum(),
         });
         if let LayerKind::Residual { layers: inner } = &layer.kind {
@@ -814,7 +853,7 @@ pub(crate) fn layer_output(layer: &Layer, shape: &[usize], at: &str) -> Result<V
                 return Err(bad(at, "start_dim comes after end_dim"));
             }
             let mut out = shape[..s].to_vec();
-            out.push(shape[s..=e].iter().product());
+            out.push(elements(&shape[s..=e], at)?);
             out.extend_from_slice(&shape[e + 1..]);
             out
         }
