@@ -5,7 +5,7 @@
 //! batch dimension. Runs when `CKPT_PYTHON` names a Python with onnx and
 //! onnxruntime (`scripts/test` and CI arrange it).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 use ckpt::export::onnx::{export, OnnxOptions};
@@ -16,36 +16,13 @@ use serde_json::json;
 #[path = "../../../tests/interop/python.rs"]
 mod python;
 
-/// Every golden model in tests/fixtures/spec/, by name.
-fn cases() -> Vec<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/spec");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            e.unwrap()
-                .file_name()
-                .to_str()?
-                .strip_suffix(".pth")
-                .map(str::to_owned)
-        })
-        .collect();
-    names.sort();
-    assert!(names.len() >= 12, "{names:?}");
-    names
-}
+mod common;
+
+use common::{spec_cases, spec_fixture};
 
 fn fixture(name: &str) -> (ModelSpec, StateDict) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/spec")
-        .join(format!("{name}.pth"));
-    let f = ckpt::load(path).unwrap();
-    let Some(Value::Str(json)) = f.get("spec") else {
-        panic!()
-    };
-    (
-        ModelSpec::from_json(json).unwrap(),
-        StateDict::try_from(f.get("state_dict").unwrap()).unwrap(),
-    )
+    let (spec, weights, _) = spec_fixture(name);
+    (spec, weights)
 }
 
 /// A random batch for `spec` (ids below the vocabulary for embeddings).
@@ -103,7 +80,7 @@ fn every_layer_kind_runs_in_onnxruntime_as_in_ckpt() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = Rng::new(3);
     let mut manifest = Vec::new();
-    for case in cases() {
+    for case in spec_cases() {
         manifest.push(prepare(
             dir.path(),
             &case,

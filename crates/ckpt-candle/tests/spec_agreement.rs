@@ -2,47 +2,18 @@
 //! the same model built in torch (tests/fixtures/spec/, written by
 //! make_fixtures.py), gives torch's outputs within 1e-5.
 
-use std::path::PathBuf;
-
 use candle_core::Device;
-use ckpt::{ModelSpec, StateDict, Value};
 use ckpt_candle::{from_candle, to_candle, Model};
 
-/// Every golden model in tests/fixtures/spec/, by name.
-fn cases() -> Vec<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/spec");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            e.unwrap()
-                .file_name()
-                .to_str()?
-                .strip_suffix(".pth")
-                .map(str::to_owned)
-        })
-        .collect();
-    names.sort();
-    assert!(names.len() >= 12, "{names:?}");
-    names
-}
+mod common;
 
-fn fixture(name: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/spec")
-        .join(format!("{name}.pth"));
-    ckpt::load(path).unwrap()
-}
+use common::{spec_cases, spec_fixture};
 
 #[test]
 fn every_layer_kind_matches_torch() {
-    for case in cases() {
+    for case in spec_cases() {
         let case = case.as_str();
-        let f = fixture(case);
-        let Some(Value::Str(json)) = f.get("spec") else {
-            panic!("{case}: no spec")
-        };
-        let spec = ModelSpec::from_json(json).unwrap_or_else(|e| panic!("{case}: {e}"));
-        let sd = StateDict::try_from(f.get("state_dict").unwrap()).unwrap();
+        let (spec, sd, f) = spec_fixture(case);
         let model = Model::from_state_dict(spec, sd.clone(), &Device::Cpu)
             .unwrap_or_else(|e| panic!("{case}: {e}"));
         assert_eq!(
@@ -80,12 +51,8 @@ fn every_layer_kind_matches_torch() {
 
 #[test]
 fn a_state_dict_for_another_spec_is_refused_naming_the_keys() {
-    let f = fixture("residual");
-    let Some(Value::Str(json)) = f.get("spec") else {
-        panic!()
-    };
-    let spec = ModelSpec::from_json(json).unwrap();
-    let other = StateDict::try_from(fixture("linear").get("state_dict").unwrap()).unwrap();
+    let (spec, _, _) = spec_fixture("residual");
+    let (_, other, _) = spec_fixture("linear");
     let err = Model::from_state_dict(spec, other, &Device::Cpu)
         .err()
         .unwrap()
