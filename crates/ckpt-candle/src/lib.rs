@@ -50,6 +50,7 @@ mod model;
 mod optim;
 mod params;
 mod plateau;
+mod quantized;
 mod rng;
 mod scheduler;
 mod state;

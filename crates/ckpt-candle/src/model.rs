@@ -6,10 +6,12 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::init::Init;
 use candle_nn::Module;
+use ckpt::compress::quantize::{Activations, SCALE_SUFFIX};
 use ckpt::{
     LayerKind, LoadReport, LoadRules, ModelSpec, Package, PackageInfo, PackageOptions, StateDict,
 };
 
+use crate::quantized::QLinear;
 use crate::{Error, ParamStore, Result, Rng};
 
 /// A model built from a spec: its variables live in a [`ParamStore`]
@@ -37,6 +39,8 @@ pub struct Model {
 
 enum Built {
     Linear(candle_nn::Linear),
+    /// A Linear layer of a quantized package run with int8 arithmetic.
+    QLinear(QLinear),
     Conv2d {
         weight: Tensor,
         bias: Option<Tensor>,
@@ -122,11 +126,44 @@ impl Model {
         Model::from_package(Package::load(path, options)?, device)
     }
 
-    /// A runnable model from a package already loaded.
+    /// A runnable model from a package already loaded. A quantized
+    /// package runs as its record says: its int8 Linear layers with
+    /// dynamically quantized activations ([`Activations::Dynamic`]) or on
+    /// the dequantized weights ([`Activations::WeightOnly`]).
     pub fn from_package(package: Package, device: &Device) -> Result<Model> {
-        let mut model = Model::from_state_dict(package.spec, package.weights, device)?;
-        model.info = Some(package.info);
-        model.warnings = package.warnings;
+        let activations = package.quantization.as_ref().map(|q| q.activations);
+        Model::from_package_as(package, device, activations.unwrap_or_default())
+    }
+
+    /// [`Model::from_package`] choosing how a quantized package's Linear
+    /// layers compute (float packages ignore `activations`).
+    ///
+    /// The variables ([`Model::state_dict`], [`Model::store`]) hold the
+    /// dequantized weights (`int8 × scale`); in dynamic mode the Linear
+    /// layers also keep their int8 weights (a byte each) and compute with
+    /// them.
+    pub fn from_package_as(
+        package: Package,
+        device: &Device,
+        activations: Activations,
+    ) -> Result<Model> {
+        let quantized = package.weights.clone();
+        let record = package.quantization.clone();
+        let float = package.dequantize()?;
+        let mut model = Model::from_state_dict(float.spec, float.weights, device)?;
+        if let (Some(q), Activations::Dynamic) = (&record, activations) {
+            let layers = std::mem::take(&mut model.layers);
+            model.layers = to_int8(
+                layers,
+                &model.spec.layers,
+                "",
+                &q.tensors,
+                &quantized,
+                device,
+            )?;
+        }
+        model.info = Some(float.info);
+        model.warnings = float.warnings;
         Ok(model)
     }
 
@@ -202,6 +239,41 @@ impl Model {
     pub fn forward_train(&self, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         run(&self.layers, x, Some(rng))
     }
+}
+
+/// Replaces the Linear layers whose weights are quantized (`tensors`) by
+/// int8 ones.
+fn to_int8(
+    built: Vec<Built>,
+    layers: &[ckpt::Layer],
+    prefix: &str,
+    tensors: &[String],
+    weights: &StateDict,
+    device: &Device,
+) -> Result<Vec<Built>> {
+    built
+        .into_iter()
+        .zip(layers)
+        .map(|(b, layer)| {
+            let name = format!("{prefix}{}", layer.name);
+            let weight = format!("{name}.weight");
+            Ok(match (b, &layer.kind) {
+                (Built::Linear(l), _) if tensors.contains(&weight) => {
+                    let scale = format!("{weight}{SCALE_SUFFIX}");
+                    let (Some(w), Some(s)) = (weights.get(&weight), weights.get(&scale)) else {
+                        return Err(Error::InvalidArgument(format!(
+                            "{weight}: the quantized weight or its scale is missing"
+                        )));
+                    };
+                    Built::QLinear(QLinear::new(&name, w, s, l.bias().cloned(), device)?)
+                }
+                (Built::Residual(inner), LayerKind::Residual { layers }) => Built::Residual(
+                    to_int8(inner, layers, &format!("{name}."), tensors, weights, device)?,
+                ),
+                (b, _) => b,
+            })
+        })
+        .collect()
 }
 
 fn build_all(
@@ -432,6 +504,7 @@ fn apply(layer: &Built, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
     let rank = x.rank();
     Ok(match layer {
         Built::Linear(l) => l.forward(x)?,
+        Built::QLinear(l) => l.forward(x)?,
         Built::Conv2d {
             weight,
             bias,

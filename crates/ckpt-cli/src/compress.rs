@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use ckpt::compress::prune::{self, Amount};
-use ckpt::compress::quantize::{self, Granularity};
+use ckpt::compress::quantize::{self, Activations, Granularity};
 use ckpt::{Package, StateDict, TensorData, Value};
 use regex_lite::Regex;
 
@@ -72,8 +72,23 @@ fn counts(sd: &StateDict) -> (u64, u64) {
 fn report(
     before: (&StateDict, &Path),
     after: (&StateDict, &Path),
+    evaluate: bool,
     out: &mut dyn Write,
 ) -> Result<()> {
+    if evaluate {
+        // Both as packages, run: sizes, accuracy and time from `eval`.
+        let mut header = vec![""];
+        header.extend(crate::eval::HEADER);
+        let mut table = Table::new(header, vec![false, false, true, true, true, true]);
+        for (label, path) in [("before", before.1), ("after", after.1)] {
+            let (package, model) = crate::eval::load(path)?;
+            let mut cells = vec![label.to_string()];
+            cells.extend(crate::eval::row(path, &package, &model)?);
+            table.row(cells);
+        }
+        table.write(out)?;
+        return Ok(());
+    }
     let mut table = Table::new(
         vec!["", "parameters", "non-zeros", "on disk"],
         vec![false, true, true, true],
@@ -92,6 +107,17 @@ fn report(
     Ok(())
 }
 
+/// `--eval` needs packages on both sides.
+fn check_eval(evaluate: bool, source: &Input, input: &Path) -> Result<()> {
+    if evaluate && !matches!(source, Input::Package(_)) {
+        bail!(
+            "{}: --eval runs model packages (spec and weights); this is a plain state dict",
+            input.display()
+        );
+    }
+    Ok(())
+}
+
 /// What `ckpt prune` was asked.
 pub struct PruneOptions<'a> {
     pub amount: Amount,
@@ -100,11 +126,19 @@ pub struct PruneOptions<'a> {
     pub random: Option<u64>,
     pub layers: Option<&'a str>,
     pub reparametrize: bool,
+    pub evaluate: bool,
 }
 
 pub fn prune(input: &Path, output: &Path, o: &PruneOptions, out: &mut dyn Write) -> Result<()> {
     let source = read(input)?;
+    check_eval(o.evaluate, &source, input)?;
     let sd = match &source {
+        Input::Package(p) if p.quantization.is_some() => {
+            bail!(
+                "{}: the package is quantized; prune before quantizing (zeros stay zeros in int8)",
+                input.display()
+            )
+        }
         Input::Package(p) => p.weights.clone(),
         Input::StateDict(sd) => sd.clone(),
     };
@@ -168,18 +202,29 @@ pub fn prune(input: &Path, output: &Path, o: &PruneOptions, out: &mut dyn Write)
     }
     table.write(out)?;
     writeln!(out)?;
-    report((&sd, input), (&permanent, output), out)
+    report((&sd, input), (&permanent, output), o.evaluate, out)
+}
+
+/// What `ckpt quantize` was asked.
+pub struct QuantizeOptions<'a> {
+    pub granularity: Granularity,
+    pub activations: Activations,
+    pub layers: Option<&'a str>,
+    pub evaluate: bool,
 }
 
 pub fn quantize(
     input: &Path,
     output: &Path,
-    per_tensor: bool,
-    layers: Option<&str>,
+    o: &QuantizeOptions,
     out: &mut dyn Write,
 ) -> Result<()> {
     let source = read(input)?;
+    check_eval(o.evaluate, &source, input)?;
     let sd = match &source {
+        Input::Package(p) if p.quantization.is_some() => {
+            bail!("{}: the package is already quantized", input.display())
+        }
         Input::Package(p) => p.weights.clone(),
         Input::StateDict(sd) => sd.clone(),
     };
@@ -196,18 +241,24 @@ pub fn quantize(
         ),
         Input::StateDict(_) => None,
     };
-    let select = selector(layers, 2)?;
-    let chosen = |n: &str, t: &TensorData| match (&linear, layers) {
+    let select = selector(o.layers, 2)?;
+    let chosen = |n: &str, t: &TensorData| match (&linear, o.layers) {
         (Some(names), None) => names.iter().any(|l| l == n),
         (None, None) => select(n, t) && t.shape().len() == 2,
         (_, Some(_)) => select(n, t),
     };
-    let granularity = if per_tensor {
-        Granularity::PerTensor
-    } else {
-        Granularity::PerChannel
+    let quantized = match &source {
+        Input::Package(p) => {
+            let q = p.quantize(o.granularity, o.activations, chosen)?;
+            q.save(output)?;
+            q.weights
+        }
+        Input::StateDict(_) => {
+            let q = quantize::quantize_state_dict(&sd, o.granularity, chosen)?;
+            ckpt::save(output, &Value::from(q.clone()))?;
+            q
+        }
     };
-    let quantized = quantize::quantize_state_dict(&sd, granularity, chosen)?;
     let restored = quantize::dequantize_state_dict(&quantized)?;
     let mut worst = 0.0f64;
     for (name, t) in sd.iter() {
@@ -217,7 +268,6 @@ pub fn quantize(
             }
         }
     }
-    ckpt::save(output, &Value::from(quantized.clone()))?;
     let count = quantized
         .keys()
         .filter(|k| k.ends_with(quantize::SCALE_SUFFIX))
@@ -227,14 +277,18 @@ pub fn quantize(
         "{} -> {}: {count} tensors to int8 ({}), scales in NAME{}; largest rounding error {worst:.2e}",
         input.display(),
         output.display(),
-        if per_tensor { "per tensor" } else { "per output channel" },
+        o.granularity.name().replace('_', " "),
         quantize::SCALE_SUFFIX
     )?;
     if matches!(source, Input::Package(_)) {
         writeln!(
             out,
-            "  (written as a state dict: running quantized packages is not built yet)"
+            "  a quantized package (format 2): Linear layers run {}",
+            match o.activations {
+                Activations::Dynamic => "int8 with activations quantized per batch (dynamic)",
+                Activations::WeightOnly => "on the dequantized weights (weight-only)",
+            }
         )?;
     }
-    report((&sd, input), (&quantized, output), out)
+    report((&sd, input), (&quantized, output), o.evaluate, out)
 }

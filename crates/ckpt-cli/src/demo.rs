@@ -50,13 +50,13 @@ pub struct Options {
 }
 
 /// Samples as a `[n, 64]` float tensor (pixels / 16) and `[n]` labels.
-struct Split {
-    x: Tensor,
-    y: Tensor,
+pub struct Split {
+    pub x: Tensor,
+    pub y: Tensor,
 }
 
 impl Split {
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.x.dims()[0]
     }
 }
@@ -87,7 +87,7 @@ fn gunzip(gz: &[u8]) -> Result<Vec<u8>> {
 }
 
 /// Train, validation and test splits, the same for every seed.
-fn digits() -> Result<(Split, Split, Split)> {
+pub fn digits() -> Result<(Split, Split, Split)> {
     let text = String::from_utf8(gunzip(DIGITS)?)?;
     let mut rows: Vec<(Vec<f32>, u32)> = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
@@ -122,7 +122,7 @@ fn digits() -> Result<(Split, Split, Split)> {
 }
 
 /// Loss and accuracy of `model` (inference mode) on a split.
-fn evaluate(model: &Model, split: &Split) -> Result<(f64, f64)> {
+pub fn evaluate(model: &Model, split: &Split) -> Result<(f64, f64)> {
     let logits = model.forward(&split.x)?;
     let loss = candle_nn::loss::cross_entropy(&logits, &split.y)?.to_scalar::<f32>()?;
     let predicted = logits.argmax(1)?;

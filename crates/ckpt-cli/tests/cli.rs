@@ -803,7 +803,7 @@ fn bad_packages_are_clear_errors() {
     run_it(&unknown, "unknown layer type \"Mish\"");
     run_it(
         &newer,
-        "package format 99 is newer than this ckpt reads (1)",
+        "package format 99 is newer than this ckpt reads (2)",
     );
     expect_error(&["inspect", &unknown], "unknown layer type \"Mish\"");
 }

@@ -427,6 +427,20 @@ pub enum Error {
     #[error("pruning: {0}")]
     BadPruning(String),
 
+    /// A `.ckptz` file's tensor data (or its index, for an empty tensor
+    /// name) is damaged.
+    #[error("{}: tensor {tensor:?} at byte {offset}: {problem}", path.display())]
+    BadCompressed {
+        /// The file.
+        path: PathBuf,
+        /// The tensor (empty for the file's own structure).
+        tensor: String,
+        /// Where its data starts.
+        offset: u64,
+        /// What is wrong.
+        problem: String,
+    },
+
     /// A quantization request that cannot be carried out.
     #[error("quantization: {0}")]
     BadQuantization(String),

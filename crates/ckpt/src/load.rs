@@ -102,6 +102,7 @@ pub(crate) fn read_buffer(
         Format::Safetensors => format::safetensors::read(buffer, path),
         Format::PyTorch => format::pytorch::read(buffer, path),
         Format::Npy | Format::Npz => format::numpy::read(format, buffer, path),
+        Format::Compressed => format::compressed::read(buffer, path),
         // Shards are found beside the index (for bytes, beside `path`).
         Format::ShardedIndex => format::sharded::read(buffer.as_slice(), path, options),
     }

@@ -12,19 +12,28 @@
 //!  "model_state_dict": {...},
 //!  "optimizer_state_dict": {...}}      (training packages only)
 //! ```
+//!
+//! A quantized package (format 2) also records `ckpt_package.quantization`
+//! ([`Quantization`]); its quantized weights are `int8` with a `NAME_scale`
+//! beside each.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use indexmap::IndexMap;
 
+use crate::compress::quantize::{self, Activations, Granularity, Quantization};
 use crate::{
-    match_state_dict, Dict, Error, Key, KeyRule, LoadRules, ModelSpec, Result, SaveOptions,
-    StateDict, TensorData, Value,
+    match_state_dict, Dict, Error, Expected, Key, KeyRule, LoadRules, ModelSpec, Result,
+    SaveOptions, StateDict, TensorData, Value,
 };
 
-/// The package layout this library writes and reads.
-pub const PACKAGE_FORMAT: i64 = 1;
+/// The newest package layout this library reads: 1 for float packages,
+/// 2 for quantized ones (which older readers refuse by their version).
+pub const PACKAGE_FORMAT: i64 = 2;
+
+/// The layout version a package of plain float weights is written with.
+const FLOAT_FORMAT: i64 = 1;
 
 const ROOT: &str = "ckpt_package";
 
@@ -58,7 +67,7 @@ impl PackageInfo {
     /// Metadata for a new package of `spec` at version `model_version`.
     pub fn new(spec: &ModelSpec, model_version: &str) -> PackageInfo {
         PackageInfo {
-            format_version: PACKAGE_FORMAT,
+            format_version: FLOAT_FORMAT,
             model_version: model_version.to_owned(),
             architecture: spec.name.clone(),
             created: now_rfc3339(),
@@ -85,6 +94,8 @@ pub struct Package {
     pub info: PackageInfo,
     /// The optimizer state, in a training package.
     pub optimizer: Option<Value>,
+    /// How the weights are quantized, in a quantized package.
+    pub quantization: Option<Quantization>,
     /// What loading had to say (another model version, say); libraries do
     /// not print, so the caller shows these.
     pub warnings: Vec<String>,
@@ -228,7 +239,83 @@ impl Package {
             weights,
             info,
             optimizer: None,
+            quantization: None,
             warnings: Vec::new(),
+        })
+    }
+
+    /// What the weights must be: the spec's parameters, with the quantized
+    /// ones as `int8` followed by their scales.
+    pub fn expected(&self) -> Result<Vec<Expected>> {
+        expected(&self.spec, self.quantization.as_ref())
+    }
+
+    /// The package with the weights `select` picks quantized to int8
+    /// (see [`crate::compress::quantize`]); already quantized packages are
+    /// refused. The result is package format 2.
+    ///
+    /// ```
+    /// use ckpt::compress::quantize::{Activations, Granularity};
+    /// let spec = ckpt::ModelSpec::from_json(r#"{"name": "lin", "input_shape": [2], "layers": [
+    ///     {"name": "fc", "type": "Linear", "in_features": 2, "out_features": 1}]}"#).unwrap();
+    /// let mut w = ckpt::StateDict::new();
+    /// // Values on the int8 grid come back exactly.
+    /// w.insert("fc.weight".into(), ckpt::TensorData::from_f32(&[1, 2], &[12.7, -6.4]).unwrap());
+    /// w.insert("fc.bias".into(), ckpt::TensorData::from_f32(&[1], &[0.5]).unwrap());
+    /// let info = ckpt::PackageInfo::new(&spec, "1.0.0");
+    /// let package = ckpt::Package::new(spec, w, info).unwrap();
+    /// let q = package
+    ///     .quantize(Granularity::PerChannel, Activations::Dynamic, |name, _| name == "fc.weight")
+    ///     .unwrap();
+    /// assert_eq!(q.weights.keys().collect::<Vec<_>>(), ["fc.weight", "fc.weight_scale", "fc.bias"]);
+    /// assert_eq!(q.dequantize().unwrap().weights["fc.weight"].values_f64().collect::<Vec<_>>(), [12.7f32 as f64, -6.4f32 as f64]);
+    /// ```
+    pub fn quantize(
+        &self,
+        granularity: Granularity,
+        activations: Activations,
+        select: impl Fn(&str, &TensorData) -> bool,
+    ) -> Result<Package> {
+        if self.quantization.is_some() {
+            return Err(Error::BadQuantization(
+                "the package is already quantized".into(),
+            ));
+        }
+        let tensors: Vec<String> = self
+            .weights
+            .iter()
+            .filter(|(n, t)| t.dtype().is_float() && select(n, t))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let weights = quantize::quantize_state_dict(&self.weights, granularity, |n, _| {
+            tensors.iter().any(|t| t == n)
+        })?;
+        let mut info = self.info.clone();
+        info.format_version = PACKAGE_FORMAT;
+        Ok(Package {
+            weights,
+            info,
+            quantization: Some(Quantization {
+                granularity,
+                activations,
+                tensors,
+            }),
+            ..self.clone()
+        })
+    }
+
+    /// The package with float weights again (`int8 × scale`), format 1.
+    pub fn dequantize(&self) -> Result<Package> {
+        if self.quantization.is_none() {
+            return Ok(self.clone());
+        }
+        let mut info = self.info.clone();
+        info.format_version = FLOAT_FORMAT;
+        Ok(Package {
+            weights: quantize::dequantize_state_dict(&self.weights)?,
+            info,
+            quantization: None,
+            ..self.clone()
         })
     }
 
@@ -271,6 +358,9 @@ impl Package {
             ),
         );
         meta.insert("migrations".into(), strs(&i.migrations));
+        if let Some(q) = &self.quantization {
+            meta.insert("quantization".into(), q.to_value());
+        }
         let mut d = Dict::new();
         d.insert(ROOT.into(), Value::Dict(meta));
         d.insert("spec".into(), Value::Str(self.spec.to_json().to_string()));
@@ -381,6 +471,10 @@ impl Package {
             user,
             migrations: strings("migrations")?,
         };
+        let mut quantization = get("quantization")
+            .map(Quantization::from_value)
+            .transpose()
+            .map_err(|e| bad(path, e.to_string()))?;
         let mut weights = match value.get("model_state_dict") {
             Some(v) => {
                 StateDict::try_from(v).map_err(|e| bad(path, format!("model_state_dict: {e}")))?
@@ -394,7 +488,7 @@ impl Package {
                     Some(chain) => {
                         for i in chain {
                             let (from, to, steps) = &options.migrations.edges[i];
-                            (weights, spec) = migrate(weights, spec, steps)
+                            (weights, spec) = migrate(weights, spec, quantization.as_mut(), steps)
                                 .map_err(|e| bad(path, format!("migration {from} -> {to}: {e}")))?;
                             info.migrations.push(format!("{from} -> {to}"));
                         }
@@ -414,15 +508,15 @@ impl Package {
                 }
             }
         }
-        let matched =
-            match_state_dict(weights, &spec.expected(), &LoadRules::default().cast(false))
-                .map_err(|e| {
-                    bad(
-                        path,
-                        format!("the weights do not fit the package's spec: {e}"),
-                    )
-                })?;
-        let expected = spec.expected();
+        let expected =
+            expected(&spec, quantization.as_ref()).map_err(|e| bad(path, e.to_string()))?;
+        let matched = match_state_dict(weights, &expected, &LoadRules::default().cast(false))
+            .map_err(|e| {
+                bad(
+                    path,
+                    format!("the weights do not fit the package's spec: {e}"),
+                )
+            })?;
         let weights = matched
             .tensors
             .into_iter()
@@ -433,14 +527,24 @@ impl Package {
             weights,
             info,
             optimizer: value.get("optimizer_state_dict").cloned(),
+            quantization,
             warnings,
         })
     }
 }
 
+fn expected(spec: &ModelSpec, quantization: Option<&Quantization>) -> Result<Vec<Expected>> {
+    match quantization {
+        Some(q) => q.expected(&spec.expected()),
+        None => Ok(spec.expected()),
+    }
+}
+
+/// Runs migration steps; renames apply to the quantized tensors' names too.
 fn migrate(
     weights: StateDict,
     spec: ModelSpec,
+    mut quantization: Option<&mut Quantization>,
     steps: &[MigrationStep],
 ) -> Result<(StateDict, ModelSpec)> {
     let (mut weights, mut spec) = (weights, spec);
@@ -451,6 +555,11 @@ fn migrate(
                 weights
             }
             MigrationStep::Rename(rule) => {
+                if let Some(q) = quantization.as_deref_mut() {
+                    for t in &mut q.tensors {
+                        *t = rule.apply(t);
+                    }
+                }
                 let mut out = StateDict::new();
                 for (name, t) in weights {
                     let renamed = rule.apply(&name);
@@ -621,5 +730,48 @@ mod tests {
             err.to_string().contains("do not fit the package's spec"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn quantized_packages_round_trip_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let package =
+            Package::new(spec(), weights("head"), PackageInfo::new(&spec(), "1.0.0")).unwrap();
+        let q = package
+            .quantize(Granularity::PerTensor, Activations::WeightOnly, |n, _| {
+                n == "head.weight"
+            })
+            .unwrap();
+        assert_eq!(q.info.format_version, 2);
+        assert_eq!(q.weights["head.weight_scale"].shape(), [0usize; 0]);
+        assert!(q
+            .quantize(Granularity::PerTensor, Activations::Dynamic, |_, _| true)
+            .is_err());
+        for ext in ["safetensors", "pth"] {
+            let path = dir.path().join(format!("q.{ext}"));
+            q.save(&path).unwrap();
+            let back = Package::load(&path, &PackageOptions::default()).unwrap();
+            assert_eq!(back, q, "{ext}");
+        }
+        let back = q.dequantize().unwrap();
+        assert_eq!(back.info.format_version, 1);
+        assert!(back.quantization.is_none());
+        // A quantized weight without its scale, or a scale of the wrong
+        // shape, does not fit.
+        let path = dir.path().join("broken.safetensors");
+        let mut broken = q.clone();
+        broken.weights.shift_remove("head.weight_scale");
+        broken.save(&path).unwrap();
+        let err = Package::load(&path, &PackageOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("head.weight_scale"), "{err}");
+        let mut broken = q.clone();
+        broken.quantization.as_mut().unwrap().granularity = Granularity::PerChannel;
+        broken.save(&path).unwrap();
+        assert!(Package::load(&path, &PackageOptions::default()).is_err());
+        let mut broken = q.clone();
+        broken.quantization.as_mut().unwrap().tensors = vec!["nothing".into()];
+        broken.save(&path).unwrap();
+        let err = Package::load(&path, &PackageOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("nothing is not a weight"), "{err}");
     }
 }

@@ -112,6 +112,7 @@ pub(crate) fn plan(
         Format::Safetensors => Box::new(format::safetensors::Plan::new(value, &options.metadata)?),
         Format::PyTorch => Box::new(format::pytorch::Plan::new(value, path)?),
         Format::Npy | Format::Npz => Box::new(format::numpy::Plan::new(format, value, path)?),
+        Format::Compressed => Box::new(format::compressed::Plan::new(value, &options.metadata)?),
         Format::ShardedIndex => {
             return Err(crate::Error::UnknownExtension {
                 path: path.to_owned(),

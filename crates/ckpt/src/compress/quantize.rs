@@ -6,8 +6,12 @@
 //! `fc1.weight_scale`, `float32` of shape `[out]` (per channel) or `[]`
 //! (per tensor). The float weight is `int8 × scale` (zero point 0);
 //! values round half to even and clamp to −127…127.
+//!
+//! A quantized model package records which tensors are quantized, how,
+//! and how its Linear layers compute ([`Quantization`], under
+//! `ckpt_package.quantization`).
 
-use crate::{DType, Error, Result, StateDict, TensorData};
+use crate::{DType, Dict, Error, Expected, Key, Result, StateDict, TensorData, Value};
 
 /// The suffix of a quantized weight's scale tensor.
 pub const SCALE_SUFFIX: &str = "_scale";
@@ -20,6 +24,165 @@ pub enum Granularity {
     PerChannel,
     /// One scale for the whole tensor.
     PerTensor,
+}
+
+impl Granularity {
+    /// Its name in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Granularity::PerChannel => "per_channel",
+            Granularity::PerTensor => "per_tensor",
+        }
+    }
+}
+
+/// How a quantized model's Linear layers compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// Int8 weights times activations quantized per call to uint8 (affine,
+    /// range from the batch's own minimum and maximum, zero included), the
+    /// products summed as integers and scaled back: PyTorch's dynamic
+    /// quantization and ONNX's `DynamicQuantizeLinear` + `MatMulInteger`.
+    #[default]
+    Dynamic,
+    /// Weights dequantized to float, float activations.
+    WeightOnly,
+}
+
+impl Activations {
+    /// Its name in files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activations::Dynamic => "dynamic",
+            Activations::WeightOnly => "weight_only",
+        }
+    }
+}
+
+/// What a quantized package records: which tensors are int8 (each with
+/// its `NAME_scale`), with what granularity, and how Linear layers compute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quantization {
+    /// Per channel or per tensor.
+    pub granularity: Granularity,
+    /// How Linear layers compute.
+    pub activations: Activations,
+    /// The quantized tensors, in state-dict order.
+    pub tensors: Vec<String>,
+}
+
+impl Quantization {
+    /// What a state dict quantized this way holds, given what the float
+    /// model holds: each quantized tensor as `int8`, its scale after it.
+    pub fn expected(&self, float: &[Expected]) -> Result<Vec<Expected>> {
+        for name in &self.tensors {
+            match float.iter().find(|e| e.name == *name) {
+                Some(e) if e.dtype.is_float() => {}
+                Some(e) => {
+                    return Err(Error::BadQuantization(format!(
+                        "{name} is {}, not a float weight",
+                        e.dtype
+                    )))
+                }
+                None => {
+                    return Err(Error::BadQuantization(format!(
+                        "{name} is not a weight of the model"
+                    )))
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(float.len() + self.tensors.len());
+        for e in float {
+            if self.tensors.contains(&e.name) {
+                out.push(Expected {
+                    name: e.name.clone(),
+                    dtype: DType::I8,
+                    shape: e.shape.clone(),
+                });
+                out.push(Expected {
+                    name: format!("{}{SCALE_SUFFIX}", e.name),
+                    dtype: DType::F32,
+                    shape: scale_shape(self.granularity, &e.shape),
+                });
+            } else {
+                out.push(e.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// As a value tree: `{"scheme": "int8_symmetric", "granularity",
+    /// "activations", "tensors"}`.
+    pub fn to_value(&self) -> Value {
+        let mut d = Dict::new();
+        d.insert("scheme".into(), Value::Str("int8_symmetric".into()));
+        d.insert(
+            "granularity".into(),
+            Value::Str(self.granularity.name().into()),
+        );
+        d.insert(
+            "activations".into(),
+            Value::Str(self.activations.name().into()),
+        );
+        d.insert(
+            "tensors".into(),
+            Value::List(self.tensors.iter().cloned().map(Value::Str).collect()),
+        );
+        Value::Dict(d)
+    }
+
+    /// Reads [`Quantization::to_value`]'s form; the error says which entry
+    /// is wrong.
+    pub fn from_value(value: &Value) -> Result<Quantization> {
+        let bad = |what: &str| Error::BadQuantization(format!("quantization record: {what}"));
+        let Value::Dict(d) = value else {
+            return Err(bad("not a dict"));
+        };
+        let text = |k: &str| match d.get(&Key::from(k)) {
+            Some(Value::Str(s)) => Ok(s.as_str()),
+            _ => Err(bad(&format!("{k} is missing or not a string"))),
+        };
+        if text("scheme")? != "int8_symmetric" {
+            return Err(bad(&format!(
+                "scheme {:?} is not int8_symmetric",
+                text("scheme")?
+            )));
+        }
+        let granularity = match text("granularity")? {
+            "per_channel" => Granularity::PerChannel,
+            "per_tensor" => Granularity::PerTensor,
+            other => return Err(bad(&format!("unknown granularity {other:?}"))),
+        };
+        let activations = match text("activations")? {
+            "dynamic" => Activations::Dynamic,
+            "weight_only" => Activations::WeightOnly,
+            other => return Err(bad(&format!("unknown activations {other:?}"))),
+        };
+        let tensors = match d.get(&Key::from("tensors")) {
+            Some(Value::List(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Str(s) => Ok(s.clone()),
+                    _ => Err(bad("tensors holds a non-string")),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            _ => return Err(bad("tensors is missing or not a list")),
+        };
+        Ok(Quantization {
+            granularity,
+            activations,
+            tensors,
+        })
+    }
+}
+
+/// The shape of the scales of a tensor of `shape`: `[shape[0]]` per
+/// channel, `[]` per tensor (and for tensors with no channels).
+pub fn scale_shape(granularity: Granularity, shape: &[usize]) -> Vec<usize> {
+    match (granularity, shape.first()) {
+        (Granularity::PerChannel, Some(&out)) if out > 0 => vec![out],
+        _ => vec![],
+    }
 }
 
 /// Quantizes a float tensor; returns the `int8` values and the scales.
@@ -52,10 +215,8 @@ pub fn quantize(
             "{name} holds NaN or infinite values"
         )));
     }
-    let (groups, scale_shape): (usize, Vec<usize>) = match (granularity, t.shape().first()) {
-        (Granularity::PerChannel, Some(&out)) if out > 0 => (out, vec![out]),
-        _ => (1, vec![]),
-    };
+    let scale_shape = scale_shape(granularity, t.shape());
+    let groups = scale_shape.first().copied().unwrap_or(1);
     let per = v.len() / groups.max(1);
     let scales: Vec<f32> = (0..groups)
         .map(|g| {

@@ -4,6 +4,7 @@
 //! The format is chosen by extension and confirmed by the first bytes; a
 //! file whose contents are plainly another format is refused naming both.
 
+pub mod compressed;
 pub mod numpy;
 pub mod pytorch;
 pub mod safetensors;
@@ -41,6 +42,9 @@ pub enum Format {
     /// A Hugging Face sharded checkpoint's index
     /// (`model.safetensors.index.json`, `pytorch_model.bin.index.json`).
     ShardedIndex,
+    /// ckpt's compressed format (`.ckptz`): safetensors' contents, each
+    /// tensor compressed ([`compressed`]).
+    Compressed,
 }
 
 /// What a file's first bytes show, for confirming an extension.
@@ -50,6 +54,7 @@ enum Content {
     Npy,
     Pickle,
     Safetensors,
+    Compressed,
     Other,
 }
 
@@ -62,6 +67,8 @@ impl Content {
             && head.get(8) == Some(&b'{')
         {
             Content::Safetensors
+        } else if head.starts_with(&compressed::MAGIC[..5]) {
+            Content::Compressed
         } else if head.starts_with(b"PK\x03\x04") {
             Content::Zip
         } else if head.starts_with(b"\x93NUMPY") {
@@ -79,6 +86,7 @@ impl Content {
             Content::Npy => "a NumPy .npy array",
             Content::Pickle => "a legacy PyTorch file",
             Content::Safetensors => "a safetensors file",
+            Content::Compressed => "a ckpt compressed file",
             Content::Other => "not recognised",
         }
     }
@@ -87,7 +95,7 @@ impl Content {
 impl Format {
     /// The extensions ckpt recognises, for messages.
     pub const EXTENSIONS: &'static str =
-        ".safetensors, .pth/.pt/.bin/.ckpt, .npy, .npz, .index.json";
+        ".safetensors, .pth/.pt/.bin/.ckpt, .npy, .npz, .index.json, .ckptz";
 
     /// The format a path's extension names (case-insensitive).
     ///
@@ -115,6 +123,7 @@ impl Format {
             Some("pth" | "pt" | "bin" | "ckpt") => Ok(Format::PyTorch),
             Some("npy") => Ok(Format::Npy),
             Some("npz") => Ok(Format::Npz),
+            Some("ckptz") => Ok(Format::Compressed),
             _ => Err(Error::UnknownExtension {
                 path: path.to_owned(),
             }),
@@ -130,6 +139,7 @@ impl Format {
             Format::Npy => "npy",
             Format::Npz => "npz",
             Format::ShardedIndex => "sharded",
+            Format::Compressed => "ckptz",
         }
     }
 
@@ -142,6 +152,7 @@ impl Format {
             Format::Npy => "npy",
             Format::Npz => "npz",
             Format::ShardedIndex => "safetensors.index.json",
+            Format::Compressed => "ckptz",
         }
     }
 
@@ -157,6 +168,7 @@ impl Format {
             Format::Npy => found == Content::Npy,
             Format::Npz => found == Content::Zip,
             Format::ShardedIndex => head.first() == Some(&b'{'),
+            Format::Compressed => found == Content::Compressed,
         };
         // An empty or tiny file is left to the parser, which says "truncated".
         if fits || head.len() < 8 {
@@ -179,6 +191,7 @@ impl fmt::Display for Format {
             Format::Npy => "NumPy .npy",
             Format::Npz => "NumPy .npz",
             Format::ShardedIndex => "sharded checkpoint",
+            Format::Compressed => "ckpt compressed",
         })
     }
 }

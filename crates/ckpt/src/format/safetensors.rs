@@ -264,21 +264,42 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         let tensor = TensorData::shared(entry.dtype, entry.shape, buffer.clone(), entry.range)?;
         tensors.insert(entry.name, tensor);
     }
-    let value = match metadata.shift_remove(TREE_KEY) {
-        Some(tree) => {
-            let json: Json = serde_json::from_str(&tree).map_err(|source| Error::HeaderJson {
-                path: path.to_owned(),
-                source,
-            })?;
-            crate::tree::decode(&json, tensors, path)?
-        }
-        None => Value::from(tensors.into_iter().collect::<StateDict>()),
-    };
+    let value = rebuild(tensors, &mut metadata, path)?;
     Ok(Loaded {
         format: Format::Safetensors,
         value,
         metadata,
     })
+}
+
+/// The checkpoint a file's tensors and metadata stand for: the tree in
+/// the metadata (taken out of it), or else a flat state dict.
+pub(crate) fn rebuild(
+    tensors: IndexMap<String, TensorData>,
+    metadata: &mut IndexMap<String, String>,
+    path: &Path,
+) -> Result<Value> {
+    match metadata.shift_remove(TREE_KEY) {
+        Some(tree) => {
+            let json: Json = serde_json::from_str(&tree).map_err(|source| Error::HeaderJson {
+                path: path.to_owned(),
+                source,
+            })?;
+            crate::tree::decode(&json, tensors, path)
+        }
+        None => Ok(Value::from(tensors.into_iter().collect::<StateDict>())),
+    }
+}
+
+/// The tensors of `value` by their flattened names, and its tree as JSON
+/// text unless it is a plain state dict.
+pub(crate) fn flatten(value: &Value) -> Result<(Option<String>, StateDict)> {
+    if is_plain_state_dict(value) {
+        Ok((None, StateDict::flatten(value)?))
+    } else {
+        let (json, tensors) = crate::tree::encode(value)?;
+        Ok((Some(json.to_string()), tensors))
+    }
 }
 
 /// A safetensors file ready to be written: the header bytes and the tensors
@@ -296,12 +317,7 @@ impl Plan {
         if let Some(key) = metadata.keys().find(|k| k.starts_with(RESERVED_PREFIX)) {
             return Err(Error::ReservedMetadataKey { key: key.clone() });
         }
-        let (tree, tensors) = if is_plain_state_dict(value) {
-            (None, StateDict::flatten(value)?)
-        } else {
-            let (json, tensors) = crate::tree::encode(value)?;
-            (Some(json.to_string()), tensors)
-        };
+        let (tree, tensors) = flatten(value)?;
 
         // Widest dtype first keeps every tensor aligned to its element size.
         let mut order: Vec<(&String, &TensorData)> = tensors.iter().collect();

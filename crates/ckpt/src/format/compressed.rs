@@ -1,0 +1,634 @@
+//! ckpt's compressed format (`.ckptz`): what a `.safetensors` file holds
+//! (a state dict, or any checkpoint through the ckpt tree), with each
+//! tensor compressed on its own by the codec that suits it. Only ckpt reads
+//! it; `ckpt convert` turns it back into safetensors for other readers.
+//!
+//! ```text
+//! bytes 0..8    b"CKPTZ\0\0\x01"  magic and layout version 1
+//! bytes 8..16   u64 LE: the index's length I
+//! 16..16+I      the index, zlib: {"metadata": {str: str},
+//!                  "tensors": [{"name", "dtype", "shape", "codec", "length"}]}
+//! then          each tensor's blob, back to back in index order
+//! ```
+//!
+//! Every blob is a zlib stream (Adler-32 checked on read) of:
+//!
+//! - `zlib`: the tensor's bytes;
+//! - `planes`: byte 0 of every element, then byte 1, ... (floats: the
+//!   exponent bytes group together);
+//! - `sparse`: a bitmap of the non-zero elements (bit `i % 8` of byte
+//!   `i / 8`), then the non-zero elements as planes: pruned and quantized
+//!   weights.
+//!
+//! The writer tries each codec on a sample of the tensor (its first 64 Ki
+//! elements) and compresses the whole tensor with the smallest.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde_json::{json, Value as Json};
+
+use super::safetensors::{flatten, rebuild, MAX_HEADER_LEN, RESERVED_PREFIX};
+use crate::tensor::Buffer;
+use crate::{byte_len, DType, Error, Format, Loaded, Result, TensorData, Value};
+
+/// The first bytes of every `.ckptz` file.
+pub const MAGIC: [u8; 8] = *b"CKPTZ\0\0\x01";
+
+/// Deflate cannot expand data more than 1032 times; a blob claiming more
+/// is refused before anything is allocated.
+const MAX_RATIO: u64 = 1032;
+
+/// The elements each codec is tried on.
+const SAMPLE: usize = 64 << 10;
+
+/// The zlib level (miniz: 1 fastest … 9 smallest).
+const LEVEL: u8 = 6;
+
+/// How one tensor's blob is coded (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// The bytes, zlib.
+    Zlib,
+    /// Byte planes, zlib.
+    Planes,
+    /// A bitmap of non-zero elements and their byte planes, zlib.
+    Sparse,
+}
+
+impl Codec {
+    fn name(self) -> &'static str {
+        match self {
+            Codec::Zlib => "zlib",
+            Codec::Planes => "planes",
+            Codec::Sparse => "sparse",
+        }
+    }
+}
+
+/// One tensor's line in the index.
+struct IndexEntry {
+    name: String,
+    dtype: String,
+    shape: Vec<usize>,
+    codec: Codec,
+    length: u64,
+}
+
+fn corrupt(path: &Path, tensor: &str, offset: u64, problem: impl Into<String>) -> Error {
+    Error::BadCompressed {
+        path: path.to_owned(),
+        tensor: tensor.to_owned(),
+        offset,
+        problem: problem.into(),
+    }
+}
+
+/// Element `i`'s bytes spread into planes: `out[b * n + i] = bytes[i * size + b]`.
+fn to_planes(bytes: &[u8], size: usize) -> Vec<u8> {
+    let n = bytes.len() / size;
+    let mut out = vec![0u8; bytes.len()];
+    for (i, element) in bytes.chunks_exact(size).enumerate() {
+        for (b, &byte) in element.iter().enumerate() {
+            out[b * n + i] = byte;
+        }
+    }
+    out
+}
+
+/// Elements back from planes (the inverse of [`to_planes`]).
+fn from_planes(planes: &[u8], size: usize, out: &mut [u8]) {
+    let n = planes.len() / size;
+    for (i, element) in out.chunks_exact_mut(size).enumerate().take(n) {
+        for (b, byte) in element.iter_mut().enumerate() {
+            *byte = planes[b * n + i];
+        }
+    }
+}
+
+/// The uncompressed form of `bytes` under `codec`.
+fn encode(codec: Codec, bytes: &[u8], size: usize) -> Vec<u8> {
+    match codec {
+        Codec::Zlib => bytes.to_vec(),
+        Codec::Planes => to_planes(bytes, size),
+        Codec::Sparse => {
+            let n = bytes.len() / size;
+            let mut out = vec![0u8; n.div_ceil(8)];
+            let mut values = Vec::new();
+            for (i, element) in bytes.chunks_exact(size).enumerate() {
+                if element.iter().any(|&b| b != 0) {
+                    out[i / 8] |= 1 << (i % 8);
+                    values.extend_from_slice(element);
+                }
+            }
+            out.extend(to_planes(&values, size));
+            out
+        }
+    }
+}
+
+fn compress(codec: Codec, bytes: &[u8], size: usize) -> Vec<u8> {
+    miniz_oxide::deflate::compress_to_vec_zlib(&encode(codec, bytes, size), LEVEL)
+}
+
+/// The smallest codec on a sample, and the tensor compressed with it.
+fn best(t: &TensorData) -> (Codec, Vec<u8>) {
+    let size = t.dtype().size();
+    let bytes = t.bytes();
+    let sample = &bytes[..bytes.len().min(SAMPLE * size)];
+    let mut candidates = vec![Codec::Zlib, Codec::Sparse];
+    if size > 1 {
+        candidates.push(Codec::Planes);
+    }
+    let tried: Vec<(Codec, Vec<u8>)> = candidates
+        .into_iter()
+        .map(|c| (c, compress(c, sample, size)))
+        .collect();
+    let (codec, blob) = tried
+        .into_iter()
+        .min_by_key(|(_, blob)| blob.len())
+        .expect("zlib is always a candidate");
+    if sample.len() == bytes.len() {
+        (codec, blob)
+    } else {
+        (codec, compress(codec, bytes, size))
+    }
+}
+
+/// Inflates `blob` into exactly `out.len()` bytes.
+fn inflate(blob: &[u8], out: &mut [u8], path: &Path, name: &str, offset: u64) -> Result<()> {
+    use miniz_oxide::inflate::TINFLStatus;
+    match miniz_oxide::inflate::decompress_slice_iter_to_slice(
+        out,
+        std::iter::once(blob),
+        true,
+        false,
+    ) {
+        Ok(n) if n == out.len() => Ok(()),
+        Ok(n) => Err(corrupt(
+            path,
+            name,
+            offset,
+            format!("{n} bytes where {} were expected", out.len()),
+        )),
+        Err(TINFLStatus::HasMoreOutput) => Err(corrupt(
+            path,
+            name,
+            offset,
+            format!("more than the {} bytes expected", out.len()),
+        )),
+        Err(TINFLStatus::Adler32Mismatch) => Err(corrupt(
+            path,
+            name,
+            offset,
+            "checksum mismatch (the data is damaged)",
+        )),
+        Err(status) => Err(corrupt(
+            path,
+            name,
+            offset,
+            format!("does not inflate ({status:?})"),
+        )),
+    }
+}
+
+/// Decodes one tensor's blob, which starts at byte `offset` of the file.
+fn decode(
+    entry: &IndexEntry,
+    dtype: DType,
+    blob: &[u8],
+    path: &Path,
+    offset: u64,
+) -> Result<Vec<u8>> {
+    let name = entry.name.as_str();
+    let raw = byte_len(dtype, &entry.shape).ok_or_else(|| Error::ShapeOverflow {
+        path: path.to_owned(),
+        tensor: name.to_owned(),
+        shape: entry.shape.iter().map(|&d| d as u64).collect(),
+    })?;
+    let size = dtype.size();
+    let n = raw / size as u64;
+    let bitmap = n.div_ceil(8);
+    // What the stream must inflate to; refused before allocating when
+    // the blob could never hold it.
+    let inflated = match entry.codec {
+        Codec::Sparse => bitmap,
+        Codec::Zlib | Codec::Planes => raw,
+    };
+    if inflated > (blob.len() as u64).saturating_mul(MAX_RATIO) + 64 {
+        return Err(corrupt(
+            path,
+            name,
+            offset,
+            format!(
+                "{} bytes cannot inflate to the {inflated} the header claims",
+                blob.len()
+            ),
+        ));
+    }
+    let raw = raw as usize;
+    match entry.codec {
+        Codec::Zlib => {
+            let mut out = vec![0u8; raw];
+            inflate(blob, &mut out, path, name, offset)?;
+            Ok(out)
+        }
+        Codec::Planes => {
+            let mut planes = vec![0u8; raw];
+            inflate(blob, &mut planes, path, name, offset)?;
+            let mut out = vec![0u8; raw];
+            from_planes(&planes, size, &mut out);
+            Ok(out)
+        }
+        Codec::Sparse => {
+            // The bitmap first, to learn how many values follow.
+            let all = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(
+                blob,
+                bitmap as usize + raw,
+            )
+            .map_err(|e| {
+                corrupt(
+                    path,
+                    name,
+                    offset,
+                    format!("does not inflate ({:?})", e.status),
+                )
+            })?;
+            let Some((bits, values)) = all.split_at_checked(bitmap as usize) else {
+                return Err(corrupt(path, name, offset, "the bitmap is cut short"));
+            };
+            let nonzero: u64 = bits.iter().map(|b| u64::from(b.count_ones())).sum();
+            if !n.is_multiple_of(8) && bits.last().is_some_and(|b| b >> (n % 8) != 0) {
+                return Err(corrupt(
+                    path,
+                    name,
+                    offset,
+                    "the bitmap marks elements past the end",
+                ));
+            }
+            if values.len() as u64 != nonzero * size as u64 {
+                return Err(corrupt(
+                    path,
+                    name,
+                    offset,
+                    format!(
+                        "{nonzero} non-zero elements but {} bytes of values",
+                        values.len()
+                    ),
+                ));
+            }
+            let mut dense = vec![0u8; values.len()];
+            from_planes(values, size, &mut dense);
+            let mut out = vec![0u8; raw];
+            let mut next = dense.chunks_exact(size);
+            for i in 0..n as usize {
+                if bits[i / 8] & (1 << (i % 8)) != 0 {
+                    let v = next.next().expect("counted above");
+                    out[i * size..(i + 1) * size].copy_from_slice(v);
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Reads a whole `.ckptz` file held in `buffer`.
+pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
+    let bytes = buffer.as_slice();
+    let truncated = |offset: u64, what, needed: u64| Error::Truncated {
+        path: path.to_owned(),
+        offset,
+        what,
+        needed,
+        available: (bytes.len() as u64).saturating_sub(offset),
+    };
+    if bytes.len() < 16 {
+        return Err(truncated(0, "the magic and index length", 16));
+    }
+    if bytes[..8] != MAGIC {
+        return Err(corrupt(
+            path,
+            "",
+            0,
+            "not a ckptz file of a version this ckpt reads",
+        ));
+    }
+    let index_len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    if index_len > (bytes.len() - 16) as u64 {
+        return Err(truncated(16, "the index", index_len));
+    }
+    let data_start = 16 + index_len as usize;
+    let json = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(
+        &bytes[16..data_start],
+        MAX_HEADER_LEN as usize,
+    )
+    .map_err(|e| {
+        corrupt(
+            path,
+            "",
+            16,
+            format!("the index does not inflate ({:?})", e.status),
+        )
+    })?;
+    let index: Json = serde_json::from_slice(&json).map_err(|source| Error::HeaderJson {
+        path: path.to_owned(),
+        source,
+    })?;
+    let (mut metadata, entries) = parse_index(&index, path)?;
+    let mut tensors = IndexMap::with_capacity(entries.len());
+    let mut offset = data_start as u64;
+    for entry in &entries {
+        let dtype = DType::from_safetensors(&entry.dtype).ok_or_else(|| Error::UnknownDType {
+            path: path.to_owned(),
+            tensor: entry.name.clone(),
+            dtype: entry.dtype.clone(),
+        })?;
+        let end = offset.saturating_add(entry.length);
+        if end > bytes.len() as u64 {
+            return Err(truncated(offset, "a tensor's blob", entry.length));
+        }
+        let blob = &bytes[offset as usize..end as usize];
+        let data = decode(entry, dtype, blob, path, offset)?;
+        let tensor = TensorData::new(dtype, entry.shape.clone(), data)?;
+        if tensors.insert(entry.name.clone(), tensor).is_some() {
+            return Err(Error::DuplicateName {
+                name: entry.name.clone(),
+            });
+        }
+        offset = end;
+    }
+    if offset != bytes.len() as u64 {
+        return Err(corrupt(
+            path,
+            "",
+            offset,
+            format!(
+                "{} bytes after the last tensor",
+                bytes.len() as u64 - offset
+            ),
+        ));
+    }
+    let value = rebuild(tensors, &mut metadata, path)?;
+    Ok(Loaded {
+        format: Format::Compressed,
+        value,
+        metadata,
+    })
+}
+
+/// The index's metadata and entries, each field checked.
+fn parse_index(index: &Json, path: &Path) -> Result<(IndexMap<String, String>, Vec<IndexEntry>)> {
+    let bad = |entry: &str, problem| Error::HeaderEntry {
+        path: path.to_owned(),
+        entry: entry.to_owned(),
+        problem,
+    };
+    let metadata = index
+        .get("metadata")
+        .and_then(Json::as_object)
+        .ok_or_else(|| bad("metadata", "must be an object of strings"))?
+        .iter()
+        .map(|(k, v)| match v {
+            Json::String(s) => Ok((k.clone(), s.clone())),
+            _ => Err(bad("metadata", "must be an object of strings")),
+        })
+        .collect::<Result<_>>()?;
+    let list = index
+        .get("tensors")
+        .and_then(Json::as_array)
+        .ok_or_else(|| bad("tensors", "must be a list"))?;
+    let mut entries = Vec::with_capacity(list.len());
+    for item in list {
+        let name = item
+            .get("name")
+            .and_then(Json::as_str)
+            .ok_or_else(|| bad("tensors", "an entry has no name"))?;
+        let dtype = item
+            .get("dtype")
+            .and_then(Json::as_str)
+            .ok_or_else(|| bad(name, "dtype must be a string"))?;
+        let shape = item
+            .get("shape")
+            .and_then(Json::as_array)
+            .ok_or_else(|| bad(name, "shape must be a list"))?
+            .iter()
+            .map(|d| {
+                d.as_u64()
+                    .and_then(|d| usize::try_from(d).ok())
+                    .ok_or_else(|| bad(name, "shape must hold non-negative integers"))
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        let codec = match item.get("codec").and_then(Json::as_str) {
+            Some("zlib") => Codec::Zlib,
+            Some("planes") => Codec::Planes,
+            Some("sparse") => Codec::Sparse,
+            _ => return Err(bad(name, "codec must be zlib, planes or sparse")),
+        };
+        let length = item
+            .get("length")
+            .and_then(Json::as_u64)
+            .ok_or_else(|| bad(name, "length must be a non-negative integer"))?;
+        entries.push(IndexEntry {
+            name: name.to_owned(),
+            dtype: dtype.to_owned(),
+            shape,
+            codec,
+            length,
+        });
+    }
+    Ok((metadata, entries))
+}
+
+/// A `.ckptz` file ready to be written: compressed in memory when
+/// planned (tensors in parallel), so writing only streams bytes.
+pub(crate) struct Plan {
+    head: Vec<u8>,
+    blobs: Vec<Vec<u8>>,
+}
+
+impl Plan {
+    /// Plans the file for `value` with the user's `metadata`.
+    pub(crate) fn new(value: &Value, metadata: &IndexMap<String, String>) -> Result<Plan> {
+        if let Some(key) = metadata.keys().find(|k| k.starts_with(RESERVED_PREFIX)) {
+            return Err(Error::ReservedMetadataKey { key: key.clone() });
+        }
+        let (tree, tensors) = flatten(value)?;
+        let list: Vec<(&String, &TensorData)> = tensors.iter().collect();
+        type Slot = std::sync::Mutex<Option<(Codec, Vec<u8>)>>;
+        let results: Vec<Slot> = list.iter().map(|_| Default::default()).collect();
+        let next = AtomicUsize::new(0);
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(list.len())
+            .max(1);
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((_, t)) = list.get(i) else { break };
+                    *results[i].lock().expect("not poisoned") = Some(best(t));
+                });
+            }
+        });
+        let mut meta = metadata.clone();
+        if let Some(tree) = tree {
+            meta.insert(super::safetensors::TREE_KEY.into(), tree);
+        }
+        let mut entries = Vec::with_capacity(list.len());
+        let mut blobs = Vec::with_capacity(list.len());
+        for ((name, t), result) in list.iter().zip(results) {
+            let (codec, blob) = result
+                .into_inner()
+                .expect("not poisoned")
+                .expect("every tensor compressed");
+            entries.push(json!({
+                "name": name,
+                "dtype": t.dtype().safetensors_name(),
+                "shape": t.shape(),
+                "codec": codec.name(),
+                "length": blob.len(),
+            }));
+            blobs.push(blob);
+        }
+        let json = json!({"metadata": meta, "tensors": entries}).to_string();
+        let index = miniz_oxide::deflate::compress_to_vec_zlib(json.as_bytes(), LEVEL);
+        let mut head = Vec::with_capacity(16 + index.len());
+        head.extend_from_slice(&MAGIC);
+        head.extend_from_slice(&(index.len() as u64).to_le_bytes());
+        head.extend_from_slice(&index);
+        Ok(Plan { head, blobs })
+    }
+}
+
+impl super::WritePlan for Plan {
+    fn payload_len(&self) -> u64 {
+        self.blobs.iter().map(|b| b.len() as u64).sum()
+    }
+
+    fn write_to(&self, out: &mut dyn Write) -> io::Result<()> {
+        out.write_all(&self.head)?;
+        for blob in &self.blobs {
+            out.write_all(blob)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::WritePlan;
+    use crate::StateDict;
+
+    fn file(value: &Value) -> Vec<u8> {
+        let plan = Plan::new(value, &IndexMap::new()).unwrap();
+        let mut bytes = Vec::new();
+        plan.write_to(&mut bytes).unwrap();
+        bytes
+    }
+
+    fn read_bytes(bytes: Vec<u8>) -> Result<Loaded> {
+        read(Arc::new(Buffer::Heap(bytes)), Path::new("m.ckptz"))
+    }
+
+    fn tensors() -> StateDict {
+        sized(5000)
+    }
+
+    /// Dense, pruned, int8, empty and 0-d tensors; `n` elements in the
+    /// pruned one.
+    fn sized(n: usize) -> StateDict {
+        let dense: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let sparse: Vec<f32> = dense
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| if i % 3 == 0 { v } else { 0.0 })
+            .collect();
+        let int8: Vec<u8> = (0..n * 3 / 5 + 1)
+            .map(|i| if i % 2 == 0 { 0 } else { (i % 251) as u8 })
+            .collect();
+        let mut sd = StateDict::new();
+        sd.insert(
+            "dense".into(),
+            TensorData::from_f32(&[n / 100, 100], &dense).unwrap(),
+        );
+        sd.insert(
+            "sparse".into(),
+            TensorData::from_f32(&[n], &sparse).unwrap(),
+        );
+        sd.insert(
+            "q".into(),
+            TensorData::new(DType::I8, vec![int8.len()], int8).unwrap(),
+        );
+        sd.insert("empty".into(), TensorData::from_f32(&[0, 3], &[]).unwrap());
+        sd.insert("scalar".into(), TensorData::from_f32(&[], &[2.5]).unwrap());
+        sd
+    }
+
+    #[test]
+    fn round_trips_every_codec_and_chooses_sparse_for_pruned_weights() {
+        let sd = tensors();
+        for t in sd.values() {
+            let size = t.dtype().size();
+            for codec in [Codec::Zlib, Codec::Planes, Codec::Sparse] {
+                let entry = IndexEntry {
+                    name: "t".into(),
+                    dtype: t.dtype().safetensors_name().into(),
+                    shape: t.shape().to_vec(),
+                    codec,
+                    length: 0,
+                };
+                let blob = compress(codec, t.bytes(), size);
+                let back = decode(&entry, t.dtype(), &blob, Path::new("x"), 0).unwrap();
+                assert_eq!(back, t.bytes(), "{codec:?}");
+            }
+        }
+        assert_eq!(best(&sd["sparse"]).0, Codec::Sparse);
+        let bytes = file(&sd.clone().into());
+        assert!(
+            bytes.len() < sd.total_bytes() as usize / 2,
+            "{}",
+            bytes.len()
+        );
+        assert_eq!(read_bytes(bytes).unwrap().value, Value::from(sd));
+    }
+
+    #[test]
+    fn damage_anywhere_is_an_error_never_a_panic() {
+        let value: Value = sized(300).into();
+        let bytes = file(&value);
+        for cut in 0..bytes.len() {
+            assert!(read_bytes(bytes[..cut].to_vec()).is_err(), "cut at {cut}");
+        }
+        for i in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[i] ^= 0x10;
+            // A flip in a zlib stream is caught by Adler-32 or the lengths,
+            // unless it hits the padding bits after a stream's last block,
+            // which change nothing.
+            if let Ok(loaded) = read_bytes(flipped) {
+                assert_eq!(loaded.value, value, "flip at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn headers_claiming_more_than_the_blob_can_hold_are_refused() {
+        let entry = IndexEntry {
+            name: "huge".into(),
+            dtype: "F32".into(),
+            shape: vec![1 << 20, 1 << 20],
+            codec: Codec::Zlib,
+            length: 10,
+        };
+        let err = decode(&entry, DType::F32, &[0; 10], Path::new("m.ckptz"), 99).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("m.ckptz") && msg.contains("\"huge\"") && msg.contains("99"),
+            "{msg}"
+        );
+    }
+}
