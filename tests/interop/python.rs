@@ -31,4 +31,6 @@ pub fn run_peer(python: &str, script: &str, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // The peer's findings, shown with `-- --nocapture`.
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
 }

@@ -8,8 +8,9 @@
 use std::path::Path;
 
 use candle_core::Device;
+use ckpt::compress::quantize::{Activations, Granularity};
 use ckpt::export::onnx::{export, OnnxOptions};
-use ckpt::{DType, ModelSpec, StateDict, TensorData, Value};
+use ckpt::{DType, ModelSpec, Package, PackageInfo, StateDict, TensorData, Value};
 use ckpt_candle::{from_candle, to_candle, Model, Rng};
 use serde_json::json;
 
@@ -50,15 +51,43 @@ fn prepare(
     rng: &mut Rng,
 ) -> serde_json::Value {
     let (spec, weights) = fixture(case);
-    export(&spec, weights.clone(), options, &dir.join(file))
-        .unwrap_or_else(|e| panic!("{case}: {e}"));
-    let model = Model::from_state_dict(spec.clone(), weights, &Device::Cpu).unwrap();
+    let package = Package::new(spec, weights, PackageInfo::new(&fixture(case).0, "1.0.0")).unwrap();
+    prepare_package(dir, case, file, &package, options, rng)
+}
+
+/// [`prepare`] for a package (quantized or not); a quantized one may
+/// differ from ckpt by ckpt's own quantization error (the largest
+/// difference between its quantized and float outputs), recorded as the
+/// entry's `tolerance`.
+fn prepare_package(
+    dir: &Path,
+    case: &str,
+    file: &str,
+    package: &Package,
+    options: &OnnxOptions,
+    rng: &mut Rng,
+) -> serde_json::Value {
+    let mut options = options.clone();
+    options.quantization = package.quantization.clone();
+    export(
+        &package.spec,
+        package.weights.clone(),
+        &options,
+        &dir.join(file),
+    )
+    .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let spec = &package.spec;
+    let model = Model::from_package(package.clone(), &Device::Cpu).unwrap();
+    let float = Model::from_package(package.dequantize().unwrap(), &Device::Cpu).unwrap();
     let mut runs = Vec::new();
+    let mut tolerance = 0.0f64;
     for n in [1, 7] {
-        let x = batch(&spec, n, rng);
-        let y = model
-            .forward(&to_candle(&x, &Device::Cpu, "x").unwrap())
-            .unwrap();
+        let x = batch(spec, n, rng);
+        let input = to_candle(&x, &Device::Cpu, "x").unwrap();
+        let y = model.forward(&input).unwrap();
+        let exact = float.forward(&input).unwrap();
+        let diff = (&y - &exact).unwrap().abs().unwrap().flatten_all().unwrap();
+        tolerance = tolerance.max(f64::from(diff.max(0).unwrap().to_scalar::<f32>().unwrap()));
         let (input, output) = (
             format!("{file}.b{n}.in.npy"),
             format!("{file}.b{n}.out.npy"),
@@ -71,7 +100,7 @@ fn prepare(
         .unwrap();
         runs.push(json!({"input": input, "output": output}));
     }
-    json!({"onnx": file, "runs": runs})
+    json!({"onnx": file, "runs": runs, "tolerance": tolerance})
 }
 
 #[test]
@@ -109,6 +138,56 @@ fn every_layer_kind_runs_in_onnxruntime_as_in_ckpt() {
         &mut rng,
     ));
     assert!(dir.path().join("conv_external.onnx.data").exists());
+    std::fs::write(
+        dir.path().join("onnx.json"),
+        serde_json::to_vec(&manifest).unwrap(),
+    )
+    .unwrap();
+    python::run_peer(
+        &py,
+        "peer.py",
+        &["check-onnx", dir.path().to_str().unwrap()],
+    );
+}
+
+#[test]
+fn quantized_packages_run_in_onnxruntime_within_the_quantization_error() {
+    let Some(py) = python::python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(8);
+    let mut manifest = Vec::new();
+    // Every weight of rank 2 or more: Linear layers (int8 MatMulInteger
+    // when dynamic), Conv2d and Embedding (DequantizeLinear).
+    for (case, activations, granularity) in [
+        ("linear", Activations::Dynamic, Granularity::PerChannel),
+        ("linear", Activations::Dynamic, Granularity::PerTensor),
+        ("linear", Activations::WeightOnly, Granularity::PerChannel),
+        ("activations", Activations::Dynamic, Granularity::PerChannel),
+        ("residual", Activations::Dynamic, Granularity::PerChannel),
+        ("conv", Activations::Dynamic, Granularity::PerChannel),
+        ("embedding", Activations::Dynamic, Granularity::PerTensor),
+    ] {
+        let (spec, weights) = fixture(case);
+        let package = Package::new(spec.clone(), weights, PackageInfo::new(&spec, "1.0.0"))
+            .unwrap()
+            .quantize(granularity, activations, |n, t| {
+                n.ends_with(".weight") && t.shape().len() >= 2
+            })
+            .unwrap();
+        assert!(
+            !package.quantization.as_ref().unwrap().tensors.is_empty(),
+            "{case}"
+        );
+        let file = format!("{case}_{}_{}.onnx", activations.name(), granularity.name());
+        manifest.push(prepare_package(
+            dir.path(),
+            case,
+            &file,
+            &package,
+            &OnnxOptions::default(),
+            &mut rng,
+        ));
+    }
     std::fs::write(
         dir.path().join("onnx.json"),
         serde_json::to_vec(&manifest).unwrap(),

@@ -149,6 +149,50 @@ fn package(file: &Path, loaded: &ckpt::Loaded, out: &mut dyn Write) -> Result<()
         thousands(p.spec.parameter_count()),
         human_bytes(bytes)
     )?;
+    if let Some(q) = &p.quantization {
+        quantized(&p, q, out)?;
+    }
+    Ok(())
+}
+
+/// A quantized package's int8 weights and their scales.
+fn quantized(
+    p: &ckpt::Package,
+    q: &ckpt::compress::quantize::Quantization,
+    out: &mut dyn Write,
+) -> Result<()> {
+    use ckpt::compress::quantize::{Activations, SCALE_SUFFIX};
+    writeln!(
+        out,
+        "\nquantized: int8 symmetric, {}; Linear layers run {}; each NAME (int8) has NAME{SCALE_SUFFIX} (float32) beside it, value = int8 × scale",
+        q.granularity.name().replace('_', " "),
+        match q.activations {
+            Activations::Dynamic => "with int8 arithmetic on activations quantized per batch (dynamic)",
+            Activations::WeightOnly => "on the dequantized weights (weight-only)",
+        }
+    )?;
+    let mut table = Table::new(
+        vec!["tensor", "shape", "scales", "scale range"],
+        vec![false, false, false, true],
+    );
+    for name in &q.tensors {
+        let (Some(w), Some(s)) = (
+            p.weights.get(name),
+            p.weights.get(&format!("{name}{SCALE_SUFFIX}")),
+        ) else {
+            continue;
+        };
+        let (lo, hi) = s.values_f64().fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+        table.row(vec![
+            name.clone(),
+            format!("{:?}", w.shape()),
+            format!("{:?}", s.shape()),
+            format!("{lo:.3e} … {hi:.3e}"),
+        ]);
+    }
+    table.write(out)?;
     Ok(())
 }
 

@@ -651,6 +651,47 @@ fn demo_trains_packages_and_reports_held_out_accuracy() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(ckpt::load(&output2).unwrap(), ckpt::load(&output).unwrap());
 
+    // Compression targets on the trained model: int8 (in .ckptz) at most
+    // 30% of the float file and 0.5 points of accuracy, 30% pruning at
+    // most 1 point, int8 + 50% pruned in .ckptz at most 20%.
+    let f = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let m = model.to_str().unwrap();
+    for args in [
+        vec!["prune", m, &f("p30.safetensors"), "--amount", "0.3"],
+        vec!["quantize", m, &f("q.ckptz")],
+        vec!["prune", m, &f("p50.safetensors"), "--amount", "0.5"],
+        vec!["quantize", &f("p50.safetensors"), &f("p50q.ckptz")],
+    ] {
+        let out = ckpt(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let out = ckpt(&[
+        "eval",
+        m,
+        &f("q.ckptz"),
+        &f("p30.safetensors"),
+        &f("p50q.ckptz"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    // Per row: the first percentage is the accuracy, the last the size.
+    let rows: Vec<(f64, f64)> = table
+        .lines()
+        .skip(1)
+        .take(4)
+        .map(|line| {
+            let pcts: Vec<f64> = line
+                .split_whitespace()
+                .filter_map(|w| w.strip_suffix('%')?.parse().ok())
+                .collect();
+            (pcts[0], *pcts.last().unwrap())
+        })
+        .collect();
+    let (float, int8, pruned, both) = (rows[0], rows[1], rows[2], rows[3]);
+    assert!(int8.0 >= float.0 - 0.5 && int8.1 <= 30.0, "{table}");
+    assert!(pruned.0 >= float.0 - 1.0, "{table}");
+    assert!(both.1 <= 20.0, "{table}");
+
     // inspect shows the spec; a second demo in the same directory is refused.
     let out = ckpt(&["inspect", model.to_str().unwrap()]);
     assert!(
@@ -1036,7 +1077,7 @@ fn prune_and_quantize_report_and_write_loadable_files() {
     let out = ckpt(&["quantize", mlp.to_str().unwrap(), q.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("2 tensors to int8 (per output channel)"),
+        stdout(&out).contains("2 tensors to int8 (per channel)"),
         "{}",
         stdout(&out)
     );
@@ -1073,5 +1114,161 @@ fn prune_and_quantize_report_and_write_loadable_files() {
             "nothing",
         ],
         "no tensor to prune",
+    );
+}
+
+/// A model package of the digits' shape (64 → 32 → 10) with seeded
+/// weights: untrained, but it runs.
+fn digits_package(path: &Path) {
+    let spec = ckpt::ModelSpec::from_json(
+        r#"{"name": "tiny-digits", "input_shape": [64], "layers": [
+            {"name": "fc1", "type": "Linear", "in_features": 64, "out_features": 32},
+            {"name": "act", "type": "ReLU"},
+            {"name": "head", "type": "Linear", "in_features": 32, "out_features": 10}]}"#,
+    )
+    .unwrap();
+    let mut state = 7u64;
+    let mut weights = ckpt::StateDict::new();
+    for p in spec.parameters() {
+        let n: usize = p.shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.3
+            })
+            .collect();
+        weights.insert(
+            p.name,
+            ckpt::TensorData::from_f32(&p.shape, &values).unwrap(),
+        );
+    }
+    let info = ckpt::PackageInfo::new(&spec, "1.0.0");
+    ckpt::Package::new(spec, weights, info)
+        .unwrap()
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn quantized_packages_inspect_evaluate_run_export_and_compress() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    digits_package(Path::new(&p("f.safetensors")));
+
+    let out = ckpt(&[
+        "quantize",
+        &p("f.safetensors"),
+        &p("q.safetensors"),
+        "--eval",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("a quantized package (format 2)"), "{text}");
+    assert!(
+        text.contains("accuracy") && text.contains("int8 dynamic"),
+        "{text}"
+    );
+    let q = ckpt::Package::load(p("q.safetensors"), &Default::default()).unwrap();
+    assert_eq!(q.info.format_version, 2);
+    assert_eq!(
+        q.quantization.as_ref().unwrap().tensors,
+        ["fc1.weight", "head.weight"]
+    );
+
+    let out = ckpt(&[
+        "quantize",
+        &p("f.safetensors"),
+        &p("w.ckptz"),
+        "--mode",
+        "weight-only",
+        "--per-tensor",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let w = ckpt::Package::load(p("w.ckptz"), &Default::default()).unwrap();
+    let record = w.quantization.unwrap();
+    assert_eq!(
+        (record.activations, record.granularity),
+        (
+            ckpt::compress::quantize::Activations::WeightOnly,
+            ckpt::compress::quantize::Granularity::PerTensor
+        )
+    );
+
+    let out = ckpt(&["inspect", &p("q.safetensors")]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("quantized: int8 symmetric, per channel")
+            && text.contains("NAME_scale (float32) beside it"),
+        "{text}"
+    );
+    assert!(text.contains("fc1.weight   [32, 64]  [32]  "), "{text}");
+
+    let out = ckpt(&[
+        "eval",
+        &p("f.safetensors"),
+        &p("q.safetensors"),
+        &p("w.ckptz"),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().filter(|l| l.contains('%')).count(),
+        3,
+        "{text}"
+    );
+    assert!(text.contains("int8 weight-only"), "{text}");
+
+    let out = ckpt(&["export", &p("q.safetensors"), &p("q.onnx")]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("DynamicQuantizeLinear×2") && text.contains("MatMulInteger×2"),
+        "{text}"
+    );
+    assert!(text.contains("check:      ok"), "{text}");
+    let out = ckpt(&["export", &p("w.ckptz"), &p("w.onnx")]);
+    assert!(
+        stdout(&out).contains("DequantizeLinear×2"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("check:      ok"), "{}", stdout(&out));
+
+    // The compressed format: any command takes it, and it is the same.
+    let out = ckpt(&["convert", &p("f.safetensors"), &p("f.ckptz")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        ckpt(&["diff", &p("f.safetensors"), &p("f.ckptz")])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert!(ckpt(&["verify", &p("f.ckptz")]).status.success());
+
+    expect_error(
+        &[
+            "prune",
+            &p("q.safetensors"),
+            &p("x.safetensors"),
+            "--amount",
+            "0.3",
+        ],
+        "prune before quantizing",
+    );
+    expect_error(
+        &["quantize", &p("q.safetensors"), &p("x.safetensors")],
+        "already quantized",
+    );
+    let mlp = fixture("mlp.safetensors");
+    expect_error(
+        &[
+            "quantize",
+            mlp.to_str().unwrap(),
+            &p("x.safetensors"),
+            "--eval",
+        ],
+        "--eval runs model packages",
     );
 }

@@ -429,7 +429,7 @@ pub enum Error {
 
     /// A `.ckptz` file's tensor data (or its index, for an empty tensor
     /// name) is damaged.
-    #[error("{}: tensor {tensor:?} at byte {offset}: {problem}", path.display())]
+    #[error("{}: {}at byte {offset}: {problem}", path.display(), if tensor.is_empty() { String::new() } else { format!("tensor {tensor:?} ") })]
     BadCompressed {
         /// The file.
         path: PathBuf,

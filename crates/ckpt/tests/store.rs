@@ -48,8 +48,8 @@ fn open(dir: &Path) -> CheckpointManager {
 }
 
 #[test]
-fn save_retain_and_restore_in_both_formats() {
-    for format in [Format::Safetensors, Format::PyTorch] {
+fn save_retain_and_restore_in_every_format() {
+    for format in [Format::Safetensors, Format::PyTorch, Format::Compressed] {
         let dir = tempfile::tempdir().unwrap();
         let best = KeepBest {
             metric: "val".into(),

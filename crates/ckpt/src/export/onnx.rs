@@ -2,6 +2,12 @@
 //! weights as initializers (or external data past 2 GiB), every layer
 //! kind mapped to standard operators of the chosen opset (13 and up,
 //! default 17), a dynamic batch dimension unless fixed.
+//!
+//! Quantized packages ([`OnnxOptions::quantization`]) keep their int8
+//! weights: Linear layers of a dynamic package become
+//! `DynamicQuantizeLinear` + `MatMulInteger` (then `Cast`, the two scales
+//! multiplied, the bias added: ckpt-candle's arithmetic), and every other
+//! quantized weight a `DequantizeLinear` of its int8 initializer.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +16,7 @@ use indexmap::IndexMap;
 use prost::Message;
 
 use super::proto::*;
+use crate::compress::quantize::{Activations, Granularity, Quantization, SCALE_SUFFIX};
 use crate::{
     match_state_dict, Error, LayerKind, LoadRules, ModelSpec, Result, StateDict, TensorData,
 };
@@ -43,6 +50,9 @@ pub struct OnnxOptions {
     pub doc_string: String,
     /// Write the weights to external data even when small.
     pub external_data: bool,
+    /// The weights' quantization, for a quantized package (the weights
+    /// then hold the int8 tensors and their scales).
+    pub quantization: Option<Quantization>,
 }
 
 impl Default for OnnxOptions {
@@ -55,6 +65,7 @@ impl Default for OnnxOptions {
             metadata: IndexMap::new(),
             doc_string: String::new(),
             external_data: false,
+            quantization: None,
         }
     }
 }
@@ -119,6 +130,7 @@ struct Builder {
     weights: StateDict,
     operators: BTreeMap<String, usize>,
     counter: usize,
+    quantization: Option<Quantization>,
 }
 
 impl Builder {
@@ -129,12 +141,28 @@ impl Builder {
         inputs: &[&str],
         attrs: Vec<AttributeProto>,
     ) -> String {
+        self.node_n(layer, op, inputs, attrs, 1).remove(0)
+    }
+
+    /// A node with `outputs` outputs.
+    fn node_n(
+        &mut self,
+        layer: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        outputs: usize,
+    ) -> Vec<String> {
         self.counter += 1;
-        let output = format!("{layer}/{op}_{}", self.counter);
+        let name = format!("{layer}/{op}_{}", self.counter);
+        let output: Vec<String> = match outputs {
+            1 => vec![name.clone()],
+            n => (0..n).map(|i| format!("{name}:{i}")).collect(),
+        };
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.clone()],
-            name: format!("{layer}/{op}_{}", self.counter),
+            output: output.clone(),
+            name,
             op_type: op.into(),
             domain: String::new(),
             attribute: attrs,
@@ -143,8 +171,30 @@ impl Builder {
         output
     }
 
-    /// A weight of the model as an initializer, under its state-dict name.
+    /// True when `name` is an int8 weight of a quantized package.
+    fn is_quantized(&self, name: &str) -> bool {
+        self.quantization
+            .as_ref()
+            .is_some_and(|q| q.tensors.iter().any(|t| t == name))
+    }
+
+    /// A weight of the model as an initializer, under its state-dict name
+    /// (an int8 one behind a `DequantizeLinear`).
     fn weight(&mut self, name: &str) -> Result<String> {
+        if self.is_quantized(name) {
+            let (q, scale, zero) = self.int8_weight(name)?;
+            let axis = match self.quantization.as_ref().map(|q| q.granularity) {
+                Some(Granularity::PerChannel) => vec![attr_int("axis", 0)],
+                _ => vec![],
+            };
+            return Ok(self.node(name, "DequantizeLinear", &[&q, &scale, &zero], axis));
+        }
+        self.initializer(name)?;
+        Ok(name.to_owned())
+    }
+
+    /// `name` from the weights as an initializer, once.
+    fn initializer(&mut self, name: &str) -> Result<()> {
         if !self.initializers.iter().any(|t| t.name == name) {
             let t = self
                 .weights
@@ -152,7 +202,28 @@ impl Builder {
                 .ok_or_else(|| unsupported(name, "missing weight"))?;
             self.initializers.push(tensor(name, t)?);
         }
-        Ok(name.to_owned())
+        Ok(())
+    }
+
+    /// An int8 weight's initializers: the values, its scales and zero
+    /// zero points of the scales' shape.
+    fn int8_weight(&mut self, name: &str) -> Result<(String, String, String)> {
+        let scale = format!("{name}{SCALE_SUFFIX}");
+        self.initializer(name)?;
+        self.initializer(&scale)?;
+        let zero = format!("{name}_zero_point");
+        if !self.initializers.iter().any(|t| t.name == zero) {
+            let dims = i64s(self.weights[&scale].shape());
+            let n = self.weights[&scale].numel();
+            self.initializers.push(TensorProto {
+                dims,
+                data_type: data_type::INT8,
+                name: zero.clone(),
+                raw_data: vec![0; n],
+                ..Default::default()
+            });
+        }
+        Ok((name.to_owned(), scale, zero))
     }
 
     /// A constant float32 scalar or vector.
@@ -183,6 +254,7 @@ fn tensor(name: &str, t: &TensorData) -> Result<TensorProto> {
     let data_type = match t.dtype() {
         crate::DType::F32 => data_type::FLOAT,
         crate::DType::I64 => data_type::INT64,
+        crate::DType::I8 => data_type::INT8,
         other => {
             return Err(unsupported(
                 name,
@@ -225,6 +297,10 @@ fn build(
             e
         })
         .collect();
+    let expected = match &options.quantization {
+        Some(q) => q.expected(&expected)?,
+        None => expected,
+    };
     let matched = match_state_dict(weights, &expected, &LoadRules::default())?;
     let weights: StateDict = matched
         .tensors
@@ -238,6 +314,7 @@ fn build(
         weights,
         operators: BTreeMap::new(),
         counter: 0,
+        quantization: options.quantization.clone(),
     };
     let mut x = options.input_name.clone();
     let mut shape = spec.input_shape.clone();
@@ -336,7 +413,32 @@ fn lower(
     let out_shape = crate::spec::layer_output(layer, shape, name)?;
     let w = |b: &mut Builder, p: &str| b.weight(&format!("{name}.{p}"));
     let rank = shape.len() + 1;
+    let dynamic = b
+        .quantization
+        .as_ref()
+        .is_some_and(|q| q.activations == Activations::Dynamic);
     let y = match &layer.kind {
+        LayerKind::Linear { bias, .. } if dynamic && b.is_quantized(&format!("{name}.weight")) => {
+            // ckpt-candle's dynamic int8 Linear, operator for operator.
+            let (q, scale, _) = b.int8_weight(&format!("{name}.weight"))?;
+            let xq = b.node_n(name, "DynamicQuantizeLinear", &[x], vec![], 3);
+            let wt = b.node(name, "Transpose", &[&q], vec![attr_ints("perm", &[1, 0])]);
+            let sums = b.node(name, "MatMulInteger", &[&xq[0], &wt, &xq[2]], vec![]);
+            let sums = b.node(
+                name,
+                "Cast",
+                &[&sums],
+                vec![attr_int("to", i64::from(data_type::FLOAT))],
+            );
+            let scales = b.node(name, "Mul", &[&scale, &xq[1]], vec![]);
+            let y = b.node(name, "Mul", &[&sums, &scales], vec![]);
+            if *bias {
+                let bias = w(b, "bias")?;
+                b.node(name, "Add", &[&y, &bias], vec![])
+            } else {
+                y
+            }
+        }
         LayerKind::Linear { bias, .. } => {
             let weight = w(b, "weight")?;
             if rank == 2 {

@@ -17,7 +17,8 @@
 //! - `planes`: byte 0 of every element, then byte 1, ... (floats: the
 //!   exponent bytes group together);
 //! - `sparse`: a bitmap of the non-zero elements (bit `i % 8` of byte
-//!   `i / 8`), then the non-zero elements as planes: pruned and quantized
+//!   `i / 8`; an element is zero when all its bytes are, so `-0.0` is
+//!   kept), then the non-zero elements as planes: pruned and quantized
 //!   weights.
 //!
 //! The writer tries each codec on a sample of the tensor (its first 64 Ki
@@ -26,7 +27,7 @@
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use indexmap::IndexMap;
 use serde_json::{json, Value as Json};
@@ -45,8 +46,10 @@ const MAX_RATIO: u64 = 1032;
 /// The elements each codec is tried on.
 const SAMPLE: usize = 64 << 10;
 
-/// The zlib level (miniz: 1 fastest … 9 smallest).
-const LEVEL: u8 = 6;
+/// The zlib level (miniz: 1 fastest … 9 smallest). Measured on 256 MiB
+/// of float32 weights: level 1 compresses 7× faster than 6 for files 1%
+/// larger (and 1% smaller when half the weights are pruned).
+const LEVEL: u8 = 1;
 
 /// How one tensor's blob is coded (module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +298,34 @@ fn decode(
     }
 }
 
+/// `f` over `items` on every core (tensors are independent), results in
+/// order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(items.len());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let result = f(item);
+                *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|s| {
+            s.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect("every item was mapped")
+        })
+        .collect()
+}
+
 /// Reads a whole `.ckptz` file held in `buffer`.
 pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
     let bytes = buffer.as_slice();
@@ -338,7 +369,9 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         source,
     })?;
     let (mut metadata, entries) = parse_index(&index, path)?;
-    let mut tensors = IndexMap::with_capacity(entries.len());
+    // Every entry's dtype and place first, then the blobs decoded in
+    // parallel.
+    let mut jobs = Vec::with_capacity(entries.len());
     let mut offset = data_start as u64;
     for entry in &entries {
         let dtype = DType::from_safetensors(&entry.dtype).ok_or_else(|| Error::UnknownDType {
@@ -350,14 +383,7 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         if end > bytes.len() as u64 {
             return Err(truncated(offset, "a tensor's blob", entry.length));
         }
-        let blob = &bytes[offset as usize..end as usize];
-        let data = decode(entry, dtype, blob, path, offset)?;
-        let tensor = TensorData::new(dtype, entry.shape.clone(), data)?;
-        if tensors.insert(entry.name.clone(), tensor).is_some() {
-            return Err(Error::DuplicateName {
-                name: entry.name.clone(),
-            });
-        }
+        jobs.push((entry, dtype, offset));
         offset = end;
     }
     if offset != bytes.len() as u64 {
@@ -370,6 +396,19 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
                 bytes.len() as u64 - offset
             ),
         ));
+    }
+    let decoded = parallel_map(&jobs, |(entry, dtype, offset)| {
+        let blob = &bytes[*offset as usize..(*offset + entry.length) as usize];
+        let data = decode(entry, *dtype, blob, path, *offset)?;
+        TensorData::new(*dtype, entry.shape.clone(), data)
+    });
+    let mut tensors = IndexMap::with_capacity(entries.len());
+    for ((entry, _, _), tensor) in jobs.iter().zip(decoded) {
+        if tensors.insert(entry.name.clone(), tensor?).is_some() {
+            return Err(Error::DuplicateName {
+                name: entry.name.clone(),
+            });
+        }
     }
     let value = rebuild(tensors, &mut metadata, path)?;
     Ok(Loaded {
@@ -457,33 +496,14 @@ impl Plan {
         }
         let (tree, tensors) = flatten(value)?;
         let list: Vec<(&String, &TensorData)> = tensors.iter().collect();
-        type Slot = std::sync::Mutex<Option<(Codec, Vec<u8>)>>;
-        let results: Vec<Slot> = list.iter().map(|_| Default::default()).collect();
-        let next = AtomicUsize::new(0);
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(list.len())
-            .max(1);
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((_, t)) = list.get(i) else { break };
-                    *results[i].lock().expect("not poisoned") = Some(best(t));
-                });
-            }
-        });
+        let results = parallel_map(&list, |(_, t)| best(t));
         let mut meta = metadata.clone();
         if let Some(tree) = tree {
             meta.insert(super::safetensors::TREE_KEY.into(), tree);
         }
         let mut entries = Vec::with_capacity(list.len());
         let mut blobs = Vec::with_capacity(list.len());
-        for ((name, t), result) in list.iter().zip(results) {
-            let (codec, blob) = result
-                .into_inner()
-                .expect("not poisoned")
-                .expect("every tensor compressed");
+        for ((name, t), (codec, blob)) in list.iter().zip(results) {
             entries.push(json!({
                 "name": name,
                 "dtype": t.dtype().safetensors_name(),

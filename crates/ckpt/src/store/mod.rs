@@ -86,8 +86,8 @@ pub enum AsyncPolicy {
 pub struct StoreOptions {
     /// Which steps to keep.
     pub retention: Retention,
-    /// The checkpoint file format: [`Format::Safetensors`] (the default)
-    /// or [`Format::PyTorch`].
+    /// The checkpoint file format: [`Format::Safetensors`] (the default),
+    /// [`Format::PyTorch`] or [`Format::Compressed`].
     pub format: Format,
     /// Sync files and directories to disk before a save returns (the
     /// default); without it a power cut (not a crash) can lose recent
@@ -515,7 +515,10 @@ impl CheckpointManager {
         storage: Arc<dyn Storage>,
         options: StoreOptions,
     ) -> Result<CheckpointManager> {
-        if !matches!(options.format, Format::Safetensors | Format::PyTorch) {
+        if !matches!(
+            options.format,
+            Format::Safetensors | Format::PyTorch | Format::Compressed
+        ) {
             return Err(Error::UnknownExtension {
                 path: storage
                     .root()
