@@ -79,7 +79,7 @@ fn report(
         // Both as packages, run: sizes, accuracy and time from `eval`.
         let mut header = vec![""];
         header.extend(crate::eval::HEADER);
-        let mut table = Table::new(header, vec![false, false, true, true, true, true]);
+        let mut table = Table::new(header, vec![false, false, true, true, true, true, true]);
         for (label, path) in [("before", before.1), ("after", after.1)] {
             let (package, model) = crate::eval::load(path)?;
             let mut cells = vec![label.to_string()];

@@ -78,6 +78,7 @@ pub fn row(path: &Path, package: &Package, model: &Model) -> Result<Vec<String>>
     };
     Ok(vec![
         kind,
+        thousands(elements),
         thousands(elements - zeros),
         human_bytes(size),
         format!("{:.1}%", m.accuracy * 100.0),
@@ -86,7 +87,14 @@ pub fn row(path: &Path, package: &Package, model: &Model) -> Result<Vec<String>>
 }
 
 /// The header of [`row`]'s table, after the leading label column.
-pub const HEADER: [&str; 5] = ["weights", "non-zeros", "on disk", "accuracy", "inference"];
+pub const HEADER: [&str; 6] = [
+    "weights",
+    "parameters",
+    "non-zeros",
+    "on disk",
+    "accuracy",
+    "inference",
+];
 
 /// `ckpt eval FILE...`: one row per model package, sizes relative to the
 /// first.
@@ -94,7 +102,10 @@ pub fn eval(paths: &[PathBuf], out: &mut dyn Write) -> Result<()> {
     let mut header = vec!["model"];
     header.extend(HEADER);
     header.push("size");
-    let mut table = Table::new(header, vec![false, false, true, true, true, true, true]);
+    let mut table = Table::new(
+        header,
+        vec![false, false, true, true, true, true, true, true],
+    );
     let mut first = None;
     for path in paths {
         let (package, model) = load(path)?;
