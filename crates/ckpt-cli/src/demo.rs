@@ -328,8 +328,11 @@ fn finish(
     }
 
     let mut files: Vec<(String, &str, u64)> = Vec::new();
+    // The curve is an image on the local disk (for a run on object
+    // storage: `ckpt plot s3://... -o curve.png`).
+    let remote = dir.to_str().is_some_and(|d| d.starts_with("s3://"));
     #[cfg(feature = "plot")]
-    {
+    if !remote {
         let png = dir.join("val_loss.png");
         crate::plot::run(dir, "val_loss", &png, &mut std::io::sink())?;
         files.push((
@@ -338,6 +341,7 @@ fn finish(
             std::fs::metadata(&png)?.len(),
         ));
     }
+    // Objects' sizes are not looked up (0 shows as "-").
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     files.insert(
         0,
@@ -366,7 +370,12 @@ fn finish(
     writeln!(out)?;
     let mut table = Table::new(vec!["file", "what", "size"], vec![false, false, true]);
     for (path, what, bytes) in &files {
-        table.row(vec![path.clone(), what.to_string(), human_bytes(*bytes)]);
+        let size = if *bytes == 0 {
+            "-".to_owned()
+        } else {
+            human_bytes(*bytes)
+        };
+        table.row(vec![path.clone(), what.to_string(), size]);
     }
     table.write(out)?;
     writeln!(

@@ -12,7 +12,12 @@ use crate::output::human_bytes;
 pub fn run(files: &[PathBuf], out: &mut dyn Write) -> Result<u8> {
     let mut code = 0;
     for file in files {
-        if file.is_dir() {
+        // A local directory, or an object-store prefix that names no file
+        // format, is a run.
+        let is_run = file.is_dir()
+            || (file.to_str().is_some_and(|f| f.starts_with("s3://"))
+                && ckpt::Format::from_path(file).is_err());
+        if is_run {
             match run_dir(file, out) {
                 Ok(ok) => code = code.max(if ok { 0 } else { 1 }),
                 Err(err) => {

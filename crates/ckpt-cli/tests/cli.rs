@@ -1272,3 +1272,66 @@ fn quantized_packages_inspect_evaluate_run_export_and_compress() {
         "--eval runs model packages",
     );
 }
+
+#[path = "../../../tests/interop/moto.rs"]
+mod moto;
+
+#[test]
+fn commands_take_s3_urls_for_files_and_runs() {
+    if moto::start().is_none() {
+        return;
+    }
+    let base = format!("s3://{}/cli-{}", moto::BUCKET, std::process::id());
+    let mlp = fixture("mlp.safetensors");
+    let remote = format!("{base}/mlp.pth");
+    let out = ckpt(&["convert", mlp.to_str().unwrap(), &remote]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ckpt(&["inspect", &remote]);
+    assert!(
+        stdout(&out).contains("fc1.weight"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert_eq!(
+        ckpt(&["diff", mlp.to_str().unwrap(), &remote])
+            .status
+            .code(),
+        Some(0)
+    );
+    let out = ckpt(&["verify", &remote]);
+    assert!(
+        stdout(&out).contains(": ok (PyTorch"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    // A run on object storage: ls and verify read it as they read a directory.
+    let run = format!("{base}/run");
+    let mut m = ckpt::store::CheckpointManager::open(&run, Default::default()).unwrap();
+    for step in 1..=3 {
+        let mut sd = ckpt::StateDict::new();
+        sd.insert(
+            "w".into(),
+            ckpt::TensorData::from_f32(&[4], &[step as f32; 4]).unwrap(),
+        );
+        m.save(
+            step,
+            &ckpt::TrainingCheckpoint::new(sd),
+            &[("loss", 1.0 / step as f64)],
+        )
+        .unwrap();
+    }
+    drop(m);
+    let out = ckpt(&["ls", &run]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("3 steps"), "{text}");
+    let out = ckpt(&["verify", &run]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    expect_error(
+        &["inspect", &format!("{base}/missing.safetensors")],
+        "missing.safetensors",
+    );
+}

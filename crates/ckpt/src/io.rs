@@ -16,6 +16,9 @@ const WRITE_BUFFER: usize = 256 << 10;
 
 /// Maps `path` read-only, or reads it onto the heap when `mmap` is false.
 pub(crate) fn open(path: &Path, mmap: bool) -> Result<Arc<Buffer>> {
+    if is_url(path) {
+        return Ok(Arc::new(Buffer::Heap(read_url(path)?)));
+    }
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if !mmap || len == 0 {
@@ -46,6 +49,9 @@ pub(crate) fn write_atomic(
     durable: bool,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
+    if is_url(path) {
+        return write_url(path, write);
+    }
     let tmp = temp_path(path);
     let result = (|| {
         let file = File::create(&tmp)?;
@@ -72,6 +78,44 @@ pub(crate) fn write_atomic(
             .map_err(|e| Error::io(parent, e))?;
     }
     Ok(())
+}
+
+/// True for `s3://` URLs, which name objects rather than files.
+pub(crate) fn is_url(path: &Path) -> bool {
+    path.to_str().is_some_and(|p| p.starts_with("s3://"))
+}
+
+#[cfg(feature = "s3")]
+fn read_url(path: &Path) -> Result<Vec<u8>> {
+    crate::store::object::read_url(path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(feature = "s3")]
+fn write_url(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    let mut write = Some(write);
+    crate::store::object::write_url(path, &mut |out| match write.take() {
+        Some(f) => f(out),
+        None => Ok(()),
+    })
+    .map_err(|e| Error::io(path, e))
+}
+
+#[cfg(not(feature = "s3"))]
+fn no_s3(path: &Path) -> Error {
+    Error::io(
+        path,
+        std::io::Error::other("this ckpt was built without the `s3` feature"),
+    )
+}
+
+#[cfg(not(feature = "s3"))]
+fn read_url(path: &Path) -> Result<Vec<u8>> {
+    Err(no_s3(path))
+}
+
+#[cfg(not(feature = "s3"))]
+fn write_url(path: &Path, _: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    Err(no_s3(path))
 }
 
 /// A name beside `path` that no other writer uses: hidden, with the

@@ -41,6 +41,8 @@
 
 mod hash;
 mod manifest;
+#[cfg(feature = "s3")]
+pub mod object;
 mod retention;
 mod snapshot;
 mod storage;
@@ -287,8 +289,11 @@ impl Shared {
         }
         let value = checkpoint.to_value();
         let file = format!("checkpoint.{}", self.options.format.extension());
-        let tmp = temp_name();
+        // Object storage cannot rename: a step's objects go in place, and
+        // the manifest written last is still the commit.
+        let renames = self.storage.renames();
         let dir = step_dir(step);
+        let tmp = if renames { temp_name() } else { dir.clone() };
         let written = (|| {
             self.io(&tmp, self.storage.create_dir(&tmp))?;
             let name = format!("{tmp}/{file}");
@@ -333,9 +338,11 @@ impl Shared {
             let meta_name = format!("{tmp}/meta.json");
             self.write_small(&meta_name, &meta)?;
             self.sync(&meta_name)?;
-            self.sync(&tmp)?;
-            self.io(&tmp, self.storage.rename(&tmp, &dir))?;
-            self.sync("")?;
+            if renames {
+                self.sync(&tmp)?;
+                self.io(&tmp, self.storage.rename(&tmp, &dir))?;
+                self.sync("")?;
+            }
             Meta::parse(&meta).map_err(|reason| Error::BadStore {
                 path: self.path(&meta_name),
                 reason,
@@ -400,6 +407,12 @@ impl Shared {
     /// is already in place (the commit happened).
     fn write_manifest(&self, manifest: &Manifest) -> Result<(), (bool, Error)> {
         let before = |e| (false, e);
+        if !self.storage.renames() {
+            // One PUT replaces an object whole: that is the commit.
+            return self
+                .write_small(MANIFEST, &manifest.to_bytes())
+                .map_err(before);
+        }
         self.write_small(MANIFEST_TMP, &manifest.to_bytes())
             .map_err(before)?;
         self.sync(MANIFEST_TMP).map_err(before)?;
@@ -504,7 +517,7 @@ impl CheckpointManager {
     /// Opens (creating if needed) the run directory `dir` on the local
     /// filesystem.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<CheckpointManager> {
-        CheckpointManager::open_with(Arc::new(LocalStorage::new(dir.as_ref())), options)
+        CheckpointManager::open_with(storage_for(dir.as_ref())?, options)
     }
 
     /// Opens a run on any [`Storage`]: takes the writer lock (refusing a
@@ -834,6 +847,23 @@ pub struct RunCheck {
     pub writer_active: bool,
 }
 
+/// The storage a run path names: a local directory, or (with the `s3`
+/// feature) `s3://bucket/prefix`.
+fn storage_for(dir: &Path) -> Result<Arc<dyn Storage>> {
+    if dir.to_str().is_some_and(|d| d.starts_with("s3://")) {
+        #[cfg(feature = "s3")]
+        return Ok(Arc::new(
+            object::ObjectStorage::from_url(dir).map_err(|e| Error::io(dir, e))?,
+        ));
+        #[cfg(not(feature = "s3"))]
+        return Err(Error::io(
+            dir,
+            std::io::Error::other("this ckpt was built without the `s3` feature"),
+        ));
+    }
+    Ok(Arc::new(LocalStorage::new(dir)))
+}
+
 impl RunCheck {
     /// True when every step loads and nothing is torn.
     pub fn is_ok(&self) -> bool {
@@ -843,12 +873,10 @@ impl RunCheck {
 }
 
 impl RunReader {
-    /// Opens the run directory `dir` for reading.
+    /// Opens the run directory `dir` (or `s3://bucket/prefix`) for
+    /// reading.
     pub fn open(dir: impl AsRef<Path>) -> Result<RunReader> {
-        RunReader::open_with(
-            Arc::new(LocalStorage::new(dir.as_ref())),
-            StoreOptions::default(),
-        )
+        RunReader::open_with(storage_for(dir.as_ref())?, StoreOptions::default())
     }
 
     /// Opens a run on any [`Storage`] for reading; `options.verify` says

@@ -1,6 +1,7 @@
 //! Where a run lives: the small [`Storage`] trait the store writes through,
 //! and [`LocalStorage`], a directory on the local filesystem. Tests wrap it
-//! to inject failures; the object-store backend will implement it too.
+//! to inject failures; `object::ObjectStorage` (feature `s3`) puts a run
+//! on S3-compatible object storage.
 
 use std::any::Any;
 use std::fs::{self, File};
@@ -20,6 +21,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Takes the run's writer lock, held until the returned guard drops.
     /// `Ok(None)` means another live process holds it.
     fn lock(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>>;
+
+    /// Whether [`Storage::rename`] is atomic. When it is not (object
+    /// storage), the store writes a step's files in place and commits with
+    /// the manifest alone.
+    fn renames(&self) -> bool {
+        true
+    }
 
     /// Creates a directory.
     fn create_dir(&self, name: &str) -> io::Result<()>;
