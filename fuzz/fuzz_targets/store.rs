@@ -54,9 +54,14 @@ impl Storage for Mem {
         self.0.lock().unwrap().retain(|k, _| k != name && !k.starts_with(&format!("{name}/")));
         Ok(())
     }
-    fn list(&self) -> io::Result<Vec<String>> {
+    fn list_in(&self, dir: &str) -> io::Result<Vec<String>> {
         let files = self.0.lock().unwrap();
-        let mut names: Vec<String> = files.keys().map(|k| k.split('/').next().unwrap().to_owned()).collect();
+        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let mut names: Vec<String> = files
+            .keys()
+            .filter_map(|k| k.strip_prefix(prefix.as_str()))
+            .map(|k| k.split('/').next().unwrap().to_owned())
+            .collect();
         names.dedup();
         Ok(names)
     }

@@ -40,6 +40,7 @@ pub fn run(dir: &Path, metric: Option<&str>, json: bool, out: &mut dyn Write) ->
                     "epoch": s.epoch,
                     "metrics": s.metrics.iter().map(|(k, v)| (k.clone(), finite(*v))).collect::<serde_json::Map<_, _>>(),
                     "bytes": s.bytes,
+                    "written": s.written.unwrap_or(s.bytes),
                     "time": s.time,
                     "age_seconds": now - s.time,
                     "kept_by": kept_by(i),
@@ -59,9 +60,15 @@ pub fn run(dir: &Path, metric: Option<&str>, json: bool, out: &mut dyn Write) ->
         return Ok(());
     }
     let names = metric_names(&steps);
+    // Incremental runs: what each save wrote beside the logical size.
+    let incremental = steps.iter().any(|s| s.written.is_some());
     let mut header: Vec<String> = vec!["step".into(), "epoch".into()];
     header.extend(names.iter().cloned());
-    header.extend(["size".into(), "age".into(), "kept by".into()]);
+    header.push("size".into());
+    if incremental {
+        header.push("written".into());
+    }
+    header.extend(["age".into(), "kept by".into()]);
     let mut right = vec![true; header.len()];
     *right.last_mut().expect("header") = false;
     let mut table = Table::new(header, right);
@@ -73,16 +80,24 @@ pub fn run(dir: &Path, metric: Option<&str>, json: bool, out: &mut dyn Write) ->
                 .iter()
                 .map(|n| s.metric(n).map_or("-".into(), format_metric)),
         );
-        row.extend([
-            human_bytes(s.bytes),
-            human_age(now - s.time),
-            kept_by(i).join(","),
-        ]);
+        row.push(human_bytes(s.bytes));
+        if incremental {
+            row.push(human_bytes(s.written.unwrap_or(s.bytes)));
+        }
+        row.extend([human_age(now - s.time), kept_by(i).join(",")]);
         table.row(row);
     }
     table.write(out)?;
     let total: u64 = steps.iter().map(|s| s.bytes).sum();
     write!(out, "{} steps, {}", steps.len(), human_bytes(total))?;
+    if incremental {
+        let written: u64 = steps.iter().map(|s| s.written.unwrap_or(s.bytes)).sum();
+        write!(
+            out,
+            " ({} written: chunks are shared)",
+            human_bytes(written)
+        )?;
+    }
     if best.is_some() {
         write!(out, "; * best by {}", describe_best(retention.as_ref()))?;
     }

@@ -44,6 +44,7 @@ pub mod format;
 mod io;
 mod load;
 pub mod package;
+mod parallel;
 mod save;
 pub mod spec;
 mod state_dict;

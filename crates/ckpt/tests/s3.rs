@@ -275,3 +275,36 @@ fn a_network_failure_fails_the_save_and_the_next_save_succeeds() {
     assert_eq!(steps, [1, 2]);
     assert_eq!(step_of(&reader.load(2).unwrap()), 2);
 }
+
+#[test]
+fn incremental_runs_share_chunks_on_object_storage() {
+    if moto::start().is_none() {
+        return;
+    }
+    let run = url("incremental");
+    let options = StoreOptions::default()
+        .incremental(true)
+        .retention(Retention::default().keep_last(1));
+    let mut m = CheckpointManager::open(&run, options).unwrap();
+    // 8 MiB of distinct values: two chunks, written once.
+    let state = |v: f32| {
+        let values: Vec<f32> = (0..2 << 20).map(|i| i as f32 + v).collect();
+        let mut model = StateDict::new();
+        model.insert(
+            "w".into(),
+            TensorData::from_f32(&[2 << 20], &values).unwrap(),
+        );
+        TrainingCheckpoint::new(model)
+    };
+    let first = m.save(1, &state(7.0), &[]).unwrap();
+    assert!(first.written >= 8 << 20, "{first:?}");
+    let again = m.save(2, &state(7.0), &[]).unwrap();
+    assert!(again.written < 4096, "{again:?}");
+    assert_eq!(m.load(2).unwrap().model, state(7.0).model);
+    let storage = ObjectStorage::from_url(&run).unwrap();
+    assert_eq!(storage.list_in("blobs").unwrap().len(), 2);
+    // New contents: the old chunks go when step 2 is dropped.
+    m.save(3, &state(8.0), &[]).unwrap();
+    assert_eq!(storage.list_in("blobs").unwrap().len(), 2);
+    assert_eq!(m.load(3).unwrap().model, state(8.0).model);
+}

@@ -43,8 +43,19 @@ fn assert_is_step(c: &TrainingCheckpoint, step: u64) {
     assert_eq!(c.model["b"].values_f64().next(), Some(step as f64));
 }
 
+/// The options for a run in `dir`: incremental when the directory's name
+/// says so (child processes inherit the mode with the path).
+fn options_for(dir: &Path) -> StoreOptions {
+    StoreOptions::default().incremental(dir.to_string_lossy().contains("incremental"))
+}
+
 fn open(dir: &Path) -> CheckpointManager {
-    CheckpointManager::open(dir, StoreOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+    CheckpointManager::open(dir, options_for(dir)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A temporary run directory in each mode.
+fn run_dirs() -> [tempfile::TempDir; 2] {
+    ["plain", "incremental"].map(|mode| tempfile::Builder::new().prefix(mode).tempdir().unwrap())
 }
 
 #[test]
@@ -284,8 +295,8 @@ impl Storage for Faulty {
         self.op();
         self.inner.remove(name)
     }
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.inner.list()
+    fn list_in(&self, dir: &str) -> io::Result<Vec<String>> {
+        self.inner.list_in(dir)
     }
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         self.inner.read(name)
@@ -296,8 +307,7 @@ impl Storage for Faulty {
 }
 
 fn open_faulty(dir: &Path, fault: Fault) -> CheckpointManager {
-    CheckpointManager::open_with(Arc::new(Faulty::new(dir, fault)), StoreOptions::default())
-        .unwrap()
+    CheckpointManager::open_with(Arc::new(Faulty::new(dir, fault)), options_for(dir)).unwrap()
 }
 
 #[test]
@@ -317,8 +327,10 @@ fn injected_io_errors_fail_the_save_and_lose_nothing() {
     }
     let mut failed = 0;
     let mut failures = Vec::new();
-    for fault in faults {
-        let dir = tempfile::tempdir().unwrap();
+    for (fault, dir) in faults
+        .into_iter()
+        .flat_map(|f| run_dirs().map(move |d| (f, d)))
+    {
         {
             let mut store = open(dir.path());
             store.save(1, &checkpoint(1, 64), &[]).unwrap();
@@ -502,7 +514,12 @@ fn check_after_crash(dir: &Path) -> (Option<u64>, usize) {
 
 #[test]
 fn a_crash_at_every_operation_of_the_commit_protocol_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    for dir in run_dirs() {
+        crash_at_every_operation(&dir);
+    }
+}
+
+fn crash_at_every_operation(dir: &tempfile::TempDir) {
     {
         let mut store = open(dir.path());
         store.save(1, &checkpoint(1, 16), &[]).unwrap();
@@ -514,6 +531,9 @@ fn a_crash_at_every_operation_of_the_commit_protocol_loses_nothing() {
         let latest = check_after_crash(dir.path()).0.unwrap();
         if completed {
             assert!(n >= 8, "a save took only {n} operations");
+            if options_for(dir.path()).incremental {
+                assert!(dir.path().join("blobs").read_dir().unwrap().count() >= 2);
+            }
             break;
         }
         assert!(!out.status.success(), "abort at {n} did not abort");

@@ -26,8 +26,7 @@
 
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use indexmap::IndexMap;
 use serde_json::{json, Value as Json};
@@ -298,34 +297,6 @@ fn decode(
     }
 }
 
-/// `f` over `items` on every core (tensors are independent), results in
-/// order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                let result = f(item);
-                *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .map(|s| {
-            s.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("every item was mapped")
-        })
-        .collect()
-}
-
 /// Reads a whole `.ckptz` file held in `buffer`.
 pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
     let bytes = buffer.as_slice();
@@ -397,7 +368,7 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
             ),
         ));
     }
-    let decoded = parallel_map(&jobs, |(entry, dtype, offset)| {
+    let decoded = crate::parallel::map(&jobs, |(entry, dtype, offset)| {
         let blob = &bytes[*offset as usize..(*offset + entry.length) as usize];
         let data = decode(entry, *dtype, blob, path, *offset)?;
         TensorData::new(*dtype, entry.shape.clone(), data)
@@ -496,7 +467,7 @@ impl Plan {
         }
         let (tree, tensors) = flatten(value)?;
         let list: Vec<(&String, &TensorData)> = tensors.iter().collect();
-        let results = parallel_map(&list, |(_, t)| best(t));
+        let results = crate::parallel::map(&list, |(_, t)| best(t));
         let mut meta = metadata.clone();
         if let Some(tree) = tree {
             meta.insert(super::safetensors::TREE_KEY.into(), tree);

@@ -23,8 +23,12 @@ pub struct StepInfo {
     pub metrics: IndexMap<String, f64>,
     /// When it was committed, in seconds since the Unix epoch.
     pub time: f64,
-    /// The checkpoint file's size.
+    /// The checkpoint file's size (for an incremental checkpoint: its
+    /// tensors' bytes, the logical size).
     pub bytes: u64,
+    /// For an incremental checkpoint, the bytes this save wrote (new
+    /// chunks and the index).
+    pub written: Option<u64>,
     /// The checkpoint file's name inside the step's directory.
     pub file: String,
     /// The hash of the step's `meta.json`.
@@ -90,6 +94,9 @@ fn info_json(info: &StepInfo) -> Map<String, Json> {
     m.insert("metrics".into(), metrics_json(&info.metrics));
     m.insert("time".into(), number(info.time));
     m.insert("bytes".into(), json!(info.bytes));
+    if let Some(w) = info.written {
+        m.insert("written".into(), json!(w));
+    }
     m.insert("file".into(), json!(info.file));
     m
 }
@@ -121,6 +128,10 @@ fn parse_info(v: &Json, meta_hash: String) -> Result<StepInfo, String> {
         metrics,
         time: parse_number(field("time")?).ok_or("time is not a number")?,
         bytes: field("bytes")?.as_u64().ok_or("bytes is not a count")?,
+        written: match v.get("written") {
+            None => None,
+            Some(w) => Some(w.as_u64().ok_or("written is not a count")?),
+        },
         file,
         meta_hash,
     })
@@ -278,6 +289,7 @@ mod tests {
                 .collect(),
             time: 1.7e9,
             bytes: 100,
+            written: None,
             file: "checkpoint.safetensors".into(),
             meta_hash: "00ff".into(),
         }

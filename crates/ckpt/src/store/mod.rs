@@ -40,6 +40,7 @@
 //! ```
 
 mod hash;
+mod incremental;
 mod manifest;
 #[cfg(feature = "s3")]
 pub mod object;
@@ -48,6 +49,7 @@ mod snapshot;
 mod storage;
 
 use std::any::Any;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -108,6 +110,10 @@ pub struct StoreOptions {
     /// Called with (bytes checked, total) while a load verifies a mapped
     /// checkpoint's hash.
     pub load_progress: Option<crate::save::Progress>,
+    /// Store tensors by content in 4 MiB chunks (`blobs/`), writing only
+    /// the chunks no kept step already holds; `format` is then unused (the
+    /// step holds `checkpoint.index.json`).
+    pub incremental: bool,
 }
 
 impl Default for StoreOptions {
@@ -121,6 +127,7 @@ impl Default for StoreOptions {
             async_policy: AsyncPolicy::Wait,
             save: SaveOptions::default(),
             load_progress: None,
+            incremental: false,
         }
     }
 }
@@ -168,6 +175,12 @@ impl StoreOptions {
         self
     }
 
+    /// Sets [`StoreOptions::incremental`].
+    pub fn incremental(mut self, incremental: bool) -> Self {
+        self.incremental = incremental;
+        self
+    }
+
     /// Sets [`StoreOptions::save`].
     pub fn save_options(mut self, save: SaveOptions) -> Self {
         self.save = save;
@@ -181,8 +194,11 @@ impl StoreOptions {
 pub struct SaveReport {
     /// The committed step.
     pub step: u64,
-    /// The checkpoint file's size.
+    /// The checkpoint file's size (incremental: the tensors' bytes).
     pub bytes: u64,
+    /// The bytes this save wrote (incremental: new chunks and the index;
+    /// otherwise the file).
+    pub written: u64,
     /// Steps retention deleted after the commit.
     pub deleted: Vec<u64>,
     /// Seconds from the call (or the background start) to the commit
@@ -226,6 +242,12 @@ struct Shared {
     storage: Arc<dyn Storage>,
     options: StoreOptions,
     manifest: Mutex<Manifest>,
+    /// The chunks each committed incremental step's index names; `None`
+    /// when an index could not be read at open (then no blob is deleted).
+    chunks: Mutex<Option<BTreeMap<u64, Vec<String>>>>,
+    /// The last synchronous save's tensors and their chunk hashes: passed
+    /// again unchanged, they are not hashed again.
+    hash_cache: Mutex<incremental::HashCache>,
 }
 
 /// A run directory, open for writing: one per directory at a time (a lock
@@ -252,6 +274,53 @@ impl Shared {
         self.manifest.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn chunks(&self) -> MutexGuard<'_, Option<BTreeMap<u64, Vec<String>>>> {
+        self.chunks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deletes the blobs no committed step names (after a commit or a
+    /// `gc`); nothing when the references are not all known.
+    fn collect_blobs(&self, present: &[String]) -> Result<()> {
+        let referenced: HashSet<String> = match &*self.chunks() {
+            Some(map) => map.values().flatten().cloned().collect(),
+            None => return Ok(()),
+        };
+        for hash in present.iter().filter(|h| !referenced.contains(*h)) {
+            let name = incremental::blob_name(hash);
+            self.io(&name, self.storage.remove(&name))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the chunks of `chunked` that no committed step holds;
+    /// returns the bytes written.
+    fn write_blobs(&self, chunked: &incremental::Chunked) -> Result<u64> {
+        let known: HashSet<String> = self
+            .chunks()
+            .iter()
+            .flat_map(|m| m.values().flatten().cloned())
+            .collect();
+        let mut written = 0;
+        let mut done = HashSet::new();
+        for (hash, t, range) in &chunked.chunks {
+            if known.contains(hash) || !done.insert(hash.clone()) {
+                continue;
+            }
+            let name = incremental::blob_name(hash);
+            let bytes = &t.bytes()[range.clone()];
+            self.io(
+                &name,
+                self.storage.write(&name, &mut |w| w.write_all(bytes)),
+            )?;
+            self.sync(&name)?;
+            written += bytes.len() as u64;
+        }
+        if written > 0 {
+            self.sync(incremental::BLOBS)?;
+        }
+        Ok(written)
+    }
+
     fn path(&self, name: &str) -> PathBuf {
         self.storage.root().join(name)
     }
@@ -273,11 +342,14 @@ impl Shared {
     }
 
     /// The commit protocol (module docs).
+    /// `remember`: the checkpoint's tensors are the caller's own (a
+    /// synchronous save), whose chunk hashes may be kept by address.
     fn commit(
         &self,
         step: u64,
         checkpoint: &TrainingCheckpoint,
         metrics: IndexMap<String, f64>,
+        remember: bool,
     ) -> Result<SaveReport> {
         let start = Instant::now();
         self.options.retention.check(step, &metrics)?;
@@ -288,21 +360,42 @@ impl Shared {
             });
         }
         let value = checkpoint.to_value();
-        let file = format!("checkpoint.{}", self.options.format.extension());
+        let chunked = match self.options.incremental {
+            true => {
+                let mut cache = self.hash_cache.lock().unwrap_or_else(|p| p.into_inner());
+                let (chunked, next) = incremental::chunk(&value, &cache)?;
+                // Snapshots of background saves reuse their buffer: only a
+                // caller's own tensors may be remembered by address.
+                *cache = if remember { next } else { Default::default() };
+                Some(chunked)
+            }
+            false => None,
+        };
+        let file = match &chunked {
+            Some(_) => incremental::INDEX_FILE.to_owned(),
+            None => format!("checkpoint.{}", self.options.format.extension()),
+        };
         // Object storage cannot rename: a step's objects go in place, and
         // the manifest written last is still the commit.
         let renames = self.storage.renames();
         let dir = step_dir(step);
         let tmp = if renames { temp_name() } else { dir.clone() };
         let written = (|| {
+            let blob_bytes = match &chunked {
+                Some(c) => self.write_blobs(c)?,
+                None => 0,
+            };
             self.io(&tmp, self.storage.create_dir(&tmp))?;
             let name = format!("{tmp}/{file}");
-            let plan = crate::save::plan(
-                self.options.format,
-                &value,
-                &self.path(&format!("{dir}/{file}")),
-                &self.options.save,
-            )?;
+            let plan = match &chunked {
+                Some(_) => None,
+                None => Some(crate::save::plan(
+                    self.options.format,
+                    &value,
+                    &self.path(&format!("{dir}/{file}")),
+                    &self.options.save,
+                )?),
+            };
             let mut hasher = Some(StreamHasher::new());
             self.io(
                 &name,
@@ -311,12 +404,22 @@ impl Shared {
                         out,
                         hasher: StreamHasher::new(),
                     };
-                    crate::save::write_plan(&*plan, &mut hashing, &self.options.save)?;
+                    match (&plan, &chunked) {
+                        (Some(plan), _) => {
+                            crate::save::write_plan(&**plan, &mut hashing, &self.options.save)?
+                        }
+                        (None, Some(c)) => std::io::Write::write_all(&mut hashing, &c.index)?,
+                        (None, None) => unreachable!("a plan or an index"),
+                    }
                     hasher = Some(hashing.hasher);
                     Ok(())
                 }),
             )?;
-            let (file_hash, bytes) = hasher.take().expect("set by the write").finish();
+            let (file_hash, file_bytes) = hasher.take().expect("set by the write").finish();
+            let (bytes, written) = match &chunked {
+                Some(c) => (c.logical, Some(blob_bytes + file_bytes)),
+                None => (file_bytes, None),
+            };
             self.sync(&name)?;
             let info = StepInfo {
                 step,
@@ -326,6 +429,7 @@ impl Shared {
                     .duration_since(UNIX_EPOCH)
                     .map_or(0.0, |d| d.as_secs_f64()),
                 bytes,
+                written,
                 file,
                 meta_hash: String::new(),
             };
@@ -378,6 +482,12 @@ impl Shared {
         }
         *self.manifest() = next;
         let seconds = start.elapsed().as_secs_f64();
+        if let (Some(c), Some(map)) = (&chunked, &mut *self.chunks()) {
+            map.insert(step, c.hashes());
+            for (s, _) in &dropped {
+                map.remove(&s.step);
+            }
+        }
 
         // After the commit: the metric history (best effort: it feeds
         // plots, not loads; a torn last line is skipped when read), then
@@ -389,6 +499,12 @@ impl Shared {
         for (s, _) in &dropped {
             let _ = self.storage.remove(&s.dir());
         }
+        if !dropped.is_empty() {
+            // Best effort, like the step deletions: leftovers go on open.
+            if let Ok(present) = self.storage.list_in(incremental::BLOBS) {
+                let _ = self.collect_blobs(&present);
+            }
+        }
         if let Some(e) = not_durable {
             return Err(Error::CommitNotDurable {
                 step,
@@ -398,6 +514,7 @@ impl Shared {
         Ok(SaveReport {
             step,
             bytes: meta.info.bytes,
+            written: meta.info.written.unwrap_or(meta.info.bytes),
             deleted,
             seconds,
         })
@@ -468,10 +585,27 @@ impl Shared {
                 });
             }
         }
-        let format = Format::from_path(&path)?;
-        let loaded =
-            crate::load::read_buffer(format, buffer, &path, &crate::LoadOptions::default())?;
-        TrainingCheckpoint::from_value(&loaded.value).map_err(|e| match e {
+        let value = if meta.info.file == incremental::INDEX_FILE {
+            let index = incremental::parse(buffer.as_slice(), &path)?;
+            let read = |hash: &str| {
+                let name = incremental::blob_name(hash);
+                match self.storage.local_path(&name) {
+                    Some(local) => std::fs::read(&local).map_err(|e| Error::io(&local, e)),
+                    None => self.io(&name, self.storage.read(&name)),
+                }
+            };
+            incremental::assemble(
+                &index,
+                read,
+                self.options.verify,
+                self.storage.root(),
+                &path,
+            )?
+        } else {
+            let format = Format::from_path(&path)?;
+            crate::load::read_buffer(format, buffer, &path, &crate::LoadOptions::default())?.value
+        };
+        TrainingCheckpoint::from_value(&value).map_err(|e| match e {
             Error::BadCheckpoint { key, reason } => Error::BadCheckpoint {
                 key: format!("{}: {key}", path.display()),
                 reason,
@@ -560,6 +694,8 @@ impl CheckpointManager {
             storage,
             options,
             manifest: Mutex::new(Manifest::default()),
+            chunks: Mutex::new(Some(BTreeMap::new())),
+            hash_cache: Mutex::default(),
         });
         let mut opened = OpenReport::default();
         let manifest = match shared.storage.read(MANIFEST) {
@@ -587,6 +723,53 @@ impl CheckpointManager {
                 || name == MANIFEST_TMP
                 || (name.starts_with("step-") && !committed.contains(&name));
             if leftover {
+                shared.io(&name, shared.storage.remove(&name))?;
+                opened.removed.push(name);
+            }
+        }
+        // The chunks committed incremental steps name; blobs no step names
+        // are a save's or a deletion's leftovers. An unreadable index
+        // (damaged, or the network) turns blob deletion off for this run.
+        let mut chunks = BTreeMap::new();
+        let mut known = true;
+        for s in manifest
+            .steps
+            .iter()
+            .filter(|s| s.file == incremental::INDEX_FILE)
+        {
+            let name = format!("{}/{}", s.dir(), s.file);
+            match shared
+                .storage
+                .read(&name)
+                .map(|b| incremental::parse(&b, &shared.path(&name)))
+            {
+                Ok(Ok(index)) => {
+                    chunks.insert(s.step, index.hashes().map(str::to_owned).collect());
+                }
+                _ => known = false,
+            }
+        }
+        *shared.chunks() = known.then_some(chunks);
+        if shared.options.incremental {
+            match shared.storage.create_dir(incremental::BLOBS) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(Error::io(shared.path(incremental::BLOBS), e))
+                }
+                _ => {}
+            }
+        }
+        let present = shared.io(
+            incremental::BLOBS,
+            shared.storage.list_in(incremental::BLOBS),
+        )?;
+        let referenced: HashSet<String> = shared
+            .chunks()
+            .iter()
+            .flat_map(|m| m.values().flatten().cloned())
+            .collect();
+        if known {
+            for hash in present.iter().filter(|h| !referenced.contains(*h)) {
+                let name = incremental::blob_name(hash);
                 shared.io(&name, shared.storage.remove(&name))?;
                 opened.removed.push(name);
             }
@@ -627,7 +810,7 @@ impl CheckpointManager {
         metrics: &[(&str, f64)],
     ) -> Result<SaveReport> {
         self.wait()?;
-        self.shared.commit(step, checkpoint, to_map(metrics))
+        self.shared.commit(step, checkpoint, to_map(metrics), true)
     }
 
     /// Takes a snapshot of `checkpoint` (one copy of its tensors into a
@@ -683,7 +866,7 @@ impl CheckpointManager {
         let metrics = to_map(metrics);
         let handle = std::thread::Builder::new()
             .name(format!("ckpt-save-{step}"))
-            .spawn(move || shared.commit(step, &checkpoint, metrics))
+            .spawn(move || shared.commit(step, &checkpoint, metrics, false))
             .map_err(|e| Error::io(self.dir(), e))?;
         self.pending = Some((step, handle));
         Ok(AsyncSave::Started)
@@ -812,7 +995,15 @@ impl CheckpointManager {
         for s in &dropped {
             self.shared
                 .io(&s.dir(), self.shared.storage.remove(&s.dir()))?;
+            if let Some(map) = &mut *self.shared.chunks() {
+                map.remove(&s.step);
+            }
         }
+        let present = self.shared.io(
+            incremental::BLOBS,
+            self.shared.storage.list_in(incremental::BLOBS),
+        )?;
+        self.shared.collect_blobs(&present)?;
         Ok(dropped.iter().map(|s| s.step).collect())
     }
 }
@@ -886,6 +1077,8 @@ impl RunReader {
             storage,
             options,
             manifest: Mutex::new(Manifest::default()),
+            chunks: Mutex::new(None),
+            hash_cache: Mutex::default(),
         };
         let bytes = match shared.storage.read(MANIFEST) {
             Ok(bytes) => bytes,

@@ -404,8 +404,8 @@ impl Storage for ObjectStorage {
         })
     }
 
-    fn list(&self) -> io::Result<Vec<String>> {
-        let prefix = (!self.prefix.is_empty()).then(|| self.key(""));
+    fn list_in(&self, dir: &str) -> io::Result<Vec<String>> {
+        let prefix = (!self.prefix.is_empty() || !dir.is_empty()).then(|| self.key(dir));
         let listing = self
             .block_on(self.store.list_with_delimiter(prefix.as_ref()))
             .map_err(to_io)?;

@@ -290,6 +290,7 @@ mod tests {
             metrics,
             time: 0.0,
             bytes: 0,
+            written: None,
             file: "c.safetensors".into(),
             meta_hash: String::new(),
         }

@@ -54,7 +54,13 @@ pub trait Storage: Send + Sync + 'static {
     fn remove(&self, name: &str) -> io::Result<()>;
 
     /// The names in the root.
-    fn list(&self) -> io::Result<Vec<String>>;
+    fn list(&self) -> io::Result<Vec<String>> {
+        self.list_in("")
+    }
+
+    /// The names in directory `dir` (`""` is the root); a missing
+    /// directory has none.
+    fn list_in(&self, dir: &str) -> io::Result<Vec<String>>;
 
     /// A whole (small) file.
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
@@ -155,9 +161,13 @@ impl Storage for LocalStorage {
         }
     }
 
-    fn list(&self) -> io::Result<Vec<String>> {
+    fn list_in(&self, dir: &str) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
-        for entry in fs::read_dir(&self.root)? {
+        let entries = match fs::read_dir(self.path(dir)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.is_empty() => return Ok(names),
+            other => other?,
+        };
+        for entry in entries {
             if let Ok(name) = entry?.file_name().into_string() {
                 names.push(name);
             }
