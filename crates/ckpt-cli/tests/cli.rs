@@ -1335,3 +1335,40 @@ fn commands_take_s3_urls_for_files_and_runs() {
         "missing.safetensors",
     );
 }
+
+#[test]
+fn inspect_and_convert_see_a_multi_rank_checkpoint_as_one_state_dict() {
+    use ckpt::store::distributed::{commit, save_part, Part};
+    let dir = tempfile::tempdir().unwrap();
+    let values: Vec<f32> = (0..24).map(|i| i as f32).collect();
+    for (rank, rows) in [(0, 0..2), (1, 2..6)] {
+        let part = Part {
+            name: "layer.weight".into(),
+            shape: vec![6, 4],
+            rows: rows.clone(),
+            data: ckpt::TensorData::from_f32(
+                &[rows.len(), 4],
+                &values[rows.start * 4..rows.end * 4],
+            )
+            .unwrap(),
+        };
+        save_part(dir.path(), rank, 2, &[part]).unwrap();
+    }
+    let index = dir.path().join("ckpt.index.json");
+    expect_error(&["inspect", index.to_str().unwrap()], "ckpt.index.json");
+    commit(dir.path(), 2).unwrap();
+    let out = ckpt(&["inspect", index.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("layer.weight  float32  [6, 4]"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let whole = dir.path().join("whole.safetensors");
+    let out = ckpt(&["convert", index.to_str().unwrap(), whole.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        ckpt::load_state_dict(&whole).unwrap()["layer.weight"],
+        ckpt::TensorData::from_f32(&[6, 4], &values).unwrap()
+    );
+}

@@ -76,9 +76,9 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
 
 /// The shard files an index names (already validated by reading it).
 fn shard_files(index: &Path) -> Result<BTreeSet<std::path::PathBuf>> {
-    let bytes = std::fs::read(index).map_err(|e| crate::Error::io(index, e))?;
+    let bytes = crate::io::open(index, false)?;
     let json: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|source| crate::Error::HeaderJson {
+        serde_json::from_slice(bytes.as_slice()).map_err(|source| crate::Error::HeaderJson {
             path: index.to_owned(),
             source,
         })?;

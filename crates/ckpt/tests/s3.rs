@@ -308,3 +308,36 @@ fn incremental_runs_share_chunks_on_object_storage() {
     assert_eq!(storage.list_in("blobs").unwrap().len(), 2);
     assert_eq!(m.load(3).unwrap().model, state(8.0).model);
 }
+
+#[test]
+fn multi_rank_checkpoints_commit_and_reshard_on_object_storage() {
+    use ckpt::store::distributed::{commit, save_part, Distributed, Part};
+    if moto::start().is_none() {
+        return;
+    }
+    let dir = url("distributed");
+    let values: Vec<f32> = (0..40).map(|i| i as f32 / 4.0).collect();
+    let whole = TensorData::from_f32(&[10, 4], &values).unwrap();
+    let slice = |r: std::ops::Range<usize>| Part {
+        name: "w".into(),
+        shape: vec![10, 4],
+        rows: r.clone(),
+        data: TensorData::from_f32(&[r.len(), 4], &values[r.start * 4..r.end * 4]).unwrap(),
+    };
+    save_part(&dir, 0, 2, &[slice(0..6)]).unwrap();
+    assert!(commit(&dir, 2).is_err());
+    save_part(&dir, 1, 2, &[slice(6..10)]).unwrap();
+    commit(&dir, 2).unwrap();
+    let ckpt = Distributed::open(&dir).unwrap();
+    for world in 1..=3 {
+        let mut bytes = Vec::new();
+        for rank in 0..world {
+            bytes.extend_from_slice(ckpt.load_shard(rank, world).unwrap()["w"].bytes());
+        }
+        assert_eq!(bytes, whole.bytes(), "{world} ranks");
+    }
+    assert_eq!(
+        ckpt::load_state_dict(dir.join("ckpt.index.json")).unwrap()["w"],
+        whole
+    );
+}

@@ -43,6 +43,17 @@ pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<L
         path: path.to_owned(),
         source,
     })?;
+    if json.get("format").and_then(Json::as_str) == Some("ckpt-distributed") {
+        // A multi-rank checkpoint of ckpt's store, as one state dict.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let store = crate::store::storage_for(dir)?;
+        let sd = crate::store::distributed::Distributed::from_index(bytes, dir, store)?.load()?;
+        return Ok(Loaded {
+            format: Format::ShardedIndex,
+            value: sd.into(),
+            metadata: Default::default(),
+        });
+    }
     let map = json
         .get("weight_map")
         .and_then(Json::as_object)

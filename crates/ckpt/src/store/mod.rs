@@ -39,6 +39,7 @@
 //! assert_eq!((restored.step, restored.checkpoint.step), (40, 40));
 //! ```
 
+pub mod distributed;
 mod hash;
 mod incremental;
 mod manifest;
@@ -1040,7 +1041,7 @@ pub struct RunCheck {
 
 /// The storage a run path names: a local directory, or (with the `s3`
 /// feature) `s3://bucket/prefix`.
-fn storage_for(dir: &Path) -> Result<Arc<dyn Storage>> {
+pub(crate) fn storage_for(dir: &Path) -> Result<Arc<dyn Storage>> {
     if dir.to_str().is_some_and(|d| d.starts_with("s3://")) {
         #[cfg(feature = "s3")]
         return Ok(Arc::new(

@@ -424,6 +424,16 @@ impl Storage for ObjectStorage {
         self.get(name)
     }
 
+    fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> io::Result<Vec<u8>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.key(name);
+        self.block_on(self.store.get_range(&key, range))
+            .map(|b| b.to_vec())
+            .map_err(to_io)
+    }
+
     fn local_path(&self, _: &str) -> Option<PathBuf> {
         None
     }

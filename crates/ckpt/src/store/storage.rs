@@ -65,6 +65,16 @@ pub trait Storage: Send + Sync + 'static {
     /// A whole (small) file.
     fn read(&self, name: &str) -> io::Result<Vec<u8>>;
 
+    /// Bytes `range` of a file (fewer at its end).
+    fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> io::Result<Vec<u8>> {
+        let all = self.read(name)?;
+        let end = (range.end as usize).min(all.len());
+        Ok(all
+            .get(range.start as usize..end)
+            .unwrap_or_default()
+            .to_vec())
+    }
+
     /// A local path for `name`, when the file can be memory-mapped.
     fn local_path(&self, name: &str) -> Option<PathBuf>;
 }
@@ -178,6 +188,16 @@ impl Storage for LocalStorage {
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         fs::read(self.path(name))
+    }
+
+    fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = File::open(self.path(name))?;
+        file.seek(SeekFrom::Start(range.start))?;
+        let mut bytes = Vec::new();
+        file.take(range.end.saturating_sub(range.start))
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 
     fn local_path(&self, name: &str) -> Option<PathBuf> {

@@ -1,0 +1,201 @@
+//! Multi-rank checkpoints with real processes: W = 4 writer processes
+//! save their parts of one checkpoint (tensors split by rows, unevenly,
+//! and tensors owned whole); the coordinator commits only when all are
+//! there; a rank killed before saving leaves nothing committed; loading
+//! with 1, 2 and 3 ranks gives bit-identical tensors; `ckpt::read` of the
+//! index sees the whole state dict.
+
+use std::path::Path;
+use std::process::{Child, Command};
+
+use ckpt::store::distributed::{commit, save_part, Distributed, Part, INDEX};
+use ckpt::{DType, StateDict, TensorData};
+
+const WORLD: usize = 4;
+
+/// The whole model every rank holds a piece of.
+fn model() -> StateDict {
+    let mut sd = StateDict::new();
+    let values = |n: usize, k: f32| -> Vec<f32> { (0..n).map(|i| i as f32 * k - 3.5).collect() };
+    sd.insert(
+        "embed.weight".into(),
+        TensorData::from_f32(&[10, 6], &values(60, 0.25)).unwrap(),
+    );
+    sd.insert(
+        "head.weight".into(),
+        TensorData::from_f32(&[3, 4], &values(12, 1.5)).unwrap(),
+    );
+    sd.insert(
+        "bias".into(),
+        TensorData::from_f32(&[7], &values(7, 0.1)).unwrap(),
+    );
+    sd.insert("scale".into(), TensorData::from_f32(&[], &[2.5]).unwrap());
+    sd.insert(
+        "ids".into(),
+        TensorData::new(
+            DType::I64,
+            vec![5],
+            (0..5i64).flat_map(|i| (i * 11).to_le_bytes()).collect(),
+        )
+        .unwrap(),
+    );
+    sd
+}
+
+/// Rows `rows` of `t` (dimension 0).
+fn rows(t: &TensorData, rows: std::ops::Range<usize>) -> TensorData {
+    let row = t.bytes().len() / t.shape()[0].max(1);
+    let mut shape = t.shape().to_vec();
+    shape[0] = rows.len();
+    TensorData::new(
+        t.dtype(),
+        shape,
+        t.bytes()[rows.start * row..rows.end * row].to_vec(),
+    )
+    .unwrap()
+}
+
+/// What rank `rank` saves: uneven row splits of embed and bias, head
+/// whole on rank 1, scale on rank 2, ids on rank 3.
+fn parts(rank: usize) -> Vec<Part> {
+    let m = model();
+    let split = |name: &str, cuts: &[usize]| Part {
+        name: name.into(),
+        shape: m[name].shape().to_vec(),
+        rows: cuts[rank]..cuts[rank + 1],
+        data: rows(&m[name], cuts[rank]..cuts[rank + 1]),
+    };
+    let mut out = vec![
+        split("embed.weight", &[0, 3, 5, 9, 10]),
+        split("bias", &[0, 0, 4, 6, 7]),
+    ];
+    match rank {
+        1 => out.push(Part::whole("head.weight", m["head.weight"].clone())),
+        2 => out.push(Part::whole("scale", m["scale"].clone())),
+        3 => out.push(Part::whole("ids", m["ids"].clone())),
+        _ => {}
+    }
+    out
+}
+
+#[test]
+fn rank_process() {
+    let (Ok(dir), Ok(rank)) = (std::env::var("CKPT_RANK_DIR"), std::env::var("CKPT_RANK")) else {
+        return; // only when started by the tests here
+    };
+    let rank: usize = rank.parse().unwrap();
+    if std::env::var("CKPT_RANK_STALL").is_ok_and(|r| r == rank.to_string()) {
+        std::thread::sleep(std::time::Duration::from_secs(60));
+    }
+    save_part(Path::new(&dir), rank, WORLD, &parts(rank)).unwrap();
+}
+
+fn spawn(dir: &Path, rank: usize, stall: Option<usize>) -> Child {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", "rank_process", "--nocapture"])
+        .env("CKPT_RANK_DIR", dir)
+        .env("CKPT_RANK", rank.to_string())
+        .stdout(std::process::Stdio::null());
+    if let Some(s) = stall {
+        c.env("CKPT_RANK_STALL", s.to_string());
+    }
+    c.spawn().unwrap()
+}
+
+#[test]
+fn four_writer_processes_commit_one_checkpoint_that_any_world_size_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let children: Vec<Child> = (0..WORLD).map(|r| spawn(dir.path(), r, None)).collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    commit(dir.path(), WORLD).unwrap();
+    let ckpt = Distributed::open(dir.path()).unwrap();
+    assert_eq!(ckpt.world(), WORLD);
+    let whole = model();
+    for world in 1..=3 {
+        // Each rank's shard, put back together, is the model bit for bit.
+        let shards: Vec<StateDict> = (0..world)
+            .map(|r| ckpt.load_shard(r, world).unwrap())
+            .collect();
+        for (name, t) in whole.iter() {
+            if t.shape().is_empty() {
+                for s in &shards {
+                    assert_eq!(s[name], *t, "{name}");
+                }
+                continue;
+            }
+            let mut bytes = Vec::new();
+            for s in &shards {
+                bytes.extend_from_slice(s[name].bytes());
+            }
+            assert_eq!(bytes, t.bytes(), "{name} with {world} ranks");
+        }
+    }
+    // Any rows, across piece boundaries.
+    assert_eq!(
+        ckpt.read_rows("embed.weight", 2..8).unwrap(),
+        rows(&whole["embed.weight"], 2..8)
+    );
+    // The index is the whole checkpoint for every command.
+    let read = ckpt::load_state_dict(dir.path().join(INDEX)).unwrap();
+    for (name, t) in whole.iter() {
+        assert_eq!(read[name], *t, "{name}");
+    }
+    assert!(ckpt::verify(dir.path().join(INDEX))
+        .unwrap()
+        .mismatches
+        .is_empty());
+}
+
+#[test]
+fn a_rank_killed_before_its_part_leaves_nothing_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut children: Vec<Child> = (0..WORLD).map(|r| spawn(dir.path(), r, Some(2))).collect();
+    for (r, c) in children.iter_mut().enumerate() {
+        if r != 2 {
+            assert!(c.wait().unwrap().success());
+        }
+    }
+    children[2].kill().unwrap();
+    children[2].wait().unwrap();
+    let err = commit(dir.path(), WORLD).unwrap_err().to_string();
+    assert!(err.contains("parts of ranks [2] of 4 are missing"), "{err}");
+    assert!(!dir.path().join(INDEX).exists());
+    let err = Distributed::open(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("no committed checkpoint"), "{err}");
+    // Rank 2 comes back and saves: now it commits.
+    save_part(dir.path(), 2, WORLD, &parts(2)).unwrap();
+    commit(dir.path(), WORLD).unwrap();
+    assert_eq!(
+        Distributed::open(dir.path()).unwrap().load().unwrap()["scale"],
+        model()["scale"]
+    );
+}
+
+#[test]
+fn gaps_overlaps_and_bad_ranks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    let part = |r: std::ops::Range<usize>| Part {
+        name: "bias".into(),
+        shape: vec![7],
+        rows: r.clone(),
+        data: rows(&m["bias"], r),
+    };
+    save_part(dir.path(), 0, 2, &[part(0..4)]).unwrap();
+    save_part(dir.path(), 1, 2, &[part(3..7)]).unwrap();
+    let err = commit(dir.path(), 2).unwrap_err().to_string();
+    assert!(err.contains("bias") && err.contains("saved twice"), "{err}");
+    save_part(dir.path(), 1, 2, &[part(5..7)]).unwrap();
+    let err = commit(dir.path(), 2).unwrap_err().to_string();
+    assert!(err.contains("bias") && err.contains("missing"), "{err}");
+    assert!(save_part(dir.path(), 2, 2, &[part(0..7)]).is_err());
+    let bad = Part {
+        name: "bias".into(),
+        shape: vec![7],
+        rows: 0..3,
+        data: rows(&m["bias"], 0..4),
+    };
+    assert!(save_part(dir.path(), 0, 2, &[bad]).is_err());
+}
