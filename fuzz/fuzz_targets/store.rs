@@ -82,7 +82,9 @@ fuzz_target!(|data: &[u8]| {
     files.insert("manifest.json".to_owned(), manifest);
     files.insert("step-00000001/meta.json".to_owned(), meta);
     files.insert("step-00000001/checkpoint.safetensors".to_owned(), file.clone());
-    files.insert("step-00000001/checkpoint.pth".to_owned(), file);
+    files.insert("step-00000001/checkpoint.pth".to_owned(), file.clone());
+    // An incremental step: the file is its index (whose chunks are absent).
+    files.insert("step-00000001/checkpoint.index.json".to_owned(), file);
     let storage = Arc::new(Mem(Mutex::new(files)));
     let options = StoreOptions::default().verify(false);
     if let Ok(reader) = RunReader::open_with(storage.clone(), options.clone()) {

@@ -424,14 +424,20 @@ impl Distributed {
             return Err(bad(&self.dir, format!("{name}: rows {rows:?} of {total}")));
         }
         let row = row_bytes(e.dtype, &e.shape);
-        let mut bytes = Vec::with_capacity((row * rows.len() as u64) as usize);
+        // Grown as bytes arrive: an index's claims are not allocated.
+        let mut bytes = Vec::new();
         for p in &e.pieces {
             let (a, b) = (rows.start.max(p.rows.start), rows.end.min(p.rows.end));
             if a >= b {
                 continue;
             }
-            let start = p.offset + (a - p.rows.start) as u64 * row;
-            let end = p.offset + (b - p.rows.start) as u64 * row;
+            let at = |r: usize| {
+                ((r - p.rows.start) as u64)
+                    .checked_mul(row)
+                    .and_then(|o| o.checked_add(p.offset))
+                    .ok_or_else(|| bad(&self.dir, format!("{name}: offsets overflow")))
+            };
+            let (start, end) = (at(a)?, at(b)?);
             let file = part_name(p.rank, "bin");
             let got = self
                 .store
