@@ -58,7 +58,7 @@ fn selector(layers: Option<&str>, min_rank: usize) -> Result<impl Fn(&str, &Tens
 
 /// Elements and non-zeros of the model's tensors (quantization scales
 /// are not parameters).
-fn counts(sd: &StateDict) -> (u64, u64) {
+pub fn counts(sd: &StateDict) -> (u64, u64) {
     let rows: Vec<_> = prune::sparsity(sd)
         .into_iter()
         .filter(|r| !r.name.ends_with(quantize::SCALE_SUFFIX))

@@ -8,8 +8,6 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::Device;
-use ckpt::compress::prune;
-use ckpt::compress::quantize::SCALE_SUFFIX;
 use ckpt::Package;
 use ckpt_candle::Model;
 
@@ -65,12 +63,7 @@ pub fn load(path: &Path) -> Result<(Package, Model)> {
 /// The cells `ckpt eval` and `--eval` show for one model file.
 pub fn row(path: &Path, package: &Package, model: &Model) -> Result<Vec<String>> {
     let m = measure(model, &path.display().to_string())?;
-    let rows: Vec<_> = prune::sparsity(&package.weights)
-        .into_iter()
-        .filter(|r| !r.name.ends_with(SCALE_SUFFIX))
-        .collect();
-    let elements: u64 = rows.iter().map(|r| r.elements).sum();
-    let zeros: u64 = rows.iter().map(|r| r.zeros).sum();
+    let (elements, nonzero) = crate::compress::counts(&package.weights);
     let size = std::fs::metadata(path)?.len();
     let kind = match &package.quantization {
         Some(q) => format!("int8 {}", q.activations.name().replace('_', "-")),
@@ -79,7 +72,7 @@ pub fn row(path: &Path, package: &Package, model: &Model) -> Result<Vec<String>>
     Ok(vec![
         kind,
         thousands(elements),
-        thousands(elements - zeros),
+        thousands(nonzero),
         human_bytes(size),
         format!("{:.1}%", m.accuracy * 100.0),
         format!("{:.3} ms", m.seconds * 1e3),

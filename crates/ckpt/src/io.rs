@@ -100,8 +100,9 @@ fn write_url(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<
     .map_err(|e| Error::io(path, e))
 }
 
+/// The error for an `s3://` path in a build without the `s3` feature.
 #[cfg(not(feature = "s3"))]
-fn no_s3(path: &Path) -> Error {
+pub(crate) fn no_s3(path: &Path) -> Error {
     Error::io(
         path,
         std::io::Error::other("this ckpt was built without the `s3` feature"),
@@ -165,5 +166,18 @@ mod tests {
             panic!("opening a missing file succeeded");
         };
         assert!(err.to_string().contains("/nonexistent/x.safetensors"));
+    }
+
+    #[cfg(not(feature = "s3"))]
+    #[test]
+    fn s3_paths_without_the_feature_say_so() {
+        let url = Path::new("s3://bucket/run");
+        for err in [
+            crate::load(url.join("m.safetensors")).unwrap_err(),
+            crate::store::RunReader::open(url).err().unwrap(),
+        ] {
+            let msg = err.to_string();
+            assert!(msg.contains("s3://bucket/run") && msg.contains("`s3` feature"), "{msg}");
+        }
     }
 }

@@ -1042,16 +1042,13 @@ pub struct RunCheck {
 /// The storage a run path names: a local directory, or (with the `s3`
 /// feature) `s3://bucket/prefix`.
 pub(crate) fn storage_for(dir: &Path) -> Result<Arc<dyn Storage>> {
-    if dir.to_str().is_some_and(|d| d.starts_with("s3://")) {
+    if crate::io::is_url(dir) {
         #[cfg(feature = "s3")]
         return Ok(Arc::new(
             object::ObjectStorage::from_url(dir).map_err(|e| Error::io(dir, e))?,
         ));
         #[cfg(not(feature = "s3"))]
-        return Err(Error::io(
-            dir,
-            std::io::Error::other("this ckpt was built without the `s3` feature"),
-        ));
+        return Err(crate::io::no_s3(dir));
     }
     Ok(Arc::new(LocalStorage::new(dir)))
 }
