@@ -177,7 +177,10 @@ mod tests {
             crate::store::RunReader::open(url).err().unwrap(),
         ] {
             let msg = err.to_string();
-            assert!(msg.contains("s3://bucket/run") && msg.contains("`s3` feature"), "{msg}");
+            assert!(
+                msg.contains("s3://bucket/run") && msg.contains("`s3` feature"),
+                "{msg}"
+            );
         }
     }
 }
