@@ -21,6 +21,7 @@ pub fn candle_dtype(dtype: DType, name: &str) -> Result<CDType> {
         DType::I32 => CDType::I32,
         DType::I16 => CDType::I16,
         DType::U8 | DType::Bool => CDType::U8,
+        DType::U32 => CDType::U32,
         other => {
             return Err(Error::UnsupportedDType {
                 name: name.to_owned(),
@@ -31,8 +32,7 @@ pub fn candle_dtype(dtype: DType, name: &str) -> Result<CDType> {
     })
 }
 
-/// The ckpt dtype for a candle dtype (`u32` and the sub-byte floats have
-/// none).
+/// The ckpt dtype for a candle dtype (the sub-byte floats have none).
 pub fn ckpt_dtype(dtype: CDType, name: &str) -> Result<DType> {
     Ok(match dtype {
         CDType::F64 => DType::F64,
@@ -44,6 +44,7 @@ pub fn ckpt_dtype(dtype: CDType, name: &str) -> Result<DType> {
         CDType::I32 => DType::I32,
         CDType::I16 => DType::I16,
         CDType::U8 => DType::U8,
+        CDType::U32 => DType::U32,
         other => {
             return Err(Error::UnsupportedDType {
                 name: name.to_owned(),
@@ -97,6 +98,7 @@ pub fn from_candle(tensor: &Tensor, name: &str) -> Result<TensorData> {
         CDType::I32 => le(&flat, i32::to_le_bytes)?,
         CDType::I16 => le(&flat, i16::to_le_bytes)?,
         CDType::U8 => le(&flat, |v: u8| [v])?,
+        CDType::U32 => le(&flat, u32::to_le_bytes)?,
         CDType::F8E4M3 => le(&flat, |v: float8::F8E4M3| [v.to_bits()])?,
         _ => unreachable!("ckpt_dtype accepted only the dtypes above"),
     };

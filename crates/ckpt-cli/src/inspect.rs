@@ -1,5 +1,6 @@
 //! `ckpt inspect FILE [--json]`.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 
@@ -8,7 +9,7 @@ use ckpt::{LoadOptions, StateDict};
 use serde_json::json;
 
 use crate::output::{human_bytes, thousands, Table};
-use crate::values::{collect_values, repr, to_json, write_tree};
+use crate::values::{collect_values, object_classes, repr, to_json, write_tree};
 
 /// Prints the tensors, values and metadata of `file`, or with `tree` its
 /// nested structure.
@@ -22,6 +23,9 @@ pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
     let tensors = StateDict::flatten(&loaded.value)?;
     let mut values = Vec::new();
     collect_values(&loaded.value, "", &mut values);
+    let mut classes = BTreeSet::new();
+    object_classes(&loaded.value, &mut classes);
+    let verdict = loaded.pickle.as_ref().map(ckpt::PickleReport::verdict);
 
     if as_json {
         let report = json!({
@@ -34,6 +38,12 @@ pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
             })).collect::<Vec<_>>(),
             "values": values.iter().map(|(path, v)| (path.clone(), to_json(v))).collect::<serde_json::Map<_, _>>(),
             "metadata": loaded.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "objects": classes,
+            "python": loaded.pickle.as_ref().map(|p| json!({
+                "weights_only": p.needs_weights_only_false.is_empty(),
+                "needs_weights_only_false": p.needs_weights_only_false,
+                "verdict": verdict,
+            })),
             "total_params": tensors.total_params(),
             "total_bytes": tensors.total_bytes(),
         });
@@ -80,6 +90,17 @@ pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
         for (k, v) in &loaded.metadata {
             writeln!(out, "  {k}: {v}")?;
         }
+    }
+    if !classes.is_empty() {
+        let list: Vec<&str> = classes.iter().map(String::as_str).collect();
+        writeln!(
+            out,
+            "\nPython objects (inert, never constructed): {}",
+            list.join(", ")
+        )?;
+    }
+    if let Some(verdict) = verdict {
+        writeln!(out, "\nin Python: {verdict}")?;
     }
     Ok(())
 }

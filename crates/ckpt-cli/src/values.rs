@@ -1,7 +1,7 @@
 //! The non-tensor parts of a checkpoint (epoch, loss, hyper-parameters),
 //! found by path and rendered for people and for JSON.
 
-use ckpt::{Key, Value};
+use ckpt::{Key, PyObject, Value};
 use serde_json::{json, Value as Json};
 
 fn has_tensor(value: &Value) -> bool {
@@ -9,6 +9,7 @@ fn has_tensor(value: &Value) -> bool {
         Value::Tensor(_) => true,
         Value::List(items) | Value::Tuple(items) => items.iter().any(has_tensor),
         Value::Dict(dict) => dict.values().any(has_tensor),
+        Value::Object(o) => o.args.iter().any(has_tensor) || has_tensor(&o.state),
         _ => false,
     }
 }
@@ -40,6 +41,7 @@ pub fn collect_values(value: &Value, path: &str, out: &mut Vec<(String, Value)>)
                 collect_values(v, &join(k), out);
             }
         }
+        Value::Object(o) => collect_values(&o.to_plain(), path, out),
         _ => {}
     }
 }
@@ -68,6 +70,37 @@ pub fn repr(value: &Value) -> String {
             format!("{{{}}}", pairs.join(", "))
         }
         Value::Tensor(t) => format!("<tensor {} {:?}>", t.dtype(), t.shape()),
+        Value::Object(o) => object_repr(o),
+    }
+}
+
+/// `module.Class(arg, key=value)`: the call an object stands for, with a
+/// dict state as keyword-like entries.
+fn object_repr(o: &PyObject) -> String {
+    let mut parts: Vec<String> = o.args.iter().map(repr).collect();
+    match &o.state {
+        Value::None => {}
+        Value::Dict(d) if d.keys().all(|k| matches!(k, Key::Str(_))) => {
+            parts.extend(d.iter().map(|(k, v)| format!("{k}={}", repr(v))));
+        }
+        other => parts.push(format!("state={}", repr(other))),
+    }
+    format!("{}({})", o.class, parts.join(", "))
+}
+
+/// The classes of every Python object in a tree, sorted, each once.
+pub fn object_classes(value: &Value, out: &mut std::collections::BTreeSet<String>) {
+    match value {
+        Value::Object(o) => {
+            out.insert(o.class.clone());
+            o.args.iter().for_each(|v| object_classes(v, out));
+            object_classes(&o.state, out);
+        }
+        Value::List(items) | Value::Tuple(items) => {
+            items.iter().for_each(|v| object_classes(v, out))
+        }
+        Value::Dict(d) => d.values().for_each(|v| object_classes(v, out)),
+        _ => {}
     }
 }
 
@@ -90,6 +123,7 @@ pub fn to_json(value: &Value) -> Json {
                 .collect(),
         ),
         Value::Tensor(t) => json!(format!("<tensor {} {:?}>", t.dtype(), t.shape())),
+        Value::Object(o) => to_json(&o.to_plain()),
     }
 }
 
@@ -106,6 +140,7 @@ fn node_label(value: &Value) -> String {
         Value::Dict(d) if has_tensor(value) => format!("dict ({} entries)", d.len()),
         Value::List(items) if has_tensor(value) => format!("list ({} items)", items.len()),
         Value::Tuple(items) if has_tensor(value) => format!("tuple ({} items)", items.len()),
+        Value::Object(o) if has_tensor(value) => format!("object {}", o.class),
         other => {
             let text = repr(other);
             match text.char_indices().nth(120) {
@@ -123,6 +158,9 @@ fn write_children(
 ) -> std::io::Result<()> {
     if !has_tensor(value) {
         return Ok(());
+    }
+    if let Value::Object(o) = value {
+        return write_children(&o.to_plain(), indent, out);
     }
     let children: Vec<(String, &Value)> = match value {
         Value::Dict(d) => d.iter().map(|(k, v)| (k.to_string(), v)).collect(),

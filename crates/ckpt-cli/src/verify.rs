@@ -28,15 +28,20 @@ pub fn run(files: &[PathBuf], out: &mut dyn Write) -> Result<u8> {
             continue;
         }
         match ckpt::verify(file) {
-            Ok(report) if report.mismatches.is_empty() => writeln!(
-                out,
-                "{}: ok ({}, {} tensors, {}, {} checksums)",
-                file.display(),
-                report.format,
-                report.tensors,
-                human_bytes(report.bytes),
-                report.checksums,
-            )?,
+            Ok(report) if report.mismatches.is_empty() => {
+                writeln!(
+                    out,
+                    "{}: ok ({}, {} tensors, {}, {} checksums)",
+                    file.display(),
+                    report.format,
+                    report.tensors,
+                    human_bytes(report.bytes),
+                    report.checksums,
+                )?;
+                if let Some(pickle) = &report.pickle {
+                    writeln!(out, "  in Python: {}", pickle.verdict())?;
+                }
+            }
             Ok(report) => {
                 code = code.max(1);
                 writeln!(

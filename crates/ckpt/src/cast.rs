@@ -5,8 +5,8 @@ use crate::{DType, Error, Result, TensorData};
 
 impl DType {
     /// Decodes one little-endian element (exactly `self.size()` bytes) to
-    /// `f64`. Every dtype ckpt knows converts exactly, except `i64`
-    /// magnitudes above 2^53.
+    /// `f64`. Every dtype ckpt knows converts exactly, except `i64` and
+    /// `u64` magnitudes above 2^53; a complex element gives its real part.
     ///
     /// ```
     /// use ckpt::DType;
@@ -31,6 +31,17 @@ impl DType {
             DType::I8 => raw[0] as i8 as f64,
             DType::U8 => raw[0] as f64,
             DType::Bool => (raw[0] != 0) as u8 as f64,
+            DType::U16 => u16::from_le_bytes([raw[0], raw[1]]) as f64,
+            DType::U32 => u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as f64,
+            DType::U64 => u64::from_le_bytes(raw) as f64,
+            DType::C64 => f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) as f64,
+            DType::C128 => f64::from_le_bytes(raw),
+            DType::F8E4M3Fnuz => f8_fnuz(raw[0], 3, 8),
+            DType::F8E5M2Fnuz => f8_fnuz(raw[0], 2, 16),
+            DType::F8E8M0 => match raw[0] {
+                0xFF => f64::NAN,
+                b => 2f64.powi(b as i32 - 127),
+            },
         }
     }
 }
@@ -47,6 +58,23 @@ fn f8_e4m3fn(b: u8) -> f64 {
         sign * man * 2f64.powi(-9)
     } else {
         sign * (1.0 + man / 8.0) * 2f64.powi(exp - 7)
+    }
+}
+
+/// The `fnuz` float8s: `man_bits` mantissa bits, the given bias, no
+/// infinities, no negative zero, and `0x80` the one NaN.
+fn f8_fnuz(b: u8, man_bits: u32, bias: i32) -> f64 {
+    if b == 0x80 {
+        return f64::NAN;
+    }
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exp = ((b & 0x7F) >> man_bits) as i32;
+    let man = (b & ((1 << man_bits) - 1)) as f64;
+    let scale = (1u32 << man_bits) as f64;
+    if exp == 0 {
+        sign * man / scale * 2f64.powi(1 - bias)
+    } else {
+        sign * (1.0 + man / scale) * 2f64.powi(exp - bias)
     }
 }
 

@@ -40,10 +40,32 @@ pub enum DType {
     U8,
     /// Boolean, one byte per element holding 0 or 1.
     Bool,
+    /// Complex of two single-precision floats (real, imaginary).
+    C64,
+    /// Complex of two double-precision floats (real, imaginary).
+    C128,
+    /// Unsigned 16-bit integer.
+    U16,
+    /// Unsigned 32-bit integer.
+    U32,
+    /// Unsigned 64-bit integer.
+    U64,
+    /// 8-bit float, 4 exponent bits (bias 8), 3 mantissa bits, one NaN
+    /// (`0x80`) and no negative zero (`float8_e4m3fnuz`).
+    F8E4M3Fnuz,
+    /// 8-bit float, 5 exponent bits (bias 16), 2 mantissa bits, one NaN
+    /// (`0x80`) and no negative zero (`float8_e5m2fnuz`).
+    F8E5M2Fnuz,
+    /// 8-bit power of two: exponent only, bias 127, `0xFF` is NaN
+    /// (`float8_e8m0fnu`, the scale type of MX formats).
+    F8E8M0,
 }
 
 /// One row per dtype: (dtype, size, torch, safetensors, numpy).
-const TABLE: [(DType, usize, &str, &str, &str); 12] = [
+///
+/// safetensors has no complex128 (`C128` is ckpt's name for it, refused
+/// when writing safetensors).
+const TABLE: [(DType, usize, &str, &str, &str); 20] = [
     (DType::F64, 8, "float64", "F64", "<f8"),
     (DType::F32, 4, "float32", "F32", "<f4"),
     (DType::F16, 2, "float16", "F16", "<f2"),
@@ -56,6 +78,26 @@ const TABLE: [(DType, usize, &str, &str, &str); 12] = [
     (DType::I8, 1, "int8", "I8", "|i1"),
     (DType::U8, 1, "uint8", "U8", "|u1"),
     (DType::Bool, 1, "bool", "BOOL", "|b1"),
+    (DType::C64, 8, "complex64", "C64", "<c8"),
+    (DType::C128, 16, "complex128", "C128", "<c16"),
+    (DType::U16, 2, "uint16", "U16", "<u2"),
+    (DType::U32, 4, "uint32", "U32", "<u4"),
+    (DType::U64, 8, "uint64", "U64", "<u8"),
+    (
+        DType::F8E4M3Fnuz,
+        1,
+        "float8_e4m3fnuz",
+        "F8_E4M3FNUZ",
+        "|V1",
+    ),
+    (
+        DType::F8E5M2Fnuz,
+        1,
+        "float8_e5m2fnuz",
+        "F8_E5M2FNUZ",
+        "|V1",
+    ),
+    (DType::F8E8M0, 1, "float8_e8m0fnu", "F8_E8M0", "|V1"),
 ];
 
 impl DType {
@@ -115,7 +157,15 @@ impl DType {
     pub fn is_float(self) -> bool {
         matches!(
             self,
-            DType::F64 | DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 | DType::F8E5M2
+            DType::F64
+                | DType::F32
+                | DType::F16
+                | DType::BF16
+                | DType::F8E4M3
+                | DType::F8E5M2
+                | DType::F8E4M3Fnuz
+                | DType::F8E5M2Fnuz
+                | DType::F8E8M0
         )
     }
 }
@@ -157,7 +207,7 @@ mod tests {
     #[test]
     fn unknown_names_are_none() {
         assert_eq!(DType::from_safetensors("F128"), None);
-        assert_eq!(DType::from_torch("complex64"), None);
+        assert_eq!(DType::from_torch("complex32"), None);
         assert_eq!(DType::from_numpy("|V1"), None);
     }
 }

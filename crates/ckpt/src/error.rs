@@ -243,6 +243,22 @@ pub enum Error {
         global: String,
     },
 
+    /// A pickle names a dangerous callable (`posix.system`,
+    /// `builtins.eval`, `subprocess.Popen`, ...): Python's `pickle` and
+    /// `torch.load(weights_only=False)` would import it and may call it.
+    /// ckpt never does; it refuses the whole file.
+    #[error("{}: dangerous: {entry} names {global} at byte {offset}, which torch.load(weights_only=False) would import and may call (refused; ckpt never runs code from a file)", path.display())]
+    DangerousGlobal {
+        /// The path.
+        path: PathBuf,
+        /// The pickle's name inside the file.
+        entry: String,
+        /// Where the global is named in the pickle.
+        offset: u64,
+        /// `module.name`, as the pickle writes it.
+        global: String,
+    },
+
     /// A tensor's storage is missing, the wrong size, or too small for the
     /// view that uses it.
     #[error("{}: storage {key:?}: {problem}", path.display())]

@@ -57,6 +57,7 @@ mod verify;
 pub use checkpoint::TrainingCheckpoint;
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use format::pytorch::PickleReport;
 pub use format::Format;
 pub use load::rules::{
     match_state_dict, Expected, KeyRule, LoadReport, LoadRules, Matched, Mismatch, OnMismatch,
@@ -67,5 +68,5 @@ pub use save::{save, save_with, SaveOptions};
 pub use spec::{Layer, LayerKind, LayerSummary, ModelSpec, Param};
 pub use state_dict::{StateDict, SEPARATOR};
 pub use tensor::{byte_len, TensorData};
-pub use value::{Dict, Key, Value};
+pub use value::{Dict, Key, PyObject, Value};
 pub use verify::{verify, VerifyReport};

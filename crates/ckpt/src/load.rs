@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 
+use crate::format::pytorch::PickleReport;
 use crate::format::{self, Format};
 use crate::tensor::Buffer;
 use crate::{Result, StateDict, Value};
@@ -55,6 +56,9 @@ pub struct Loaded {
     pub value: Value,
     /// The file's own string metadata (ckpt's internal keys removed).
     pub metadata: IndexMap<String, String>,
+    /// For files that hold pickles (PyTorch's formats): what opening the
+    /// file in Python would take. `None` for formats without pickles.
+    pub pickle: Option<PickleReport>,
 }
 
 /// Reads any supported file. The format comes from the extension and is

@@ -133,6 +133,8 @@ fn flatten_into(value: &Value, path: &mut String, depth: usize, out: &mut StateD
                 child(&i, v, path)?;
             }
         }
+        // Tensors inside a Python object: named as its plain dict names them.
+        Value::Object(o) => flatten_into(&o.to_plain(), path, depth, out)?,
         _ => {}
     }
     Ok(())

@@ -11,6 +11,7 @@
 //! | `List`, `Tuple` | `{"list": [...]}`, `{"tuple": [...]}` |
 //! | `Dict` | `{"dict": [[key, value], ...]}`, keys strings or integers, in order |
 //! | `Tensor` | `{"tensor": "<flattened name>"}` |
+//! | `Object` | `{"object": <its plain dict>}` ([`PyObject::to_plain`]) |
 //!
 //! Floats survive bit for bit; decoding never trusts a name that the file
 //! does not hold.
@@ -21,7 +22,7 @@ use indexmap::IndexMap;
 use serde_json::{json, Value as Json};
 
 use crate::state_dict::push_level;
-use crate::{Dict, Error, Key, Result, StateDict, TensorData, Value};
+use crate::{Dict, Error, Key, PyObject, Result, StateDict, TensorData, Value};
 
 /// The deepest tree ckpt writes: deeper trees would exceed the JSON
 /// parser's nesting limit (128) when read back.
@@ -87,6 +88,9 @@ fn encode_node(
             out.insert_new(path, t)?;
             json!({ "tensor": path })
         }
+        // Tensors inside an object are named as its plain dict names them,
+        // as flattening does.
+        Value::Object(o) => json!({ "object": encode_node(&o.to_plain(), path, depth + 1, out)? }),
     })
 }
 
@@ -194,6 +198,11 @@ fn decode_node(
                             "names a tensor the file does not hold (or names it twice)",
                         )
                     })?)
+                }
+                ("object", plain) => {
+                    let plain = decode_node(plain, tensors, file, at)?;
+                    PyObject::from_plain(plain)
+                        .ok_or_else(|| bad(file, at, "object is not a dict with a __class__"))?
                 }
                 _ => return Err(bad(file, at, "unknown tag or wrongly typed contents")),
             }

@@ -86,6 +86,95 @@ pub enum Value {
     Dict(Dict),
     /// A tensor.
     Tensor(TensorData),
+    /// A Python object that is not plain data (`argparse.Namespace`, a
+    /// dataclass, an enum, an OmegaConf config): its class, the arguments
+    /// it would be called with and the state it would be given, kept as
+    /// inert data. ckpt never constructs it.
+    Object(Box<PyObject>),
+}
+
+/// The keys [`PyObject::to_plain`] gives a meaning.
+fn is_reserved(key: &Key) -> bool {
+    matches!(key, Key::Str(s) if matches!(s.as_str(), "__class__" | "__args__" | "__state__"))
+}
+
+/// A Python object read from a pickle and never constructed: what
+/// `torch.load(weights_only=False)` would build from `class(*args)` and
+/// then `__setstate__(state)` (or `__dict__.update(state)`).
+///
+/// ```
+/// use ckpt::{Dict, PyObject, Value};
+/// let mut state = Dict::new();
+/// state.insert("lr".into(), Value::Float(0.1));
+/// let args = PyObject::new("argparse.Namespace", vec![], Value::Dict(state));
+/// assert_eq!(args.to_plain().get("__class__"), Some(&Value::Str("argparse.Namespace".into())));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct PyObject {
+    /// `module.QualifiedName`, as the pickle names it.
+    pub class: String,
+    /// The arguments of the call that creates it (`NEWOBJ`/`REDUCE`).
+    pub args: Vec<Value>,
+    /// The state `BUILD` gives it, `Value::None` when there is none.
+    pub state: Value,
+}
+
+impl PyObject {
+    /// An object of `class` with these arguments and state.
+    pub fn new(class: impl Into<String>, args: Vec<Value>, state: Value) -> PyObject {
+        PyObject {
+            class: class.into(),
+            args,
+            state,
+        }
+    }
+
+    /// The object as a plain dict: `__class__`, then `__args__` when there
+    /// are arguments, then the state's entries when it is a non-empty dict
+    /// whose keys do not collide with those two, else `__state__` (absent
+    /// when there is no state). [`PyObject::from_plain`] undoes it exactly. This is what
+    /// formats without objects store (a `.pth` ckpt writes stays loadable
+    /// with `weights_only=True`).
+    pub fn to_plain(&self) -> Value {
+        let mut dict = Dict::new();
+        dict.insert("__class__".into(), Value::Str(self.class.clone()));
+        if !self.args.is_empty() {
+            dict.insert("__args__".into(), Value::Tuple(self.args.clone()));
+        }
+        match &self.state {
+            Value::None => {}
+            Value::Dict(state) if !state.is_empty() && !state.keys().any(is_reserved) => {
+                dict.extend(state.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            other => {
+                dict.insert("__state__".into(), other.clone());
+            }
+        }
+        Value::Dict(dict)
+    }
+
+    /// The object a plain dict made by [`PyObject::to_plain`] stands for;
+    /// `None` when `plain` is not such a dict.
+    pub fn from_plain(plain: Value) -> Option<Value> {
+        let Value::Dict(mut dict) = plain else {
+            return None;
+        };
+        let Some(Value::Str(class)) = dict.shift_remove(&Key::from("__class__")) else {
+            return None;
+        };
+        let args = match dict.shift_remove(&Key::from("__args__")) {
+            Some(Value::Tuple(args)) => args,
+            Some(_) => return None,
+            None => Vec::new(),
+        };
+        let state = match dict.shift_remove(&Key::from("__state__")) {
+            Some(state) if dict.is_empty() => state,
+            Some(_) => return None,
+            None if dict.is_empty() => Value::None,
+            None => Value::Dict(dict),
+        };
+        Some(PyObject::new(class, args, state).into())
+    }
 }
 
 impl Value {
@@ -102,6 +191,7 @@ impl Value {
             Value::Tuple(_) => "tuple",
             Value::Dict(_) => "dict",
             Value::Tensor(_) => "tensor",
+            Value::Object(_) => "object",
         }
     }
 
@@ -138,8 +228,55 @@ impl Value {
                     .map(|(k, v)| Ok((k.clone(), v.try_map_tensors(f)?)))
                     .collect::<crate::Result<_>>()?,
             ),
+            Value::Object(o) => Value::Object(Box::new(PyObject {
+                class: o.class.clone(),
+                args: o
+                    .args
+                    .iter()
+                    .map(|v| v.try_map_tensors(f))
+                    .collect::<crate::Result<_>>()?,
+                state: o.state.try_map_tensors(f)?,
+            })),
             other => other.clone(),
         })
+    }
+
+    /// A copy where every Python object, at every level, is replaced by
+    /// its plain dict ([`PyObject::to_plain`]), and how many were.
+    pub fn without_objects(&self) -> (Value, usize) {
+        let mut count = 0;
+        let value = self.plain(&mut count);
+        (value, count)
+    }
+
+    fn plain(&self, count: &mut usize) -> Value {
+        let all = |items: &[Value], count: &mut usize| -> Vec<Value> {
+            items.iter().map(|v| v.plain(count)).collect()
+        };
+        match self {
+            Value::List(items) => Value::List(all(items, count)),
+            Value::Tuple(items) => Value::Tuple(all(items, count)),
+            Value::Dict(dict) => Value::Dict(
+                dict.iter()
+                    .map(|(k, v)| (k.clone(), v.plain(count)))
+                    .collect(),
+            ),
+            Value::Object(o) => {
+                *count += 1;
+                o.to_plain().plain(count)
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// True when a Python object appears anywhere in the tree.
+    pub fn has_objects(&self) -> bool {
+        match self {
+            Value::Object(_) => true,
+            Value::List(items) | Value::Tuple(items) => items.iter().any(Value::has_objects),
+            Value::Dict(dict) => dict.values().any(Value::has_objects),
+            _ => false,
+        }
     }
 
     /// A copy where every string dict key, at every level, that starts with
@@ -205,6 +342,7 @@ impl PartialEq for Value {
             (Value::List(a), Value::List(b)) | (Value::Tuple(a), Value::Tuple(b)) => a == b,
             (Value::Dict(a), Value::Dict(b)) => a.len() == b.len() && a.iter().eq(b.iter()),
             (Value::Tensor(a), Value::Tensor(b)) => a == b,
+            (Value::Object(a), Value::Object(b)) => a == b,
             _ => false,
         }
     }
@@ -213,6 +351,12 @@ impl PartialEq for Value {
 impl From<TensorData> for Value {
     fn from(t: TensorData) -> Value {
         Value::Tensor(t)
+    }
+}
+
+impl From<PyObject> for Value {
+    fn from(o: PyObject) -> Value {
+        Value::Object(Box::new(o))
     }
 }
 

@@ -22,6 +22,10 @@ pub struct VerifyReport {
     /// `file: entry`. Loading does not check these (nor does torch), so a
     /// file with mismatches still loads.
     pub mismatches: Vec<String>,
+    /// For pickled files, what opening it in Python would take. A file
+    /// whose pickle names a dangerous callable never gets a report: it is
+    /// [`crate::Error::DangerousGlobal`].
+    pub pickle: Option<crate::PickleReport>,
 }
 
 /// Reads a whole file as `load` would, reads every tensor byte, and
@@ -71,6 +75,7 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
         bytes: tensors.total_bytes(),
         checksums,
         mismatches,
+        pickle: loaded.pickle,
     })
 }
 

@@ -87,7 +87,7 @@ fn a_malicious_pickle_is_refused_and_nothing_runs() {
     let err = ckpt::load(fixture("hostile/malicious.pth")).unwrap_err();
     let msg = err.to_string();
     assert!(
-        matches!(err, Error::RefusedGlobal { ref global, .. } if global.ends_with(".system")),
+        matches!(err, Error::DangerousGlobal { ref global, .. } if global.ends_with(".system")),
         "{msg}"
     );
     assert!(
@@ -130,11 +130,24 @@ fn legacy_format_files_read_like_zip_ones() {
 }
 
 #[test]
-fn other_pickled_objects_are_refused_naming_the_class() {
-    let err = ckpt::load(fixture("hostile/namespace.pth")).unwrap_err();
-    assert!(
-        matches!(err, Error::RefusedGlobal { ref global, .. } if global == "argparse.Namespace"),
-        "{err}"
+fn other_pickled_objects_are_inert_objects_and_the_verdict_names_them() {
+    let loaded = ckpt::read(
+        fixture("hostile/namespace.pth"),
+        &ckpt::LoadOptions::default(),
+    )
+    .unwrap();
+    let Value::Object(o) = &loaded.value else {
+        panic!("{:?}", loaded.value)
+    };
+    assert_eq!(o.class, "argparse.Namespace");
+    assert_eq!(o.state.get("lr"), Some(&Value::Float(0.1)));
+    let pickle = loaded.pickle.unwrap();
+    assert_eq!(pickle.needs_weights_only_false, ["argparse.Namespace"]);
+    assert!(pickle.verdict().contains("weights_only=False"));
+    let plain = ckpt::read(fixture("pth/all_dtypes.pth"), &ckpt::LoadOptions::default()).unwrap();
+    assert_eq!(
+        plain.pickle.unwrap().verdict(),
+        "opens with torch.load(weights_only=True)"
     );
 }
 

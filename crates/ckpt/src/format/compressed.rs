@@ -386,6 +386,7 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         format: Format::Compressed,
         value,
         metadata,
+        pickle: None,
     })
 }
 

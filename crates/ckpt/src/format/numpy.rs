@@ -233,6 +233,7 @@ pub(crate) fn read(format: Format, buffer: Arc<Buffer>, path: &Path) -> Result<L
         format,
         value,
         metadata: IndexMap::new(),
+        pickle: None,
     })
 }
 

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde_json::{json, Map, Value as Json};
 
+use crate::format::pytorch::PickleReport;
 use crate::{Dict, Error, Format, Key, LoadOptions, Loaded, Result, SaveOptions, StateDict, Value};
 
 /// The shard size `save` uses for an index path without one (as
@@ -52,6 +53,7 @@ pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<L
             format: Format::ShardedIndex,
             value: sd.into(),
             metadata: Default::default(),
+            pickle: None,
         });
     }
     let map = json
@@ -60,6 +62,7 @@ pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<L
         .ok_or_else(|| bad(path, "weight_map", "the index has no weight_map object"))?;
     let folder = path.parent().unwrap_or(Path::new("."));
     let mut shards: IndexMap<&str, StateDict> = IndexMap::new();
+    let mut pickle: Option<PickleReport> = None;
     for (name, shard) in map {
         let shard = shard
             .as_str()
@@ -82,6 +85,9 @@ pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<L
         }
         if !shards.contains_key(shard) {
             let loaded = crate::read(folder.join(shard), options)?;
+            if let Some(report) = loaded.pickle {
+                pickle.get_or_insert_with(Default::default).merge(report);
+            }
             shards.insert(shard, StateDict::flatten(&loaded.value)?);
         }
     }
@@ -121,6 +127,7 @@ pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<L
         format: Format::ShardedIndex,
         value: Value::Dict(dict),
         metadata,
+        pickle,
     })
 }
 

@@ -41,6 +41,11 @@ pub fn describe_tree(v: &Value) -> Json {
             let key = match k { Key::Str(s) => json!(s), Key::Int(i) => json!({"int": i.to_string()}) };
             json!([key, describe_tree(v)])
         }).collect::<Vec<_>>()}),
+        Value::Object(o) => json!({"object": {
+            "class": o.class,
+            "args": o.args.iter().map(describe_tree).collect::<Vec<_>>(),
+            "state": describe_tree(&o.state),
+        }}),
     }
 }
 

@@ -115,7 +115,7 @@ fn walk(u: &Unpickled, id: Id, prefix: &str, depth: usize, out: &mut ModuleWeigh
         .visits_left
         .checked_sub(1)
         .ok_or("the module tree repeats shared submodules too often")?;
-    let Obj::Object { class, state } = &u.arena[id] else {
+    let Obj::Object { class, state, .. } = &u.arena[id] else {
         return Ok(());
     };
     out.classes.insert(format!("{}.{}", class.0, class.1));

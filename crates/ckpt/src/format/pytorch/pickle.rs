@@ -2,11 +2,14 @@
 //! never runs anything.
 //!
 //! It knows the opcodes of protocols 2–5 (text-only protocol 0/1 opcodes are
-//! refused by name) and a short list of globals — the ones `torch.save`
-//! uses for plain data and tensors. A call (`REDUCE`) of any other global is
-//! refused, naming it. Instances of other classes (`NEWOBJ`, as whole-module
-//! pickles contain) become opaque objects that are never called; turning
-//! them into a [`Value`] is refused, naming the class.
+//! refused by name). Every global the stream names is checked against the
+//! deny-list of dangerous callables ([`super::safety`]) when it is named,
+//! reached or not, and refused by name. The globals `torch.save` and
+//! training scripts use for data — tensors, storages, `collections`
+//! containers, NumPy arrays and scalars, paths, dates — build plain data
+//! ([`reduce`]); instances and calls of any other class (`NEWOBJ`,
+//! `REDUCE`, `copyreg._reconstructor`, then `BUILD`) become inert objects
+//! that are never constructed ([`crate::PyObject`]).
 //!
 //! Objects live in an arena so that containers shared through the memo see
 //! later mutations, as in Python. Converting to a [`Value`] copies shared
@@ -15,11 +18,15 @@
 //! in the stream are checked against the bytes that remain before anything
 //! is allocated.
 
-use std::collections::HashMap;
+mod convert;
+mod reduce;
+
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use super::storage_dtype;
-use crate::{DType, Dict, Error, Key, Result, Value};
+use super::{safety, storage_dtype};
+use crate::{DType, Error, Result};
+pub(crate) use convert::Converter;
 
 /// Index of an object in the arena.
 pub(crate) type Id = usize;
@@ -66,9 +73,21 @@ pub(crate) enum Obj {
     Dtype(DType),
     Storage(StorageRef),
     Tensor(TensorRef),
-    /// An instance of a class outside the allow-list, never called.
+    /// `numpy.dtype(code)`, with the byte order its `BUILD` state gives.
+    NpDtype {
+        code: String,
+        big_endian: bool,
+    },
+    /// `numpy.core.multiarray._reconstruct(...)`: an array whose `BUILD`
+    /// state holds its shape, dtype, order and bytes.
+    NdArray {
+        state: Option<Id>,
+    },
+    /// An instance of any other class (or a call of any other function),
+    /// never constructed: the class, the call's arguments, the state.
     Object {
         class: (String, String),
+        args: Option<Id>,
         state: Option<Id>,
     },
 }
@@ -83,6 +102,8 @@ pub(crate) struct Unpickled {
     pub end: usize,
     /// Bytes that copying shared objects may still cost (see [`Budget`]).
     pub budget: Budget,
+    /// Every global the stream names, `module.name` as written.
+    pub globals: BTreeSet<String>,
 }
 
 /// How many bytes copies of memoised objects may cost in all: a stream can
@@ -145,6 +166,7 @@ struct Machine<'a> {
     /// Where the current opcode starts.
     op_start: usize,
     budget: Budget,
+    globals: BTreeSet<String>,
 }
 
 /// Runs the pickle stream in `bytes` (the zip entry `entry` of `path`).
@@ -159,6 +181,7 @@ pub(crate) fn unpickle(bytes: &[u8], path: &Path, entry: &str) -> Result<Unpickl
         memo: HashMap::new(),
         op_start: 0,
         budget: Budget::for_stream(bytes.len()),
+        globals: BTreeSet::new(),
     };
     let root = m.run()?;
     Ok(Unpickled {
@@ -166,6 +189,7 @@ pub(crate) fn unpickle(bytes: &[u8], path: &Path, entry: &str) -> Result<Unpickl
         root,
         end: m.pos,
         budget: m.budget,
+        globals: m.globals,
     })
 }
 
@@ -466,15 +490,15 @@ impl Machine<'_> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.push(global(module, name));
+                    let global = self.global(module, name)?;
+                    self.push(global);
                 }
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
                     match (&self.arena[module], &self.arena[name]) {
                         (Obj::Str(m), Obj::Str(n)) => {
-                            self.charge(m.len() + n.len())?;
-                            let global = global(m.clone(), n.clone());
+                            let global = self.global(m.clone(), n.clone())?;
                             self.push(global);
                         }
                         _ => return Err(self.err("STACK_GLOBAL needs two strings")),
@@ -514,27 +538,20 @@ impl Machine<'_> {
                     self.stack.push(Item::Obj(result));
                 }
                 0x81 => {
-                    let _args = self.pop()?;
+                    let args = self.pop()?;
                     let class = self.pop()?;
-                    self.new_object(class)?;
+                    self.new_object(class, args)?;
                 }
                 0x92 => {
                     let _kwargs = self.pop()?;
-                    let _args = self.pop()?;
+                    let args = self.pop()?;
                     let class = self.pop()?;
-                    self.new_object(class)?;
+                    self.new_object(class, args)?;
                 }
                 b'b' => {
                     let state = self.pop()?;
                     let target = self.top()?;
-                    match &mut self.arena[target] {
-                        Obj::Object { state: slot, .. } => *slot = Some(state),
-                        // torch BUILDs attributes onto OrderedDicts
-                        // (`_metadata`) and tensors (Parameter state); the
-                        // data itself is complete without them.
-                        Obj::Dict(_) | Obj::Tensor(_) => {}
-                        _ => return Err(self.err("BUILD on a value that takes no state")),
-                    }
+                    self.build(target, state)?;
                 }
                 _ => {
                     return Err(Error::PickleOpcode {
@@ -567,13 +584,61 @@ impl Machine<'_> {
         }
     }
 
-    fn new_object(&mut self, class: Id) -> Result<()> {
+    /// A global as the stream names it: refused when dangerous (wherever
+    /// it is, reached or not), recorded, and kept as a name (a dtype such
+    /// as `torch.float32` becomes its value).
+    fn global(&mut self, module: String, name: String) -> Result<Obj> {
+        if safety::is_dangerous(&module, &name) {
+            return Err(Error::DangerousGlobal {
+                path: self.path.to_owned(),
+                entry: self.entry.to_owned(),
+                offset: self.op_start as u64,
+                global: format!("{module}.{name}"),
+            });
+        }
+        self.charge(2 * (module.len() + name.len()))?;
+        self.globals.insert(format!("{module}.{name}"));
+        let module = safety::python3_module(&module).to_owned();
+        Ok(match DType::from_torch(&name) {
+            Some(dtype) if module == "torch" => Obj::Dtype(dtype),
+            _ => Obj::Global(module, name),
+        })
+    }
+
+    fn new_object(&mut self, class: Id, args: Id) -> Result<()> {
         let (m, n) = self
             .global_name(class)
             .ok_or_else(|| self.err("NEWOBJ of something that is not a class"))?;
         self.charge(m.len() + n.len())?;
         let class = (m.to_owned(), n.to_owned());
-        self.push(Obj::Object { class, state: None });
+        self.push(Obj::Object {
+            class,
+            args: Some(args),
+            state: None,
+        });
+        Ok(())
+    }
+
+    /// `BUILD`: an object's state, an array's contents, a dtype's byte
+    /// order.
+    fn build(&mut self, target: Id, state: Id) -> Result<()> {
+        let big_endian = match &self.arena[state] {
+            Obj::Tuple(items) => {
+                matches!(items.get(1).map(|&o| &self.arena[o]), Some(Obj::Str(s)) if s == ">")
+            }
+            _ => false,
+        };
+        match &mut self.arena[target] {
+            Obj::Object { state: slot, .. } | Obj::NdArray { state: slot } => *slot = Some(state),
+            Obj::NpDtype {
+                big_endian: slot, ..
+            } => *slot = big_endian,
+            // torch BUILDs attributes onto OrderedDicts (`_metadata`, the
+            // modules' versions) and tensors (Parameter state); the data
+            // itself is complete without them.
+            Obj::Dict(_) | Obj::Tensor(_) => {}
+            _ => return Err(self.err("BUILD on a value that takes no state")),
+        }
         Ok(())
     }
 
@@ -647,175 +712,6 @@ impl Machine<'_> {
             .map_err(|_| self.err("a storage length is negative"))?;
         Ok(StorageRef { key, dtype, numel })
     }
-
-    fn reduce(&mut self, mut callable: Id, mut args: Id) -> Result<Id> {
-        // `_rebuild_from_type_v2(func, type, args, state)` calls `func(*args)`;
-        // unwrap such wrappers in a loop, not by recursion.
-        for _ in 0..MAX_WRAPPERS {
-            if self.global_name(callable) != Some(("torch._tensor", "_rebuild_from_type_v2")) {
-                break;
-            }
-            let [func, _new_type, inner_args, ..] = self.tuple(args)?[..] else {
-                return Err(self.err("_rebuild_from_type_v2 with too few arguments"));
-            };
-            (callable, args) = (func, inner_args);
-        }
-        let Some((module, name)) = self.global_name(callable) else {
-            return Err(self.err("REDUCE of something that is not a global"));
-        };
-        let args = self.tuple(args)?;
-        let obj = match (module, name) {
-            ("collections", "OrderedDict") => {
-                if !args.is_empty() {
-                    return Err(self.err("OrderedDict built from arguments"));
-                }
-                Obj::Dict(Vec::new())
-            }
-            // `Counter(dict)`, as in MultiStepLR's state: read as the dict.
-            ("collections", "Counter") => match args[..] {
-                [] => Obj::Dict(Vec::new()),
-                [dict] if matches!(self.arena[dict], Obj::Dict(_)) => return Ok(dict),
-                _ => return Err(self.err("Counter built from something other than a dict")),
-            },
-            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-                Obj::Tensor(self.rebuild_tensor(&args, None)?)
-            }
-            ("torch._utils", "_rebuild_tensor_v3") => {
-                let dtype = match args.get(6).map(|&d| &self.arena[d]) {
-                    Some(Obj::Dtype(d)) => *d,
-                    _ => return Err(self.err("_rebuild_tensor_v3 without a dtype")),
-                };
-                Obj::Tensor(self.rebuild_tensor(&args, Some(dtype))?)
-            }
-            ("torch._utils", "_rebuild_parameter")
-            | ("torch._utils", "_rebuild_parameter_with_state") => {
-                let tensor = *args
-                    .first()
-                    .ok_or_else(|| self.err("_rebuild_parameter without a tensor"))?;
-                if !matches!(self.arena[tensor], Obj::Tensor(_)) {
-                    return Err(self.err("_rebuild_parameter of something that is not a tensor"));
-                }
-                return Ok(tensor);
-            }
-            ("torch", "Size")
-            | ("builtins", "set")
-            | ("builtins", "frozenset")
-            | ("__builtin__", "set") => {
-                let items = match args.first().map(|&a| &self.arena[a]) {
-                    None => Vec::new(),
-                    Some(Obj::Tuple(items)) | Some(Obj::List(items)) => {
-                        self.charge(items.len() * std::mem::size_of::<Id>())?;
-                        items.clone()
-                    }
-                    _ => {
-                        return Err(
-                            self.err("a size or set built from something that is not a sequence")
-                        )
-                    }
-                };
-                if (module, name) == ("torch", "Size") {
-                    Obj::Tuple(items)
-                } else {
-                    Obj::List(items)
-                }
-            }
-            ("torch", "device") => {
-                let mut parts = Vec::with_capacity(args.len());
-                for &a in &args {
-                    let part = match &self.arena[a] {
-                        Obj::Str(s) => {
-                            self.charge(s.len())?;
-                            s.clone()
-                        }
-                        Obj::Int(i) => i.to_string(),
-                        _ => {
-                            return Err(self.err(
-                                "torch.device with an argument that is not a string or index",
-                            ))
-                        }
-                    };
-                    parts.push(part);
-                }
-                Obj::Str(parts.join(":"))
-            }
-            ("_codecs", "encode") => {
-                let text = self.as_str(
-                    *args
-                        .first()
-                        .ok_or_else(|| self.err("_codecs.encode without text"))?,
-                )?;
-                self.charge(text.len())?;
-                let bytes = text
-                    .chars()
-                    .map(|c| u8::try_from(c as u32).ok())
-                    .collect::<Option<Vec<u8>>>()
-                    .ok_or_else(|| self.err("_codecs.encode text is not latin-1"))?;
-                Obj::Bytes(bytes)
-            }
-            ("builtins", "bytearray") | ("__builtin__", "bytearray") => {
-                match args.first().map(|&a| &self.arena[a]) {
-                    Some(Obj::Bytes(b)) => {
-                        self.charge(b.len())?;
-                        Obj::Bytes(b.clone())
-                    }
-                    None => Obj::Bytes(Vec::new()),
-                    _ => return Err(self.err("bytearray of something that is not bytes")),
-                }
-            }
-            ("copyreg", "_reconstructor") => {
-                let class = *args
-                    .first()
-                    .ok_or_else(|| self.err("_reconstructor without a class"))?;
-                let (m, n) = self
-                    .global_name(class)
-                    .ok_or_else(|| self.err("_reconstructor of something that is not a class"))?;
-                self.charge(m.len() + n.len())?;
-                Obj::Object {
-                    class: (m.to_owned(), n.to_owned()),
-                    state: None,
-                }
-            }
-            _ => return Err(self.refuse(callable)),
-        };
-        Ok(self.alloc(obj))
-    }
-
-    fn rebuild_tensor(&self, args: &[Id], dtype: Option<DType>) -> Result<TensorRef> {
-        let [storage, offset, size, stride, ..] = args[..] else {
-            return Err(self.err("a tensor is rebuilt with too few arguments"));
-        };
-        let Obj::Storage(storage) = &self.arena[storage] else {
-            return Err(self.err("a tensor's storage is not a persistent id"));
-        };
-        let dtype = match (dtype, storage.dtype) {
-            (Some(d), _) | (None, Some(d)) => d,
-            (None, None) => return Err(self.err("an untyped storage without a dtype")),
-        };
-        let offset = u64::try_from(self.as_int(offset)?)
-            .map_err(|_| self.err("a storage offset is negative"))?;
-        let shape = self.dims(size)?;
-        let stride = self.dims(stride)?;
-        if shape.len() != stride.len() {
-            return Err(self.err("a tensor's size and stride differ in length"));
-        }
-        self.charge(storage.key.len())?;
-        Ok(TensorRef {
-            storage: storage.clone(),
-            dtype,
-            offset,
-            shape,
-            stride,
-        })
-    }
-}
-
-/// A global reference: a dtype (`torch.float32`) becomes its value; any
-/// other name stays a name, which is never called unless allow-listed.
-fn global(module: String, name: String) -> Obj {
-    match DType::from_torch(&name) {
-        Some(dtype) if module == "torch" => Obj::Dtype(dtype),
-        _ => Obj::Global(module, name),
-    }
 }
 
 /// Little-endian two's complement of any length, when it fits in an i64.
@@ -836,134 +732,11 @@ fn long_from_le(raw: &[u8]) -> Option<i64> {
     (raw.len() <= 8 || (v < 0) == negative).then_some(v)
 }
 
-/// Turns the arena into a [`Value`], materialising tensors through
-/// `tensor`. Shared objects are copied; a shared tensor is materialised
-/// once.
-pub(crate) struct Converter<'a, F> {
-    unpickled: &'a Unpickled,
-    tensor: F,
-    path: &'a Path,
-    entry: &'a str,
-    budget: usize,
-    tensors: HashMap<Id, crate::TensorData>,
-}
-
-impl<'a, F: FnMut(&TensorRef) -> Result<crate::TensorData>> Converter<'a, F> {
-    /// A converter over `unpickled` that builds tensors with `tensor`.
-    pub(crate) fn new(unpickled: &'a Unpickled, path: &'a Path, entry: &'a str, tensor: F) -> Self {
-        Converter {
-            unpickled,
-            tensor,
-            path,
-            entry,
-            budget: unpickled
-                .arena
-                .len()
-                .saturating_mul(2)
-                .saturating_add(NODE_SLACK),
-            tensors: HashMap::new(),
-        }
-    }
-
-    fn err(&self, problem: &'static str) -> Error {
-        Error::Pickle {
-            path: self.path.to_owned(),
-            entry: self.entry.to_owned(),
-            offset: 0,
-            problem,
-        }
-    }
-
-    /// Converts the root object.
-    pub(crate) fn root(&mut self) -> Result<Value> {
-        self.value(self.unpickled.root, 0)
-    }
-
-    /// Converts object `id`.
-    pub(crate) fn value(&mut self, id: Id, depth: usize) -> Result<Value> {
-        if depth > MAX_DEPTH {
-            return Err(self.err("the data nests too deeply (or refers to itself)"));
-        }
-        self.budget = self
-            .budget
-            .checked_sub(1)
-            .ok_or_else(|| self.err("the data expands to too many values (shared references)"))?;
-        let arena = &self.unpickled.arena;
-        // Copies of strings, bytes and tensor shapes cost bytes too.
-        let cost = match &arena[id] {
-            Obj::Str(s) => s.len(),
-            Obj::Bytes(b) => b.len(),
-            Obj::Tensor(t) => t.shape.len() * 8,
-            Obj::Dict(pairs) => pairs.len() * std::mem::size_of::<(Key, Value)>(),
-            Obj::List(items) | Obj::Tuple(items) => items.len() * std::mem::size_of::<Value>(),
-            _ => 0,
-        };
-        self.unpickled.budget.charge(cost, self.path, self.entry)?;
-        Ok(match &arena[id] {
-            Obj::None => Value::None,
-            Obj::Bool(b) => Value::Bool(*b),
-            Obj::Int(i) => Value::Int(*i),
-            Obj::Float(f) => Value::Float(*f),
-            Obj::Str(s) => Value::Str(s.clone()),
-            Obj::Bytes(b) => Value::Bytes(b.clone()),
-            Obj::List(items) => Value::List(self.values(items, depth)?),
-            Obj::Tuple(items) => Value::Tuple(self.values(items, depth)?),
-            Obj::Dict(pairs) => {
-                let mut dict = Dict::with_capacity(pairs.len());
-                for &(k, v) in pairs {
-                    let key = match &arena[k] {
-                        Obj::Str(s) => {
-                            self.unpickled
-                                .budget
-                                .charge(s.len(), self.path, self.entry)?;
-                            Key::Str(s.clone())
-                        }
-                        Obj::Int(i) => Key::Int(*i),
-                        Obj::Bool(b) => Key::Int(*b as i64),
-                        _ => return Err(self.err("a dict key is neither a string nor an integer")),
-                    };
-                    let value = self.value(v, depth + 1)?;
-                    // Python semantics: a repeated key keeps its first
-                    // position and takes the last value.
-                    dict.insert(key, value);
-                }
-                Value::Dict(dict)
-            }
-            Obj::Tensor(t) => {
-                if let Some(done) = self.tensors.get(&id) {
-                    return Ok(Value::Tensor(done.clone()));
-                }
-                let data = (self.tensor)(t)?;
-                self.tensors.insert(id, data.clone());
-                Value::Tensor(data)
-            }
-            Obj::Dtype(d) => Value::Str(d.torch_name().to_owned()),
-            Obj::Global(m, n) => {
-                return Err(Error::RefusedGlobal {
-                    path: self.path.to_owned(),
-                    entry: self.entry.to_owned(),
-                    global: format!("{m}.{n}"),
-                })
-            }
-            Obj::Storage(_) => return Err(self.err("a bare storage outside a tensor")),
-            Obj::Object { class, .. } => {
-                return Err(Error::RefusedGlobal {
-                    path: self.path.to_owned(),
-                    entry: self.entry.to_owned(),
-                    global: format!("{}.{}", class.0, class.1),
-                })
-            }
-        })
-    }
-
-    fn values(&mut self, items: &[Id], depth: usize) -> Result<Vec<Value>> {
-        items.iter().map(|&i| self.value(i, depth + 1)).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::{Dict, Key, Value};
 
     fn run(bytes: &[u8]) -> Result<Value> {
         let u = unpickle(bytes, Path::new("t.pth"), "data.pkl")?;
@@ -994,17 +767,50 @@ mod tests {
         let err = run(bytes).unwrap_err();
         let msg = err.to_string();
         assert!(
-            msg.contains("refusing global os.system in data.pkl"),
+            msg.contains("dangerous: data.pkl names os.system at byte 2"),
             "{msg}"
         );
         assert!(msg.contains("never runs code"), "{msg}");
     }
 
     #[test]
+    fn a_dangerous_global_is_refused_even_when_never_called() {
+        // ('ok', posix.system) -- the global is only named, as a value.
+        let bytes = b"\x80\x02X\x02\x00\x00\x00okcposix\nsystem\n\x86.";
+        assert!(matches!(
+            run(bytes),
+            Err(Error::DangerousGlobal { global, offset: 9, .. }) if global == "posix.system"
+        ));
+    }
+
+    #[test]
+    fn other_classes_become_inert_objects() {
+        // argparse.Namespace() with BUILD {'lr': 0.5}, as protocol 2 writes it.
+        let bytes = b"\x80\x02cargparse\nNamespace\n)\x81}X\x02\x00\x00\x00lrG?\xe0\x00\x00\x00\x00\x00\x00sb.";
+        let Value::Object(o) = run(bytes).unwrap() else {
+            panic!("not an object")
+        };
+        assert_eq!(o.class, "argparse.Namespace");
+        assert!(o.args.is_empty());
+        assert_eq!(o.state.get("lr"), Some(&Value::Float(0.5)));
+    }
+
+    #[test]
+    fn ordered_dicts_from_pairs_read_as_old_torch_wrote_them() {
+        // Python's own pickle of OrderedDict([['a', 1], ['b', 2]]) reduced
+        // as Python 2 did, with BUILD {'_metadata': {'': {'version': 1}}}.
+        let bytes = b"\x80\x02ccollections\nOrderedDict\nq\x00]q\x01(]q\x02(X\x01\x00\x00\x00aq\x03K\x01e]q\x04(X\x01\x00\x00\x00bq\x05K\x02ee\x85q\x06Rq\x07}q\x08X\t\x00\x00\x00_metadataq\t}q\nX\x00\x00\x00\x00q\x0b}q\x0cX\x07\x00\x00\x00versionq\rK\x01sssb.";
+        let mut want = Dict::new();
+        want.insert("a".into(), Value::Int(1));
+        want.insert("b".into(), Value::Int(2));
+        assert_eq!(run(bytes).unwrap(), Value::Dict(want));
+    }
+
+    #[test]
     fn stack_global_calls_are_refused_too() {
         let bytes = b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93\x8c\x011\x85R.";
         assert!(
-            matches!(run(bytes), Err(Error::RefusedGlobal { global, .. }) if global == "builtins.eval")
+            matches!(run(bytes), Err(Error::DangerousGlobal { global, .. }) if global == "builtins.eval")
         );
     }
 

@@ -97,6 +97,9 @@ impl Pickler {
             });
         }
         match value {
+            // torch.load(weights_only=True) takes no objects: their plain
+            // dicts stand in.
+            Value::Object(o) => self.value(&o.to_plain(), depth)?,
             Value::None => self.out.push(b'N'),
             Value::Bool(b) => self.out.push(if *b { 0x88 } else { 0x89 }),
             Value::Int(i) => self.int(*i),

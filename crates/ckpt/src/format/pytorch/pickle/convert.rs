@@ -1,0 +1,236 @@
+//! From the machine's arena to a [`Value`]: shared objects are copied
+//! under a node budget and a depth limit, tensors are materialised through
+//! the caller's function (a shared tensor once), NumPy arrays become
+//! tensors, and other objects become inert [`crate::PyObject`]s.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::reduce::numpy_dtype;
+use super::{Id, Obj, TensorRef, Unpickled, MAX_DEPTH, MAX_DIMS, NODE_SLACK};
+use crate::{Dict, Error, Key, PyObject, Result, TensorData, Value};
+
+/// Turns the arena into a [`Value`], materialising tensors through
+/// `tensor`. Shared objects are copied; a shared tensor is materialised
+/// once.
+pub(crate) struct Converter<'a, F> {
+    unpickled: &'a Unpickled,
+    tensor: F,
+    path: &'a Path,
+    entry: &'a str,
+    budget: usize,
+    tensors: HashMap<Id, TensorData>,
+}
+
+impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
+    /// A converter over `unpickled` that builds tensors with `tensor`.
+    pub(crate) fn new(unpickled: &'a Unpickled, path: &'a Path, entry: &'a str, tensor: F) -> Self {
+        Converter {
+            unpickled,
+            tensor,
+            path,
+            entry,
+            budget: unpickled
+                .arena
+                .len()
+                .saturating_mul(2)
+                .saturating_add(NODE_SLACK),
+            tensors: HashMap::new(),
+        }
+    }
+
+    fn err(&self, problem: &'static str) -> Error {
+        Error::Pickle {
+            path: self.path.to_owned(),
+            entry: self.entry.to_owned(),
+            offset: 0,
+            problem,
+        }
+    }
+
+    /// Converts the root object.
+    pub(crate) fn root(&mut self) -> Result<Value> {
+        self.value(self.unpickled.root, 0)
+    }
+
+    /// Converts object `id`.
+    pub(crate) fn value(&mut self, id: Id, depth: usize) -> Result<Value> {
+        if depth > MAX_DEPTH {
+            return Err(self.err("the data nests too deeply (or refers to itself)"));
+        }
+        self.budget = self
+            .budget
+            .checked_sub(1)
+            .ok_or_else(|| self.err("the data expands to too many values (shared references)"))?;
+        let arena = &self.unpickled.arena;
+        // Copies of strings, bytes and tensor shapes cost bytes too.
+        let cost = match &arena[id] {
+            Obj::Str(s) => s.len(),
+            Obj::Bytes(b) => b.len(),
+            Obj::Tensor(t) => t.shape.len() * 8,
+            Obj::Dict(pairs) => pairs.len() * std::mem::size_of::<(Key, Value)>(),
+            Obj::List(items) | Obj::Tuple(items) => items.len() * std::mem::size_of::<Value>(),
+            _ => 0,
+        };
+        self.unpickled.budget.charge(cost, self.path, self.entry)?;
+        Ok(match &arena[id] {
+            Obj::None => Value::None,
+            Obj::Bool(b) => Value::Bool(*b),
+            Obj::Int(i) => Value::Int(*i),
+            Obj::Float(f) => Value::Float(*f),
+            Obj::Str(s) => Value::Str(s.clone()),
+            Obj::Bytes(b) => Value::Bytes(b.clone()),
+            Obj::List(items) => Value::List(self.values(items, depth)?),
+            Obj::Tuple(items) => Value::Tuple(self.values(items, depth)?),
+            Obj::Dict(pairs) => self.dict(pairs, depth)?,
+            Obj::Tensor(t) => self.tensor(id, t)?,
+            Obj::Dtype(d) => Value::Str(d.torch_name().to_owned()),
+            // A class or function named as a value (a defaultdict's
+            // factory, an activation function): its name.
+            Obj::Global(m, n) => Value::Str(format!("{m}.{n}")),
+            Obj::NpDtype { code, .. } => Value::Str(
+                numpy_dtype(code).map_or_else(|| code.clone(), |d| d.torch_name().to_owned()),
+            ),
+            Obj::Storage(_) => return Err(self.err("a bare storage outside a tensor")),
+            Obj::NdArray { state } => match state.and_then(|s| self.ndarray(s)) {
+                Some(tensor) => Value::Tensor(tensor?),
+                None => self.object(id, depth)?,
+            },
+            Obj::Object { .. } => self.object(id, depth)?,
+        })
+    }
+
+    // The recursion's helpers are kept out of `value` so that its frame
+    // stays small: MAX_DEPTH levels must fit a 2 MiB thread stack.
+
+    #[inline(never)]
+    fn dict(&mut self, pairs: &[(Id, Id)], depth: usize) -> Result<Value> {
+        let arena = &self.unpickled.arena;
+        let mut dict = Dict::with_capacity(pairs.len());
+        for &(k, v) in pairs {
+            let key = match &arena[k] {
+                Obj::Str(s) => {
+                    self.unpickled
+                        .budget
+                        .charge(s.len(), self.path, self.entry)?;
+                    Key::Str(s.clone())
+                }
+                Obj::Int(i) => Key::Int(*i),
+                Obj::Bool(b) => Key::Int(*b as i64),
+                _ => return Err(self.err("a dict key is neither a string nor an integer")),
+            };
+            let value = self.value(v, depth + 1)?;
+            // Python semantics: a repeated key keeps its first position and
+            // takes the last value.
+            dict.insert(key, value);
+        }
+        Ok(Value::Dict(dict))
+    }
+
+    #[inline(never)]
+    fn tensor(&mut self, id: Id, t: &TensorRef) -> Result<Value> {
+        if let Some(done) = self.tensors.get(&id) {
+            return Ok(Value::Tensor(done.clone()));
+        }
+        let data = (self.tensor)(t)?;
+        self.tensors.insert(id, data.clone());
+        Ok(Value::Tensor(data))
+    }
+
+    fn values(&mut self, items: &[Id], depth: usize) -> Result<Vec<Value>> {
+        items.iter().map(|&i| self.value(i, depth + 1)).collect()
+    }
+
+    /// An inert object (or an array ckpt cannot read as a tensor).
+    #[inline(never)]
+    fn object(&mut self, id: Id, depth: usize) -> Result<Value> {
+        let arena = &self.unpickled.arena;
+        let (class, args, state) = match &arena[id] {
+            Obj::Object { class, args, state } => {
+                (format!("{}.{}", class.0, class.1), *args, *state)
+            }
+            Obj::NdArray { state } => ("numpy.ndarray".to_owned(), None, *state),
+            _ => return Err(self.err("an object expected")),
+        };
+        let args = match args {
+            Some(a) => match &arena[a] {
+                Obj::Tuple(items) => self.values(items, depth)?,
+                _ => vec![self.value(a, depth + 1)?],
+            },
+            None => Vec::new(),
+        };
+        let state = match state {
+            Some(s) => self.value(s, depth + 1)?,
+            None => Value::None,
+        };
+        self.unpickled
+            .budget
+            .charge(class.len(), self.path, self.entry)?;
+        Ok(Value::Object(Box::new(PyObject { class, args, state })))
+    }
+
+    /// A NumPy array from its `BUILD` state `(version, shape, dtype,
+    /// fortran_order, raw bytes)`; `None` when it is not a numeric array
+    /// ckpt knows (object or string arrays stay objects).
+    fn ndarray(&self, state: Id) -> Option<Result<TensorData>> {
+        let arena = &self.unpickled.arena;
+        let Obj::Tuple(parts) = &arena[state] else {
+            return None;
+        };
+        let [_, shape, dtype, fortran, raw] = parts[..] else {
+            return None;
+        };
+        let (Obj::Tuple(dims), Obj::NpDtype { code, big_endian }, Obj::Bytes(raw)) =
+            (&arena[shape], &arena[dtype], &arena[raw])
+        else {
+            return None;
+        };
+        let dtype = numpy_dtype(code)?;
+        let fortran = matches!(arena[fortran], Obj::Bool(true));
+        Some(self.array(dims, dtype, *big_endian, fortran, raw))
+    }
+
+    fn array(
+        &self,
+        dims: &[Id],
+        dtype: crate::DType,
+        big_endian: bool,
+        fortran: bool,
+        raw: &[u8],
+    ) -> Result<TensorData> {
+        let arena = &self.unpickled.arena;
+        if dims.len() > MAX_DIMS {
+            return Err(self.err("a NumPy array has more than 64 dimensions"));
+        }
+        let shape: Vec<usize> = dims
+            .iter()
+            .map(|&d| match arena[d] {
+                Obj::Int(n) => usize::try_from(n).ok(),
+                _ => None,
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| self.err("a NumPy array's shape is not a tuple of sizes"))?;
+        let len = crate::byte_len(dtype, &shape)
+            .ok_or_else(|| self.err("a NumPy array's size overflows"))?;
+        if len != raw.len() as u64 {
+            return Err(self.err("a NumPy array's bytes are not the length its shape needs"));
+        }
+        self.unpickled
+            .budget
+            .charge(raw.len(), self.path, self.entry)?;
+        let mut bytes = if fortran && shape.len() > 1 {
+            super::super::column_major_to_row_major(raw, &shape, dtype.size())
+        } else {
+            raw.to_vec()
+        };
+        if big_endian && dtype.size() > 1 {
+            let swap = if matches!(dtype, crate::DType::C64 | crate::DType::C128) {
+                dtype.size() / 2
+            } else {
+                dtype.size()
+            };
+            bytes.chunks_exact_mut(swap).for_each(<[u8]>::reverse);
+        }
+        TensorData::new(dtype, shape, bytes)
+    }
+}

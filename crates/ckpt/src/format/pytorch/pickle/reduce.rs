@@ -1,0 +1,308 @@
+//! What `REDUCE` builds: the globals ckpt understands become plain data
+//! (tensors, dicts, lists, strings, numbers); any other class becomes an
+//! inert object that is never constructed. Dangerous globals never get
+//! here: naming one is refused when the stream names it.
+
+use super::{Id, Machine, Obj, TensorRef, MAX_WRAPPERS};
+use crate::{DType, Result};
+
+impl Machine<'_> {
+    /// `callable(*args)` as data.
+    pub(super) fn reduce(&mut self, mut callable: Id, mut args: Id) -> Result<Id> {
+        // `_rebuild_from_type_v2(func, type, args, state)` calls `func(*args)`;
+        // unwrap such wrappers in a loop, not by recursion.
+        for _ in 0..MAX_WRAPPERS {
+            if self.global_name(callable) != Some(("torch._tensor", "_rebuild_from_type_v2")) {
+                break;
+            }
+            let [func, _new_type, inner_args, ..] = self.tuple(args)?[..] else {
+                return Err(self.err("_rebuild_from_type_v2 with too few arguments"));
+            };
+            (callable, args) = (func, inner_args);
+        }
+        let Some((module, name)) = self.global_name(callable) else {
+            return Err(self.err("REDUCE of something that is not a global"));
+        };
+        let (module, name) = (module.to_owned(), name.to_owned());
+        let args_id = args;
+        let args = self.tuple(args)?;
+        let obj = match (module.as_str(), name.as_str()) {
+            ("collections", "OrderedDict") => self.ordered_dict(&args)?,
+            // `defaultdict(factory)`; its items follow as SETITEMS.
+            ("collections", "defaultdict") => Obj::Dict(Vec::new()),
+            // `Counter(dict)`, as in MultiStepLR's state: read as the dict.
+            ("collections", "Counter") => match args[..] {
+                [] => Obj::Dict(Vec::new()),
+                [dict] if matches!(self.arena[dict], Obj::Dict(_)) => return Ok(dict),
+                _ => return Err(self.err("Counter built from something other than a dict")),
+            },
+            ("collections", "deque") => Obj::List(self.sequence(args.first().copied())?),
+            ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
+                Obj::Tensor(self.rebuild_tensor(&args, None)?)
+            }
+            ("torch._utils", "_rebuild_tensor_v3") => {
+                let dtype = match args.get(6).map(|&d| &self.arena[d]) {
+                    Some(Obj::Dtype(d)) => *d,
+                    _ => return Err(self.err("_rebuild_tensor_v3 without a dtype")),
+                };
+                Obj::Tensor(self.rebuild_tensor(&args, Some(dtype))?)
+            }
+            ("torch._utils", "_rebuild_parameter")
+            | ("torch._utils", "_rebuild_parameter_with_state") => {
+                let tensor = *args
+                    .first()
+                    .ok_or_else(|| self.err("_rebuild_parameter without a tensor"))?;
+                if !matches!(self.arena[tensor], Obj::Tensor(_)) {
+                    return Err(self.err("_rebuild_parameter of something that is not a tensor"));
+                }
+                return Ok(tensor);
+            }
+            // TorchScript's typed lists and type tags: the value itself.
+            (
+                "torch.jit._pickle",
+                "build_intlist" | "build_tensorlist" | "build_doublelist" | "build_boollist"
+                | "restore_type_tag",
+            ) => {
+                return args
+                    .first()
+                    .copied()
+                    .ok_or_else(|| self.err("a TorchScript list builder without a value"))
+            }
+            ("torch", "Size") => Obj::Tuple(self.sequence(args.first().copied())?),
+            ("builtins", "set" | "frozenset") => Obj::List(self.sequence(args.first().copied())?),
+            ("torch", "device") => self.device(&args)?,
+            ("_codecs", "encode") => self.encode(&args)?,
+            ("builtins", "bytearray") => match args.first().map(|&a| &self.arena[a]) {
+                Some(Obj::Bytes(b)) => {
+                    self.charge(b.len())?;
+                    Obj::Bytes(b.clone())
+                }
+                None => Obj::Bytes(Vec::new()),
+                _ => return Err(self.err("bytearray of something that is not bytes")),
+            },
+            ("copyreg", "_reconstructor") => {
+                let class = *args
+                    .first()
+                    .ok_or_else(|| self.err("_reconstructor without a class"))?;
+                let (m, n) = self
+                    .global_name(class)
+                    .ok_or_else(|| self.err("_reconstructor of something that is not a class"))?;
+                self.charge(m.len() + n.len())?;
+                Obj::Object {
+                    class: (m.to_owned(), n.to_owned()),
+                    args: None,
+                    state: None,
+                }
+            }
+            ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => {
+                Obj::NdArray { state: None }
+            }
+            ("numpy", "dtype") => Obj::NpDtype {
+                code: self
+                    .as_str(
+                        *args
+                            .first()
+                            .ok_or_else(|| self.err("numpy.dtype without a type code"))?,
+                    )?
+                    .to_owned(),
+                big_endian: false,
+            },
+            ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => {
+                match self.np_scalar(&args)? {
+                    Some(obj) => obj,
+                    None => self.object(module, name, args_id),
+                }
+            }
+            (
+                "pathlib",
+                "Path" | "PosixPath" | "WindowsPath" | "PurePosixPath" | "PureWindowsPath",
+            ) => Obj::Str(self.path_parts(&args)?),
+            ("datetime", "datetime" | "date") if args.len() == 1 => match self.date(args[0])? {
+                Some(text) => Obj::Str(text),
+                None => self.object(module, name, args_id),
+            },
+            // Anything else is a class (or a function) whose call ckpt
+            // records and never makes.
+            _ => self.object(module, name, args_id),
+        };
+        Ok(self.alloc(obj))
+    }
+
+    fn object(&self, module: String, name: String, args: Id) -> Obj {
+        Obj::Object {
+            class: (module, name),
+            args: Some(args),
+            state: None,
+        }
+    }
+
+    /// `OrderedDict()` or, as torch 0.4–1.5 pickled it (Python 2's
+    /// `OrderedDict.__reduce__`), `OrderedDict([[key, value], ...])`.
+    fn ordered_dict(&self, args: &[Id]) -> Result<Obj> {
+        let Some(&items) = args.first() else {
+            return Ok(Obj::Dict(Vec::new()));
+        };
+        let mut pairs = Vec::new();
+        for item in self.sequence(Some(items))? {
+            match &self.arena[item] {
+                Obj::List(kv) | Obj::Tuple(kv) if kv.len() == 2 => pairs.push((kv[0], kv[1])),
+                _ => return Err(self.err("OrderedDict built from something other than pairs")),
+            }
+        }
+        Ok(Obj::Dict(pairs))
+    }
+
+    /// The items of a list or tuple argument (none when absent).
+    fn sequence(&self, id: Option<Id>) -> Result<Vec<Id>> {
+        match id.map(|a| &self.arena[a]) {
+            None => Ok(Vec::new()),
+            Some(Obj::Tuple(items)) | Some(Obj::List(items)) => {
+                self.charge(items.len() * std::mem::size_of::<Id>())?;
+                Ok(items.clone())
+            }
+            _ => Err(self.err("a sequence is built from something that is not a list or tuple")),
+        }
+    }
+
+    fn device(&self, args: &[Id]) -> Result<Obj> {
+        let mut parts = Vec::with_capacity(args.len());
+        for &a in args {
+            let part = match &self.arena[a] {
+                Obj::Str(s) => {
+                    self.charge(s.len())?;
+                    s.clone()
+                }
+                Obj::Int(i) => i.to_string(),
+                _ => {
+                    return Err(
+                        self.err("torch.device with an argument that is not a string or index")
+                    )
+                }
+            };
+            parts.push(part);
+        }
+        Ok(Obj::Str(parts.join(":")))
+    }
+
+    fn encode(&self, args: &[Id]) -> Result<Obj> {
+        let text = self.as_str(
+            *args
+                .first()
+                .ok_or_else(|| self.err("_codecs.encode without text"))?,
+        )?;
+        self.charge(text.len())?;
+        let bytes = text
+            .chars()
+            .map(|c| u8::try_from(c as u32).ok())
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| self.err("_codecs.encode text is not latin-1"))?;
+        Ok(Obj::Bytes(bytes))
+    }
+
+    /// `numpy.core.multiarray.scalar(dtype, bytes)`: a number, when the
+    /// dtype is a numeric one ckpt knows.
+    fn np_scalar(&self, args: &[Id]) -> Result<Option<Obj>> {
+        let [dtype, data, ..] = args[..] else {
+            return Err(self.err("numpy scalar without a dtype and bytes"));
+        };
+        let Obj::NpDtype { code, big_endian } = &self.arena[dtype] else {
+            return Err(self.err("numpy scalar whose dtype is not a numpy.dtype"));
+        };
+        let Obj::Bytes(raw) = &self.arena[data] else {
+            return Ok(None);
+        };
+        let Some(dtype) = numpy_dtype(code) else {
+            return Ok(None);
+        };
+        if raw.len() != dtype.size() || matches!(dtype, DType::C64 | DType::C128) {
+            return Ok(None);
+        }
+        let mut raw = raw.clone();
+        if *big_endian {
+            raw.reverse();
+        }
+        Ok(Some(match dtype {
+            DType::Bool => Obj::Bool(raw[0] != 0),
+            DType::U64 => {
+                match i64::try_from(u64::from_le_bytes(raw[..8].try_into().unwrap_or_default())) {
+                    Ok(v) => Obj::Int(v),
+                    Err(_) => return Ok(None),
+                }
+            }
+            DType::I64 => Obj::Int(i64::from_le_bytes(raw[..8].try_into().unwrap_or_default())),
+            d if d.is_float() => Obj::Float(d.decode_f64(&raw)),
+            // Every other integer type is exact through f64.
+            d => Obj::Int(d.decode_f64(&raw) as i64),
+        }))
+    }
+
+    /// `PosixPath(*parts)`: the path as text.
+    fn path_parts(&self, args: &[Id]) -> Result<String> {
+        let mut text = String::new();
+        for &a in args {
+            let part = self.as_str(a)?;
+            self.charge(part.len() + 1)?;
+            if !text.is_empty() && !text.ends_with('/') {
+                text.push('/');
+            }
+            text.push_str(part);
+        }
+        Ok(text)
+    }
+
+    /// `datetime(bytes)` / `date(bytes)` (Python's compact state) as ISO
+    /// 8601 text; `None` for any other form.
+    fn date(&self, state: Id) -> Result<Option<String>> {
+        let Obj::Bytes(b) = &self.arena[state] else {
+            return Ok(None);
+        };
+        let year = u16::from_be_bytes([
+            b.first().copied().unwrap_or(0),
+            b.get(1).copied().unwrap_or(0),
+        ]);
+        Ok(match b.len() {
+            4 => Some(format!("{year:04}-{:02}-{:02}", b[2], b[3])),
+            10 => {
+                let micros = u32::from_be_bytes([0, b[7], b[8], b[9]]);
+                Some(format!(
+                    "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{micros:06}",
+                    b[2], b[3], b[4], b[5], b[6]
+                ))
+            }
+            _ => None,
+        })
+    }
+
+    pub(super) fn rebuild_tensor(&self, args: &[Id], dtype: Option<DType>) -> Result<TensorRef> {
+        let [storage, offset, size, stride, ..] = args[..] else {
+            return Err(self.err("a tensor is rebuilt with too few arguments"));
+        };
+        let Obj::Storage(storage) = &self.arena[storage] else {
+            return Err(self.err("a tensor's storage is not a persistent id"));
+        };
+        let dtype = match (dtype, storage.dtype) {
+            (Some(d), _) | (None, Some(d)) => d,
+            (None, None) => return Err(self.err("an untyped storage without a dtype")),
+        };
+        let offset = u64::try_from(self.as_int(offset)?)
+            .map_err(|_| self.err("a storage offset is negative"))?;
+        let shape = self.dims(size)?;
+        let stride = self.dims(stride)?;
+        if shape.len() != stride.len() {
+            return Err(self.err("a tensor's size and stride differ in length"));
+        }
+        self.charge(storage.key.len())?;
+        Ok(TensorRef {
+            storage: storage.clone(),
+            dtype,
+            offset,
+            shape,
+            stride,
+        })
+    }
+}
+
+/// The dtype of a NumPy type code (`f8`, `i4`, `u1`, `b1`, `c8`).
+pub(crate) fn numpy_dtype(code: &str) -> Option<DType> {
+    DType::from_numpy(&format!("<{code}")).or_else(|| DType::from_numpy(&format!("|{code}")))
+}
