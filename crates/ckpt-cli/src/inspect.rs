@@ -14,9 +14,30 @@ use crate::values::{collect_values, object_classes, repr, to_json, write_tree};
 /// Prints the tensors, values and metadata of `file`, or with `tree` its
 /// nested structure.
 pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Result<()> {
+    if file.is_dir() && file.join("manifest.json").is_file() {
+        // A run directory: its latest step.
+        let reader = ckpt::store::RunReader::open(file)?;
+        let latest = reader.steps().last().map(|s| s.step);
+        let Some(path) = latest.and_then(|s| reader.checkpoint_path(s)) else {
+            anyhow::bail!(
+                "{}: a ckpt run directory with no committed step",
+                file.display()
+            );
+        };
+        if !as_json {
+            writeln!(
+                out,
+                "{}: ckpt run directory; its latest step, {}:",
+                file.display(),
+                latest.unwrap_or_default()
+            )?;
+        }
+        return run(&path, as_json, tree, out);
+    }
     let loaded = ckpt::read(file, &LoadOptions::default())?;
+    let found = found_as(file, &loaded);
     if tree {
-        writeln!(out, "{} ({})", file.display(), loaded.format)?;
+        writeln!(out, "{} ({found})", file.display())?;
         write_tree(&loaded.value, out)?;
         return Ok(());
     }
@@ -55,7 +76,7 @@ pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
     if ckpt::Package::is_package(&loaded.value) {
         return package(file, &loaded, out);
     }
-    writeln!(out, "{} ({})", file.display(), loaded.format)?;
+    writeln!(out, "{} ({found})", file.display())?;
     writeln!(out)?;
     let mut table = Table::new(
         vec!["name", "dtype", "shape", "params", "bytes"],
@@ -103,6 +124,19 @@ pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
         writeln!(out, "\nin Python: {verdict}")?;
     }
     Ok(())
+}
+
+/// The format a file was read as, saying when its contents, not its
+/// name, told (`PyTorch, recognised by its contents`), and for a folder
+/// the file it was read from.
+pub fn found_as(file: &Path, loaded: &ckpt::Loaded) -> String {
+    if let Some(weights) = loaded.metadata.get("folder.weights") {
+        return format!("model folder: {weights}, {}", loaded.format);
+    }
+    match ckpt::Format::from_path(file) {
+        Ok(named) if named == loaded.format => loaded.format.to_string(),
+        _ => format!("{}, recognised by its contents", loaded.format),
+    }
 }
 
 /// A model package: its metadata and its spec as a layer table.

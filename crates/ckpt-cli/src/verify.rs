@@ -14,7 +14,7 @@ pub fn run(files: &[PathBuf], out: &mut dyn Write) -> Result<u8> {
     for file in files {
         // A local directory, or an object-store prefix that names no file
         // format, is a run.
-        let is_run = file.is_dir()
+        let is_run = is_run_dir(file)
             || (file.to_str().is_some_and(|f| f.starts_with("s3://"))
                 && ckpt::Format::from_path(file).is_err());
         if is_run {
@@ -62,6 +62,19 @@ pub fn run(files: &[PathBuf], out: &mut dyn Write) -> Result<u8> {
         }
     }
     Ok(code)
+}
+
+/// A local folder is a run when it has a manifest or step directories
+/// (a damaged manifest is rebuilt from them); any other folder is a model
+/// folder, verified as the file it is read from.
+fn is_run_dir(dir: &Path) -> bool {
+    dir.is_dir()
+        && (dir.join("manifest.json").exists()
+            || std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+            }))
 }
 
 /// Verifies a run directory: every committed step's hashes and structure,

@@ -123,11 +123,44 @@ fn every_hostile_file_gives_one_error_line_and_exit_2() {
 }
 
 #[test]
-fn missing_file_and_unknown_extension_are_clear_errors() {
+fn missing_and_unrecognised_files_are_clear_errors() {
     let out = ckpt(&["inspect", "/no/such/file.safetensors"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("/no/such/file.safetensors"));
-    expect_error(&["inspect", "notes.txt"], "unknown file extension");
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "a shopping list, not a model").unwrap();
+    expect_error(
+        &["inspect", notes.to_str().unwrap()],
+        "not a format ckpt knows",
+    );
+    let out_path = dir.path().join("out.docx");
+    expect_error(
+        &[
+            "convert",
+            fixture("mlp.safetensors").to_str().unwrap(),
+            out_path.to_str().unwrap(),
+        ],
+        "unknown file extension",
+    );
+}
+
+#[test]
+fn inspect_says_which_format_the_contents_showed() {
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("checkpoint.pth.tar");
+    std::fs::copy(fixture("pth/checkpoint.pth"), &renamed).unwrap();
+    let out = ckpt(&["inspect", renamed.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("(PyTorch)"), "{}", stdout(&out));
+    let bare = dir.path().join("weights");
+    std::fs::copy(fixture("mlp.safetensors"), &bare).unwrap();
+    let out = ckpt(&["inspect", bare.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("safetensors, recognised by its contents"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

@@ -35,6 +35,35 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// Neither the contents nor the name say which format a file is.
+    #[error(
+        "{}: not a format ckpt knows (its first bytes match none of safetensors, PyTorch, TorchScript, pickle, NumPy, ckptz or a JSON index; ckpt reads {})",
+        path.display(),
+        crate::Format::EXTENSIONS
+    )]
+    UnrecognisedFormat {
+        /// The path.
+        path: PathBuf,
+    },
+
+    /// A folder does not hold one model ckpt can read as a file.
+    #[error("{}: {problem}", path.display())]
+    Folder {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong, naming the files involved.
+        problem: String,
+    },
+
+    /// ckpt reads this format but does not write it.
+    #[error("{}: ckpt reads {format} files but does not write them; choose .safetensors, .pth, .npz, .ckptz or .index.json", path.display())]
+    ReadOnlyFormat {
+        /// The path.
+        path: PathBuf,
+        /// The format.
+        format: crate::Format,
+    },
+
     /// The extension promises one format and the first bytes show another.
     #[error("{}: the extension says {expected} but the contents are {found}", path.display())]
     FormatMismatch {
@@ -278,6 +307,15 @@ pub enum Error {
         from: DType,
         /// The requested dtype.
         to: DType,
+    },
+
+    /// safetensors has no such dtype (complex128).
+    #[error("tensor {tensor}: safetensors has no {dtype}; write .pth or .npz instead")]
+    SafetensorsDType {
+        /// The tensor's name.
+        tensor: String,
+        /// The dtype.
+        dtype: DType,
     },
 
     /// NumPy has no such dtype (bfloat16, float8).

@@ -61,8 +61,8 @@ pub struct Loaded {
     pub pickle: Option<PickleReport>,
 }
 
-/// Reads any supported file. The format comes from the extension and is
-/// confirmed by the first bytes.
+/// Reads any supported file, or a Hugging Face model folder. The format
+/// comes from the contents, whatever the name ([`Format::detect`]).
 ///
 /// ```no_run
 /// let loaded = ckpt::read("model.safetensors", &ckpt::LoadOptions::default())?;
@@ -71,8 +71,12 @@ pub struct Loaded {
 /// ```
 pub fn read(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Loaded> {
     let path = path.as_ref();
-    let format = Format::from_path(path)?;
-    read_buffer(format, crate::io::open(path, options.mmap)?, path, options)
+    if !crate::io::is_url(path) && path.is_dir() {
+        return format::folder::read(path, options);
+    }
+    let buffer = crate::io::open(path, options.mmap)?;
+    let format = Format::detect(buffer.as_slice(), path)?;
+    dispatch(format, buffer, path, options)
 }
 
 /// Reads a whole file that is already in memory, as `format`; `origin`
@@ -102,9 +106,19 @@ pub(crate) fn read_buffer(
 ) -> Result<Loaded> {
     let bytes = buffer.as_slice();
     format.confirm(&bytes[..bytes.len().min(16)], path)?;
+    dispatch(format, buffer, path, options)
+}
+
+fn dispatch(
+    format: Format,
+    buffer: Arc<Buffer>,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<Loaded> {
     match format {
         Format::Safetensors => format::safetensors::read(buffer, path),
-        Format::PyTorch => format::pytorch::read(buffer, path),
+        Format::PyTorch | Format::TorchScript => format::pytorch::read(buffer, path),
+        Format::Pickle => format::pytorch::read_pickle(buffer, path),
         Format::Npy | Format::Npz => format::numpy::read(format, buffer, path),
         Format::Compressed => format::compressed::read(buffer, path),
         // Shards are found beside the index (for bytes, beside `path`).

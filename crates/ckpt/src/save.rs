@@ -118,6 +118,12 @@ pub(crate) fn plan(
                 path: path.to_owned(),
             })
         }
+        Format::TorchScript | Format::Pickle => {
+            return Err(crate::Error::ReadOnlyFormat {
+                path: path.to_owned(),
+                format,
+            })
+        }
     })
 }
 

@@ -41,6 +41,14 @@ pub struct VerifyReport {
 pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
     let path = path.as_ref();
     let loaded = crate::read(path, &LoadOptions::default())?;
+    // A model folder is checked through the file it was read from.
+    let chosen;
+    let path = if !crate::io::is_url(path) && path.is_dir() {
+        chosen = crate::format::folder::choose(path)?;
+        chosen.as_path()
+    } else {
+        path
+    };
     let tensors = StateDict::flatten(&loaded.value)?;
     // Reading every byte surfaces I/O errors a lazy map would defer.
     let mut sum = 0u8;
@@ -50,10 +58,10 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
     std::hint::black_box(sum);
 
     let files: BTreeSet<std::path::PathBuf> = match loaded.format {
-        Format::PyTorch | Format::Npz => [path.to_owned()].into(),
+        Format::PyTorch | Format::TorchScript | Format::Npz => [path.to_owned()].into(),
         Format::ShardedIndex => shard_files(path)?,
         // .ckptz: every blob's Adler-32 was checked by the read.
-        Format::Safetensors | Format::Npy | Format::Compressed => BTreeSet::new(),
+        Format::Safetensors | Format::Npy | Format::Compressed | Format::Pickle => BTreeSet::new(),
     };
     let (mut checksums, mut mismatches) = (0, Vec::new());
     for file in files {

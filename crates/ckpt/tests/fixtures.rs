@@ -145,7 +145,15 @@ fn a_tree_naming_a_missing_tensor_is_refused() {
 }
 
 #[test]
-fn a_torch_zip_named_safetensors_is_a_format_mismatch() {
-    let err = hostile("zip_inside.safetensors");
+fn a_torch_zip_named_safetensors_opens_as_what_it_is() {
+    let loaded = ckpt::read(
+        fixture("wild/zip_inside.safetensors"),
+        &ckpt::LoadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(loaded.format, ckpt::Format::PyTorch);
+    // Told explicitly that the bytes are safetensors, they are refused.
+    let bytes = std::fs::read(fixture("wild/zip_inside.safetensors")).unwrap();
+    let err = ckpt::read_bytes(ckpt::Format::Safetensors, bytes, "upload".as_ref()).unwrap_err();
     assert!(matches!(err, Error::FormatMismatch { .. }), "{err}");
 }

@@ -44,7 +44,12 @@ fn bytes(len: usize, seed: &mut u64) -> Vec<u8> {
 }
 
 fn random_state_dict(seed: &mut u64) -> StateDict {
-    let dtypes: Vec<DType> = DType::all().collect();
+    random_state_dict_of(seed, |_| true)
+}
+
+/// Random tensors of the dtypes `keep` allows.
+fn random_state_dict_of(seed: &mut u64, keep: impl Fn(DType) -> bool) -> StateDict {
+    let dtypes: Vec<DType> = DType::all().filter(|&d| keep(d)).collect();
     let count = (bytes(1, seed)[0] % 8) as usize;
     (0..count)
         .map(|i| {
@@ -73,8 +78,11 @@ fn files_ckpt_writes_load_in_python_safetensors() {
     let mut manifest = serde_json::Map::new();
     let mut seed = 42u64;
     let options = ckpt::SaveOptions::default().metadata("written_by", "ckpt");
+    // safetensors has no complex128, and Python safetensors 0.8 reads no
+    // F8_E8M0 (it writes it, but its reader's table lacks the name).
+    let python_reads = |d: DType| !matches!(d, DType::C128 | DType::F8E8M0);
     for i in 0..30 {
-        let sd = random_state_dict(&mut seed);
+        let sd = random_state_dict_of(&mut seed, python_reads);
         let name = format!("ckpt-{i}.safetensors");
         ckpt::save_with(dir.path().join(&name), &sd.clone().into(), &options).unwrap();
         manifest.insert(
@@ -246,8 +254,7 @@ fn npy_and_npz_files_ckpt_writes_load_in_numpy_without_pickle() {
     let dir = tempfile::tempdir().unwrap();
     let mut manifest = serde_json::Map::new();
     let mut seed = 99u64;
-    let numpy_ok =
-        |t: &TensorData| !matches!(t.dtype(), DType::BF16 | DType::F8E4M3 | DType::F8E5M2);
+    let numpy_ok = |t: &TensorData| !t.dtype().numpy_name().contains('V');
     for i in 0..20 {
         let sd: StateDict = random_state_dict(&mut seed)
             .into_iter()

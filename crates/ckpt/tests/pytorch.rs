@@ -131,11 +131,7 @@ fn legacy_format_files_read_like_zip_ones() {
 
 #[test]
 fn other_pickled_objects_are_inert_objects_and_the_verdict_names_them() {
-    let loaded = ckpt::read(
-        fixture("hostile/namespace.pth"),
-        &ckpt::LoadOptions::default(),
-    )
-    .unwrap();
+    let loaded = ckpt::read(fixture("pth/namespace.pth"), &ckpt::LoadOptions::default()).unwrap();
     let Value::Object(o) = &loaded.value else {
         panic!("{:?}", loaded.value)
     };

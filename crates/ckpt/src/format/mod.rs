@@ -1,10 +1,13 @@
 //! File formats: which one a path is, and the readers and writers behind
 //! the one entry point ([`crate::read`], [`crate::save`]).
 //!
-//! The format is chosen by extension and confirmed by the first bytes; a
-//! file whose contents are plainly another format is refused naming both.
+//! Reading recognises the format from the file's contents whatever its
+//! name ([`Format::detect`]); the extension is only a hint for files whose
+//! first bytes say nothing (JSON indexes). Writing takes the format from
+//! the extension ([`Format::from_path`]).
 
 pub mod compressed;
+pub(crate) mod folder;
 pub mod numpy;
 pub mod pytorch;
 pub mod safetensors;
@@ -45,6 +48,12 @@ pub enum Format {
     /// ckpt's compressed format (`.ckptz`): safetensors' contents, each
     /// tensor compressed ([`compressed`]).
     Compressed,
+    /// A TorchScript archive (`torch.jit.save`: `.pt`, `.jit`,
+    /// `.torchscript`): its weights under `state_dict()` names. Read only.
+    TorchScript,
+    /// A bare pickle (`pickle.dump`, `.pkl`): plain data, NumPy arrays and
+    /// inert objects. Read only.
+    Pickle,
 }
 
 /// What a file's first bytes show, for confirming an extension.
@@ -53,6 +62,7 @@ enum Content {
     Zip,
     Npy,
     Pickle,
+    BarePickle,
     Safetensors,
     Compressed,
     Other,
@@ -69,12 +79,14 @@ impl Content {
             Content::Safetensors
         } else if head.starts_with(&compressed::MAGIC[..5]) {
             Content::Compressed
-        } else if head.starts_with(b"PK\x03\x04") {
+        } else if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
             Content::Zip
         } else if head.starts_with(b"\x93NUMPY") {
             Content::Npy
         } else if head.starts_with(&pytorch::LEGACY_MAGIC) {
             Content::Pickle
+        } else if head.len() >= 3 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+            Content::BarePickle
         } else {
             Content::Other
         }
@@ -85,6 +97,7 @@ impl Content {
             Content::Zip => "a zip archive (a PyTorch or .npz file)",
             Content::Npy => "a NumPy .npy array",
             Content::Pickle => "a legacy PyTorch file",
+            Content::BarePickle => "a pickle",
             Content::Safetensors => "a safetensors file",
             Content::Compressed => "a ckpt compressed file",
             Content::Other => "not recognised",
@@ -95,7 +108,57 @@ impl Content {
 impl Format {
     /// The extensions ckpt recognises, for messages.
     pub const EXTENSIONS: &'static str =
-        ".safetensors, .pth/.pt/.bin/.ckpt, .npy, .npz, .index.json, .ckptz";
+        ".safetensors, .pth/.pt/.bin/.ckpt/.pth.tar, .npy, .npz, .index.json, .ckptz (and reads .pkl, .jit, .torchscript)";
+
+    /// The format of a file from its contents, whatever its name: the
+    /// first bytes (safetensors' header, ckptz's magic, NumPy's magic,
+    /// the legacy PyTorch magic number, a pickle's PROTO), and for zip
+    /// archives their entries (`data.pkl`, TorchScript's `constants.pkl`,
+    /// `.npy` members). Files whose first bytes say nothing (a JSON index)
+    /// fall back on the extension; anything else is
+    /// [`Error::UnrecognisedFormat`].
+    pub fn detect(bytes: &[u8], path: &Path) -> Result<Format> {
+        Ok(match Content::sniff(&bytes[..bytes.len().min(16)]) {
+            Content::Safetensors => Format::Safetensors,
+            Content::Compressed => Format::Compressed,
+            Content::Npy => Format::Npy,
+            Content::Pickle => Format::PyTorch,
+            Content::BarePickle => Format::Pickle,
+            Content::Zip => Format::of_zip(bytes, path)?,
+            Content::Other if bytes.first() == Some(&b'{') => Format::ShardedIndex,
+            Content::Other => match Format::from_path(path) {
+                // Too short to tell: the named format's parser says why.
+                Ok(named) if bytes.len() < 16 => named,
+                _ => {
+                    return Err(Error::UnrecognisedFormat {
+                        path: path.to_owned(),
+                    })
+                }
+            },
+        })
+    }
+
+    /// A zip archive's format, from its entries.
+    fn of_zip(bytes: &[u8], path: &Path) -> Result<Format> {
+        let zip = pytorch::zip::ZipArchive::parse(bytes, path)?;
+        let names = || zip.entries.iter().map(|e| e.name.as_str());
+        let under_top =
+            |leaf: &str| names().any(|n| n.split_once('/').is_some_and(|(_, rest)| rest == leaf));
+        Ok(if under_top("constants.pkl") {
+            Format::TorchScript
+        } else if under_top("data.pkl") {
+            Format::PyTorch
+        } else if names().next().is_some() && names().all(|n| n.ends_with(".npy")) {
+            Format::Npz
+        } else if zip.entries.is_empty() {
+            // An empty archive is an empty .npz (numpy.savez with nothing).
+            Format::Npz
+        } else {
+            return Err(Error::UnrecognisedFormat {
+                path: path.to_owned(),
+            });
+        })
+    }
 
     /// The format a path's extension names (case-insensitive).
     ///
@@ -110,9 +173,13 @@ impl Format {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name.to_ascii_lowercase().ends_with(".index.json") {
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if name.ends_with(".index.json") {
             return Ok(Format::ShardedIndex);
+        }
+        if name.ends_with(".pth.tar") {
+            return Ok(Format::PyTorch);
         }
         let ext = path
             .extension()
@@ -124,6 +191,8 @@ impl Format {
             Some("npy") => Ok(Format::Npy),
             Some("npz") => Ok(Format::Npz),
             Some("ckptz") => Ok(Format::Compressed),
+            Some("jit" | "torchscript") => Ok(Format::TorchScript),
+            Some("pkl" | "pickle") => Ok(Format::Pickle),
             _ => Err(Error::UnknownExtension {
                 path: path.to_owned(),
             }),
@@ -140,6 +209,8 @@ impl Format {
             Format::Npz => "npz",
             Format::ShardedIndex => "sharded",
             Format::Compressed => "ckptz",
+            Format::TorchScript => "torchscript",
+            Format::Pickle => "pickle",
         }
     }
 
@@ -153,7 +224,14 @@ impl Format {
             Format::Npz => "npz",
             Format::ShardedIndex => "safetensors.index.json",
             Format::Compressed => "ckptz",
+            Format::TorchScript => "pt",
+            Format::Pickle => "pkl",
         }
+    }
+
+    /// True for the formats ckpt writes.
+    pub fn writable(self) -> bool {
+        !matches!(self, Format::TorchScript | Format::Pickle)
     }
 
     /// Checks that a file's first bytes do not contradict this format.
@@ -169,6 +247,8 @@ impl Format {
             Format::Npz => found == Content::Zip,
             Format::ShardedIndex => head.first() == Some(&b'{'),
             Format::Compressed => found == Content::Compressed,
+            Format::TorchScript => found == Content::Zip,
+            Format::Pickle => found == Content::BarePickle,
         };
         // An empty or tiny file is left to the parser, which says "truncated".
         if fits || head.len() < 8 {
@@ -192,6 +272,8 @@ impl fmt::Display for Format {
             Format::Npz => "NumPy .npz",
             Format::ShardedIndex => "sharded checkpoint",
             Format::Compressed => "ckpt compressed",
+            Format::TorchScript => "TorchScript",
+            Format::Pickle => "pickle",
         })
     }
 }

@@ -319,6 +319,12 @@ impl Plan {
             return Err(Error::ReservedMetadataKey { key: key.clone() });
         }
         let (tree, tensors) = flatten(value)?;
+        if let Some((name, t)) = tensors.iter().find(|(_, t)| t.dtype() == DType::C128) {
+            return Err(Error::SafetensorsDType {
+                tensor: name.clone(),
+                dtype: t.dtype(),
+            });
+        }
 
         // Widest dtype first keeps every tensor aligned to its element size.
         let mut order: Vec<(&String, &TensorData)> = tensors.iter().collect();

@@ -1107,6 +1107,13 @@ impl RunReader {
         self.shared.manifest().steps.clone()
     }
 
+    /// Where a committed step's checkpoint file is (`None` for a step the
+    /// run does not hold): a path or `s3://` URL any reader takes.
+    pub fn checkpoint_path(&self, step: u64) -> Option<PathBuf> {
+        let info = self.steps().into_iter().find(|s| s.step == step)?;
+        Some(self.dir().join(manifest::step_dir(step)).join(info.file))
+    }
+
     /// The retention rules the writer recorded at its last commit.
     pub fn retention(&self) -> Option<&Retention> {
         self.retention.as_ref()

@@ -114,6 +114,6 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         bytes.len() as u64,
         path,
         ENTRY,
-        false,
+        crate::Format::PyTorch,
     )
 }

@@ -194,7 +194,11 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         check_storage_len(s, entry.size, path)?;
         entry_bytes(&buffer, entry, path)
     };
-    let torchscript = zip.get(&format!("{prefix}/constants.pkl")).is_some();
+    let format = if zip.get(&format!("{prefix}/constants.pkl")).is_some() {
+        Format::TorchScript
+    } else {
+        Format::PyTorch
+    };
     build(
         &unpickled,
         storage,
@@ -202,8 +206,22 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         bytes.len() as u64,
         path,
         "data.pkl",
-        torchscript,
+        format,
     )
+}
+
+/// Reads a bare pickle (`pickle.dump`): plain data, NumPy arrays and
+/// inert objects. It has no storages, so a torch tensor in it (pickled
+/// through `torch.storage._load_from_bytes`, a nested `torch.load`) is
+/// refused as the deny-list says.
+pub(crate) fn read_pickle(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
+    const ENTRY: &str = "the pickle";
+    let unpickled = pickle::unpickle(buffer.as_slice(), path, ENTRY)?;
+    let storage = |s: &StorageRef| -> Result<Shared> {
+        Err(bad_storage(path, s, "a bare pickle has no storages"))
+    };
+    let len = buffer.as_slice().len() as u64;
+    build(&unpickled, storage, false, len, path, ENTRY, Format::Pickle)
 }
 
 fn bad_storage(path: &Path, s: &StorageRef, problem: &'static str) -> Error {
@@ -233,8 +251,8 @@ fn check_storage_len(s: &StorageRef, actual: u64, path: &Path) -> Result<()> {
 
 /// Turns an unpickled object into the loaded value: plain data as a tree,
 /// or, when the root is a pickled module (`torch.save(model)`, or a
-/// TorchScript archive when `torchscript`), its weights under their
-/// state-dict names. Tensors are materialised from the
+/// TorchScript archive when `format` is TorchScript), its weights under
+/// their state-dict names. Tensors are materialised from the
 /// storages `storage` finds, each storage looked up once.
 fn build(
     unpickled: &pickle::Unpickled,
@@ -243,8 +261,9 @@ fn build(
     file_len: u64,
     path: &Path,
     entry: &str,
-    torchscript: bool,
+    format: Format,
 ) -> Result<Loaded> {
+    let torchscript = format == Format::TorchScript;
     let mut storages: HashMap<String, (StorageRef, Shared)> = HashMap::new();
     let mut allowance = file_len.saturating_add(EXPANSION_ALLOWANCE);
     let mut converter = Converter::new(unpickled, path, entry, |t: &TensorRef| {
@@ -289,7 +308,7 @@ fn build(
         None => converter.root()?,
     };
     Ok(Loaded {
-        format: Format::PyTorch,
+        format,
         value,
         metadata,
         pickle: Some(PickleReport::from_globals(&unpickled.globals)),

@@ -442,19 +442,12 @@ impl<W: Write> ZipWriter<W> {
         let end64_at = self.position;
         let count = written.len() as u64;
         let mut tail = Vec::with_capacity(56 + 20 + 22);
-        tail.extend_from_slice(&END64_SIG.to_le_bytes());
-        tail.extend_from_slice(&44u64.to_le_bytes());
-        tail.extend_from_slice(&0x031Eu16.to_le_bytes());
-        tail.extend_from_slice(&45u16.to_le_bytes());
-        tail.extend_from_slice(&[0; 8]); // disk numbers
-        tail.extend_from_slice(&count.to_le_bytes());
-        tail.extend_from_slice(&count.to_le_bytes());
-        tail.extend_from_slice(&dir_size.to_le_bytes());
-        tail.extend_from_slice(&dir_start.to_le_bytes());
-        tail.extend_from_slice(&END64_LOCATOR_SIG.to_le_bytes());
-        tail.extend_from_slice(&0u32.to_le_bytes());
-        tail.extend_from_slice(&end64_at.to_le_bytes());
-        tail.extend_from_slice(&1u32.to_le_bytes());
+        // An empty archive is the classic end record alone, as Python's
+        // zipfile writes it: NumPy recognises a zip only by `PK\x03\x04`
+        // or `PK\x05\x06` at the start.
+        if count > 0 {
+            zip64_end(&mut tail, count, dir_size, dir_start, end64_at);
+        }
         tail.extend_from_slice(&END_SIG.to_le_bytes());
         tail.extend_from_slice(&[0; 4]); // disk numbers
         let short_count = count.min(0xFFFF) as u16;
@@ -466,6 +459,23 @@ impl<W: Write> ZipWriter<W> {
         self.put(&tail)?;
         Ok(self.out)
     }
+}
+
+/// The zip64 end record and its locator.
+fn zip64_end(tail: &mut Vec<u8>, count: u64, dir_size: u64, dir_start: u64, end64_at: u64) {
+    tail.extend_from_slice(&END64_SIG.to_le_bytes());
+    tail.extend_from_slice(&44u64.to_le_bytes());
+    tail.extend_from_slice(&0x031Eu16.to_le_bytes());
+    tail.extend_from_slice(&45u16.to_le_bytes());
+    tail.extend_from_slice(&[0; 8]); // disk numbers
+    tail.extend_from_slice(&count.to_le_bytes());
+    tail.extend_from_slice(&count.to_le_bytes());
+    tail.extend_from_slice(&dir_size.to_le_bytes());
+    tail.extend_from_slice(&dir_start.to_le_bytes());
+    tail.extend_from_slice(&END64_LOCATOR_SIG.to_le_bytes());
+    tail.extend_from_slice(&0u32.to_le_bytes());
+    tail.extend_from_slice(&end64_at.to_le_bytes());
+    tail.extend_from_slice(&1u32.to_le_bytes());
 }
 
 #[cfg(test)]
