@@ -79,3 +79,51 @@ fn quantized_packages_run_weight_only_exactly_and_dynamic_closely() {
     }
     assert!(quantized >= 5, "{quantized} golden models quantized");
 }
+
+#[test]
+fn torch_quantize_dynamic_state_dicts_run_as_quantized_packages() {
+    let file = ckpt::load(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/pth/quantize_dynamic.pth"),
+    )
+    .unwrap();
+    let Some(ckpt::Value::Str(json)) = file.get("spec") else {
+        panic!("no spec")
+    };
+    let spec = ckpt::ModelSpec::from_json(json).unwrap();
+    let weights = StateDict::flatten(file.get("state_dict").unwrap()).unwrap();
+    let flat = StateDict::flatten(&file).unwrap();
+    let package = Package::from_state_dict(
+        spec.clone(),
+        weights.clone(),
+        PackageInfo::new(&spec, "1.0.0"),
+    )
+    .unwrap();
+    let q = package.quantization.as_ref().unwrap();
+    assert_eq!(q.tensors, ["0.weight", "2.weight"]);
+    assert_eq!(q.granularity, Granularity::PerTensor);
+    assert_eq!(q.activations, Activations::Dynamic);
+    // torch's int8 weights, unchanged.
+    assert_eq!(
+        package.weights["0.weight"],
+        weights["0._packed_params._packed_params/0"]
+    );
+    let model = Model::from_package(package, &Device::Cpu).unwrap();
+    let got = outputs(&model, &flat["input"]);
+    let torch: Vec<f64> = flat["output"].values_f64().collect();
+    let float: Vec<f64> = flat["float_output"].values_f64().collect();
+    let scale = float.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let worst = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f64, f64::max)
+    };
+    // torch quantizes activations to 7 bits (reduce_range), ckpt to 8
+    // (ONNX's DynamicQuantizeLinear): both stay within their rounding of
+    // the float model and of each other.
+    let (vs_torch, torch_vs_float) = (worst(&got, &torch), worst(&torch, &float));
+    println!("max |ckpt - torch quantized| = {vs_torch:.3e}, torch quantized vs float = {torch_vs_float:.3e}, scale {scale:.3}");
+    assert!(vs_torch <= 0.02 * scale, "{vs_torch} vs scale {scale}");
+    assert!(worst(&got, &float) <= 0.02 * scale);
+}

@@ -80,6 +80,9 @@ pub fn run(input: &Path, output: &Path, changes: &Changes, out: &mut dyn Write) 
         value = value.strip_key_prefix(prefix).context("--strip-prefix")?;
     }
     if let Some(dtype) = dtype {
+        // Quantized tensors (torch's, and ckpt's int8 layout) become the
+        // floats they stand for, exactly as torch's dequantize() gives them.
+        value = ckpt::compress::quantize::dequantize_value(&value)?;
         value = value.try_map_tensors(&mut |t| t.cast(dtype))?;
     }
     // The file's own metadata travels; ckpt's reserved keys are rewritten

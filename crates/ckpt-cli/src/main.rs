@@ -255,6 +255,9 @@ enum Command {
         output: PathBuf,
         /// Cast every float tensor to this dtype: float32, float16,
         /// bfloat16, float64 (or f32, f16, bf16, f64, half, float, double).
+        /// Quantized tensors (int8/uint8/int32 with a `_scale` beside them,
+        /// as torch's quantized tensors read) are dequantized first, exactly
+        /// as torch's `dequantize()`.
         #[arg(long, value_parser = convert::parse_dtype)]
         dtype: Option<ckpt::DType>,
         /// Remove this prefix from every string key that has it (for

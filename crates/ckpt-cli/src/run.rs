@@ -31,7 +31,8 @@ pub fn load_package(model_path: &Path, spec_path: Option<&Path>) -> Result<Packa
                 ModelSpec::from_json(&text).with_context(|| spec_path.display().to_string())?;
             let weights = ckpt::load_state_dict(model_path)?;
             let info = PackageInfo::new(&spec, "0.0.0");
-            Package::new(spec, weights, info).with_context(|| model_path.display().to_string())?
+            Package::from_state_dict(spec, weights, info)
+                .with_context(|| model_path.display().to_string())?
         }
         None => Package::load(model_path, &Default::default())?,
     };

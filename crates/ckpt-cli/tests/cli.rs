@@ -1405,3 +1405,66 @@ fn inspect_and_convert_see_a_multi_rank_checkpoint_as_one_state_dict() {
         ckpt::TensorData::from_f32(&[6, 4], &values).unwrap()
     );
 }
+
+#[test]
+fn torch_quantize_dynamic_state_dicts_run_export_and_dequantize() {
+    let dir = tempfile::tempdir().unwrap();
+    let sd = fixture("pth/quantize_dynamic.state_dict.pth");
+    let spec = fixture("pth/quantize_dynamic.spec.json");
+    let golden =
+        ckpt::StateDict::flatten(&ckpt::load(fixture("pth/quantize_dynamic.pth")).unwrap())
+            .unwrap();
+    let input = dir.path().join("x.npy");
+    ckpt::save(&input, &ckpt::Value::Tensor(golden["input"].clone())).unwrap();
+    let output = dir.path().join("y.npy");
+    let args = |cmd: &str, out: &std::path::Path| {
+        let mut v = vec![cmd.to_owned(), sd.to_str().unwrap().to_owned()];
+        if cmd == "run" {
+            v.extend([
+                "--input".into(),
+                input.to_str().unwrap().into(),
+                "--output".into(),
+            ]);
+        }
+        v.extend([
+            out.to_str().unwrap().to_owned(),
+            "--spec".into(),
+            spec.to_str().unwrap().into(),
+        ]);
+        v
+    };
+    let run_args = args("run", &output);
+    let out = ckpt(&run_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ckpt::Value::Tensor(y) = ckpt::load(&output).unwrap() else {
+        panic!()
+    };
+    let torch: Vec<f64> = golden["output"].values_f64().collect();
+    let worst = y
+        .values_f64()
+        .zip(&torch)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f64, f64::max);
+    assert!(worst < 0.02, "ckpt run vs torch's quantized model: {worst}");
+    let onnx = dir.path().join("q.onnx");
+    let export_args = args("export", &onnx);
+    let out = ckpt(&export_args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("check:      ok"), "{}", stdout(&out));
+    // --dtype float32 gives torch's dequantize() of every weight.
+    let float = dir.path().join("float.safetensors");
+    let out = ckpt(&[
+        "convert",
+        sd.to_str().unwrap(),
+        float.to_str().unwrap(),
+        "--dtype",
+        "float32",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let f = ckpt::load_state_dict(&float).unwrap();
+    assert_eq!(
+        f["0._packed_params._packed_params/0"].dtype(),
+        ckpt::DType::F32
+    );
+    assert!(!f.contains_key("0._packed_params._packed_params/0_scale"));
+}

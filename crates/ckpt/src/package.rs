@@ -244,6 +244,87 @@ impl Package {
         })
     }
 
+    /// A package of `spec` and a state dict as PyTorch users have it: plain
+    /// float weights ([`Package::new`]), or the state dict of
+    /// `torch.ao.quantization.quantize_dynamic(model)`, whose Linear layers
+    /// `P` hold `P._packed_params._packed_params` (int8 weight and bias, as
+    /// ckpt reads them: `…/0`, `…/0_scale`, `…/1`) beside unused `P.scale`
+    /// and `P.zero_point`. The latter becomes a quantized package (format 2,
+    /// dynamic activations) with the weights as torch stored them.
+    pub fn from_state_dict(
+        spec: ModelSpec,
+        weights: StateDict,
+        info: PackageInfo,
+    ) -> Result<Package> {
+        const PACKED: &str = "._packed_params._packed_params/";
+        if !weights.keys().any(|n| n.contains(PACKED)) {
+            return Package::new(spec, weights, info);
+        }
+        let bad = |problem: String| Error::BadQuantization(problem);
+        let layers: Vec<String> = weights
+            .keys()
+            .filter_map(|n| n.strip_suffix(&format!("{PACKED}0")).map(str::to_owned))
+            .collect();
+        let mut renamed = StateDict::new();
+        let mut granularity = None;
+        for (name, t) in weights.iter() {
+            let (layer, part) = match name.split_once(PACKED) {
+                Some((layer, part)) => (layer, part),
+                None => {
+                    let owner = name.rsplit_once('.').map_or("", |(o, _)| o);
+                    let unused = matches!(name.rsplit_once('.'), Some((_, "scale" | "zero_point")));
+                    if !(unused && layers.iter().any(|l| l == owner)) {
+                        renamed.insert(name.clone(), t.clone());
+                    }
+                    continue;
+                }
+            };
+            let target = match part {
+                "0" => format!("{layer}.weight"),
+                "0_scale" => {
+                    let g = if t.shape().is_empty() {
+                        Granularity::PerTensor
+                    } else {
+                        Granularity::PerChannel
+                    };
+                    if granularity.replace(g).is_some_and(|before| before != g) {
+                        return Err(bad("layers quantized both per tensor and per channel".into()));
+                    }
+                    renamed.insert(format!("{layer}.weight_scale"), t.cast(crate::DType::F32)?);
+                    continue;
+                }
+                "1" => format!("{layer}.bias"),
+                other => {
+                    return Err(bad(format!(
+                        "{layer}: weight part {other:?}: ckpt's int8 layout is symmetric int8 with scales along dimension 0 (torch's default qconfig)"
+                    )))
+                }
+            };
+            renamed.insert(target, t.clone());
+        }
+        let quantization = Quantization {
+            granularity: granularity.unwrap_or_default(),
+            activations: Activations::Dynamic,
+            tensors: layers.iter().map(|l| format!("{l}.weight")).collect(),
+        };
+        let expected = quantization.expected(&spec.expected())?;
+        let matched = match_state_dict(renamed, &expected, &LoadRules::default().cast(false))?;
+        let mut info = info;
+        info.format_version = PACKAGE_FORMAT;
+        Ok(Package {
+            weights: matched
+                .tensors
+                .into_iter()
+                .map(|(i, t)| (expected[i].name.clone(), t))
+                .collect(),
+            spec,
+            info,
+            optimizer: None,
+            quantization: Some(quantization),
+            warnings: Vec::new(),
+        })
+    }
+
     /// What the weights must be: the spec's parameters, with the quantized
     /// ones as `int8` followed by their scales.
     pub fn expected(&self) -> Result<Vec<Expected>> {

@@ -161,3 +161,62 @@ fn hostile_pth_files_are_errors_naming_the_file() {
     let err = ckpt::load(fixture("hostile/short_storage.pth")).unwrap_err();
     assert!(matches!(err, Error::BadStorage { .. }), "{err}");
 }
+
+#[test]
+fn quantized_tensors_read_as_integers_with_scales_and_dequantize_exactly_as_torch() {
+    use ckpt::compress::quantize::{dequantize_state_dict, dequantize_value};
+    use ckpt::StateDict;
+    let want = expected("pth/quantized.expected.json");
+    let v = ckpt::load(fixture("pth/quantized.pth")).unwrap();
+    let sd = StateDict::flatten(&v).unwrap();
+    for (name, w) in want["int_repr"].as_object().unwrap() {
+        assert_tensor(name, &sd[name.as_str()], w);
+    }
+    // ckpt's own int8 layout where it fits: int8, zero point 0, dim 0.
+    assert!(sd.contains_key("per_tensor_qint8_scale"));
+    assert!(!sd.contains_key("per_tensor_qint8_zero_point"));
+    assert_eq!(sd["per_channel_axis1_axis"].values_f64().next(), Some(1.0));
+    // torch's dequantize(), bit for bit, from the tree and from the
+    // flattened state dict, and after a trip through safetensors.
+    let dequantized = StateDict::flatten(&dequantize_value(&v).unwrap()).unwrap();
+    let want_float = want["dequantized"].as_object().unwrap();
+    assert_eq!(
+        dequantized.keys().collect::<Vec<_>>(),
+        want_float.keys().collect::<Vec<_>>()
+    );
+    for (name, w) in want_float {
+        assert_tensor(name, &dequantized[name.as_str()], w);
+    }
+    assert_eq!(dequantize_state_dict(&sd).unwrap(), dequantized);
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("q.safetensors");
+    ckpt::save(&copy, &sd.clone().into()).unwrap();
+    let back = ckpt::load_state_dict(&copy).unwrap();
+    assert_eq!(dequantize_state_dict(&back).unwrap(), dequantized);
+}
+
+#[test]
+fn quantize_dynamic_state_dicts_read_with_their_packed_weights() {
+    let v = ckpt::load(fixture("pth/quantize_dynamic.pth")).unwrap();
+    let sd = ckpt::StateDict::flatten(v.get("state_dict").unwrap()).unwrap();
+    assert_eq!(
+        sd.keys().collect::<Vec<_>>(),
+        [
+            "0.scale",
+            "0.zero_point",
+            "0._packed_params._packed_params/0",
+            "0._packed_params._packed_params/0_scale",
+            "0._packed_params._packed_params/1",
+            "2.scale",
+            "2.zero_point",
+            "2._packed_params._packed_params/0",
+            "2._packed_params._packed_params/0_scale",
+            "2._packed_params._packed_params/1",
+        ]
+    );
+    let state = v.get("state_dict").unwrap();
+    assert_eq!(
+        state.get("0._packed_params.dtype"),
+        Some(&Value::Str("torch.qint8".into()))
+    );
+}

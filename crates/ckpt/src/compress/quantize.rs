@@ -252,24 +252,78 @@ pub fn dequantize(q: &TensorData, scale: &TensorData, name: &str) -> Result<Tens
             q.dtype()
         )));
     }
+    dequantize_affine(q, scale, None, 0, name)
+}
+
+/// The suffix of a quantized tensor's zero points (absent when all 0).
+pub const ZERO_POINT_SUFFIX: &str = "_zero_point";
+/// The suffix of the dimension a quantized tensor's channels run along
+/// (absent for dimension 0).
+pub const AXIS_SUFFIX: &str = "_axis";
+
+/// The float32 tensor an affine-quantized tensor stands for, exactly as
+/// torch's `dequantize()` computes it: `(q - zero_point) * scale`, in
+/// float32 for one scale (a scale of shape `[]`) and for float32 scales
+/// per slice along `axis`, in float64 rounded to float32 for float64
+/// scales per slice (torch's `per_channel_affine`). `q` is int8, uint8 or
+/// int32; zero points are integers or floats (torch's float qparams).
+pub fn dequantize_affine(
+    q: &TensorData,
+    scale: &TensorData,
+    zero_point: Option<&TensorData>,
+    axis: usize,
+    name: &str,
+) -> Result<TensorData> {
+    let bad = |problem: String| Error::BadQuantization(format!("{name}: {problem}"));
+    let ints: Vec<i64> = match q.dtype() {
+        DType::I8 => q.bytes().iter().map(|&b| i64::from(b as i8)).collect(),
+        DType::U8 => q.bytes().iter().map(|&b| i64::from(b)).collect(),
+        DType::I32 => q
+            .bytes()
+            .chunks_exact(4)
+            .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        other => return Err(bad(format!("{other} is not a quantized integer dtype"))),
+    };
     let scales: Vec<f64> = scale.values_f64().collect();
-    let n = q.numel();
-    let per = match scales.len() {
-        1 => n.max(1),
-        c if c > 0 && q.shape().first() == Some(&c) => n / c,
-        c => {
-            return Err(Error::BadQuantization(format!(
-                "{name}{SCALE_SUFFIX} has {c} scales for shape {:?}",
+    let zeros: Vec<f64> = match zero_point {
+        Some(z) => z.values_f64().collect(),
+        None => vec![0.0; scales.len()],
+    };
+    if zeros.len() != scales.len() {
+        return Err(bad(format!(
+            "{} scales but {} zero points",
+            scales.len(),
+            zeros.len()
+        )));
+    }
+    let values: Vec<f32> = if scale.shape().is_empty() {
+        let (s, z) = (scales[0] as f32, zeros[0]);
+        ints.iter().map(|&v| (v as f64 - z) as f32 * s).collect()
+    } else {
+        let channels = q.shape().get(axis).copied().unwrap_or(0);
+        if scales.len() != channels || channels == 0 {
+            return Err(bad(format!(
+                "{} scales for {channels} channels (dimension {axis} of {:?})",
+                scales.len(),
                 q.shape()
-            )))
+            )));
+        }
+        let inner: usize = q.shape()[axis + 1..].iter().product();
+        let channel = |i: usize| (i / inner.max(1)) % channels;
+        if scale.dtype() == DType::F64 {
+            ints.iter()
+                .enumerate()
+                .map(|(i, &v)| ((v as f64 - zeros[channel(i)]) * scales[channel(i)]) as f32)
+                .collect()
+        } else {
+            // float32 scales (torch's float qparams, ckpt's int8 layout).
+            ints.iter()
+                .enumerate()
+                .map(|(i, &v)| (v as f32 - zeros[channel(i)] as f32) * scales[channel(i)] as f32)
+                .collect()
         }
     };
-    let values: Vec<f32> = q
-        .bytes()
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| (f64::from(b as i8) * scales[i / per]) as f32)
-        .collect();
     TensorData::from_f32(q.shape(), &values)
 }
 
@@ -293,22 +347,67 @@ pub fn quantize_state_dict(
     Ok(out)
 }
 
-/// Back to floats: every `int8` tensor with a `_scale` beside it.
+/// Back to floats: every int8, uint8 or int32 tensor with a `_scale`
+/// beside it (and its `_zero_point` and `_axis` when present).
 pub fn dequantize_state_dict(sd: &StateDict) -> Result<StateDict> {
-    let mut out = StateDict::new();
-    for (name, t) in sd.iter() {
-        if let Some(scale) = sd
-            .get(&format!("{name}{SCALE_SUFFIX}"))
-            .filter(|_| t.dtype() == DType::I8)
-        {
-            out.insert(name.clone(), dequantize(t, scale, name)?);
-        } else if let Some(base) = name.strip_suffix(SCALE_SUFFIX) {
-            if sd.get(base).is_some_and(|b| b.dtype() == DType::I8) {
-                continue;
-            }
-            out.insert(name.clone(), t.clone());
-        } else {
-            out.insert(name.clone(), t.clone());
+    let flat: Dict = sd
+        .iter()
+        .map(|(n, t)| (Key::Str(n.clone()), Value::Tensor(t.clone())))
+        .collect();
+    StateDict::flatten(&Value::Dict(dequantize_dict(&flat)?))
+}
+
+/// Back to floats anywhere in a tree: in every dict, the quantized tensors
+/// with their scales beside them, as ckpt lays out its own int8 weights
+/// and torch's quantized tensors. Other values are unchanged.
+pub fn dequantize_value(value: &Value) -> Result<Value> {
+    Ok(match value {
+        Value::Dict(dict) => Value::Dict(dequantize_dict(dict)?),
+        Value::List(items) => {
+            Value::List(items.iter().map(dequantize_value).collect::<Result<_>>()?)
+        }
+        Value::Tuple(items) => {
+            Value::Tuple(items.iter().map(dequantize_value).collect::<Result<_>>()?)
+        }
+        other => other.clone(),
+    })
+}
+
+fn dequantize_dict(dict: &Dict) -> Result<Dict> {
+    let by_name: std::collections::HashMap<String, &TensorData> = dict
+        .iter()
+        .filter_map(|(k, v)| match v {
+            Value::Tensor(t) => Some((k.to_string(), t)),
+            _ => None,
+        })
+        .collect();
+    let quantized = |name: &str| {
+        by_name
+            .get(name)
+            .filter(|t| matches!(t.dtype(), DType::I8 | DType::U8 | DType::I32))
+            .is_some()
+            && by_name
+                .get(&format!("{name}{SCALE_SUFFIX}"))
+                .is_some_and(|s| s.dtype().is_float())
+    };
+    let mut out = Dict::new();
+    for (key, v) in dict {
+        let name = key.to_string();
+        if quantized(&name) {
+            let side = |suffix: &str| by_name.get(&format!("{name}{suffix}")).copied();
+            let axis = side(AXIS_SUFFIX)
+                .and_then(|a| a.values_f64().next())
+                .map_or(0, |a| a as usize);
+            let scale = side(SCALE_SUFFIX).expect("checked above");
+            let t = dequantize_affine(by_name[&name], scale, side(ZERO_POINT_SUFFIX), axis, &name)?;
+            out.insert(key.clone(), Value::Tensor(t));
+            continue;
+        }
+        let is_side = [SCALE_SUFFIX, ZERO_POINT_SUFFIX, AXIS_SUFFIX]
+            .iter()
+            .any(|suffix| name.strip_suffix(suffix).is_some_and(quantized));
+        if !is_side {
+            out.insert(key.clone(), dequantize_value(v)?);
         }
     }
     Ok(out)

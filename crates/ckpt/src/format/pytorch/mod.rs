@@ -28,7 +28,8 @@ use zip::{Contents, ZipArchive};
 
 /// The legacy storage classes (`torch.FloatStorage`) and their dtypes; the
 /// other dtypes use `torch.storage.UntypedStorage` and `_rebuild_tensor_v3`.
-const STORAGE_CLASSES: [(DType, &str); 12] = [
+/// Quantized tensors' storages (`QInt8Storage`) hold their integers.
+const STORAGE_CLASSES: [(DType, &str); 15] = [
     (DType::F64, "DoubleStorage"),
     (DType::F32, "FloatStorage"),
     (DType::F16, "HalfStorage"),
@@ -41,6 +42,9 @@ const STORAGE_CLASSES: [(DType, &str); 12] = [
     (DType::Bool, "BoolStorage"),
     (DType::C64, "ComplexFloatStorage"),
     (DType::C128, "ComplexDoubleStorage"),
+    (DType::I8, "QInt8Storage"),
+    (DType::U8, "QUInt8Storage"),
+    (DType::I32, "QInt32Storage"),
 ];
 
 /// True for the names of torch's dtypes (`float32`, `qint8`,

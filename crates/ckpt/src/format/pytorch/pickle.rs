@@ -73,6 +73,9 @@ pub(crate) enum Obj {
     Dtype(DType),
     Storage(StorageRef),
     Tensor(TensorRef),
+    /// `torch._utils._rebuild_qtensor(...)`: a quantized tensor, its
+    /// integer values and how they map to floats.
+    QTensor(TensorRef, QScheme),
     /// `numpy.dtype(code)`, with the byte order its `BUILD` state gives.
     NpDtype {
         code: String,
@@ -89,6 +92,29 @@ pub(crate) enum Obj {
         class: (String, String),
         args: Option<Id>,
         state: Option<Id>,
+    },
+}
+
+/// How a quantized tensor's integers map to floats (torch's qschemes).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum QScheme {
+    /// `per_tensor_affine`: `(q - zero_point) * scale`.
+    PerTensor {
+        /// The scale (a Python float; torch computes with it as float32).
+        scale: f64,
+        /// The zero point.
+        zero_point: i64,
+    },
+    /// `per_channel_affine` (float64 scales, int64 zero points) or
+    /// `per_channel_affine_float_qparams` (float32 scales and zero points):
+    /// one scale and zero point per slice along `axis`.
+    PerChannel {
+        /// The scales tensor.
+        scales: Id,
+        /// The zero points tensor.
+        zero_points: Id,
+        /// The dimension the channels run along.
+        axis: usize,
     },
 }
 
@@ -636,7 +662,7 @@ impl Machine<'_> {
             // torch BUILDs attributes onto OrderedDicts (`_metadata`, the
             // modules' versions) and tensors (Parameter state); the data
             // itself is complete without them.
-            Obj::Dict(_) | Obj::Tensor(_) => {}
+            Obj::Dict(_) | Obj::Tensor(_) | Obj::QTensor(..) => {}
             _ => return Err(self.err("BUILD on a value that takes no state")),
         }
         Ok(())
@@ -657,6 +683,14 @@ impl Machine<'_> {
             Obj::Int(i) => Ok(i),
             Obj::Bool(b) => Ok(b as i64),
             _ => Err(self.err("expected an integer")),
+        }
+    }
+
+    fn as_float(&self, id: Id) -> Result<f64> {
+        match self.arena[id] {
+            Obj::Float(f) => Ok(f),
+            Obj::Int(i) => Ok(i as f64),
+            _ => Err(self.err("expected a number")),
         }
     }
 

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::reduce::numpy_dtype;
-use super::{Id, Obj, TensorRef, Unpickled, MAX_DEPTH, MAX_DIMS, NODE_SLACK};
-use crate::{Dict, Error, Key, PyObject, Result, TensorData, Value};
+use super::{Id, Obj, QScheme, TensorRef, Unpickled, MAX_DEPTH, MAX_DIMS, NODE_SLACK};
+use crate::{DType, Dict, Error, Key, PyObject, Result, TensorData, Value};
 
 /// Turns the arena into a [`Value`], materialising tensors through
 /// `tensor`. Shared objects are copied; a shared tensor is materialised
@@ -67,7 +67,7 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
         let cost = match &arena[id] {
             Obj::Str(s) => s.len(),
             Obj::Bytes(b) => b.len(),
-            Obj::Tensor(t) => t.shape.len() * 8,
+            Obj::Tensor(t) | Obj::QTensor(t, _) => t.shape.len() * 8,
             Obj::Dict(pairs) => pairs.len() * std::mem::size_of::<(Key, Value)>(),
             Obj::List(items) | Obj::Tuple(items) => items.len() * std::mem::size_of::<Value>(),
             _ => 0,
@@ -80,8 +80,17 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
             Obj::Float(f) => Value::Float(*f),
             Obj::Str(s) => Value::Str(s.clone()),
             Obj::Bytes(b) => Value::Bytes(b.clone()),
+            Obj::List(items) | Obj::Tuple(items) if self.any_quantized(items) => {
+                self.positional(items, depth)?
+            }
             Obj::List(items) => Value::List(self.values(items, depth)?),
             Obj::Tuple(items) => Value::Tuple(self.values(items, depth)?),
+            // A quantized tensor on its own: named `tensor`, its scales beside.
+            Obj::QTensor(..) => {
+                let mut dict = Dict::new();
+                self.quantized(Key::from("tensor"), id, depth, &mut dict)?;
+                Value::Dict(dict)
+            }
             Obj::Dict(pairs) => self.dict(pairs, depth)?,
             Obj::Tensor(t) => self.tensor(id, t)?,
             Obj::Dtype(d) => Value::Str(d.torch_name().to_owned()),
@@ -119,12 +128,92 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
                 Obj::Bool(b) => Key::Int(*b as i64),
                 _ => return Err(self.err("a dict key is neither a string nor an integer")),
             };
+            if matches!(arena[v], Obj::QTensor(..)) {
+                self.quantized(key, v, depth, &mut dict)?;
+                continue;
+            }
             let value = self.value(v, depth + 1)?;
             // Python semantics: a repeated key keeps its first position and
             // takes the last value.
             dict.insert(key, value);
         }
         Ok(Value::Dict(dict))
+    }
+
+    fn any_quantized(&self, items: &[Id]) -> bool {
+        items
+            .iter()
+            .any(|&i| matches!(self.unpickled.arena[i], Obj::QTensor(..)))
+    }
+
+    /// A list or tuple holding quantized tensors, as a dict keyed by
+    /// position so that their scales can sit beside them (flattened names
+    /// stay those of the list).
+    #[inline(never)]
+    fn positional(&mut self, items: &[Id], depth: usize) -> Result<Value> {
+        let mut dict = Dict::with_capacity(items.len());
+        for (i, &item) in items.iter().enumerate() {
+            let key = Key::Int(i as i64);
+            if matches!(self.unpickled.arena[item], Obj::QTensor(..)) {
+                self.quantized(key, item, depth, &mut dict)?;
+            } else {
+                dict.insert(key, self.value(item, depth + 1)?);
+            }
+        }
+        Ok(Value::Dict(dict))
+    }
+
+    /// A quantized tensor under `key`: its integers, then `{key}_scale`,
+    /// `{key}_zero_point` (absent for int8 with zero points all 0: ckpt's
+    /// own int8 layout) and `{key}_axis` (per channel along another
+    /// dimension than 0), all tensors. A per-tensor scale is float32, as
+    /// torch computes with it.
+    #[inline(never)]
+    fn quantized(&mut self, key: Key, id: Id, depth: usize, dict: &mut Dict) -> Result<()> {
+        let Obj::QTensor(int, scheme) = &self.unpickled.arena[id] else {
+            return Err(self.err("a quantized tensor expected"));
+        };
+        let int = match self.tensors.get(&id) {
+            Some(done) => done.clone(),
+            None => {
+                let data = (self.tensor)(int)?;
+                self.tensors.insert(id, data.clone());
+                data
+            }
+        };
+        let scalar = |dtype, bytes: Vec<u8>| TensorData::new(dtype, Vec::new(), bytes);
+        let (scale, zero_point, axis) = match *scheme {
+            QScheme::PerTensor { scale, zero_point } => (
+                scalar(DType::F32, (scale as f32).to_le_bytes().to_vec())?,
+                scalar(DType::I64, zero_point.to_le_bytes().to_vec())?,
+                0,
+            ),
+            QScheme::PerChannel {
+                scales,
+                zero_points,
+                axis,
+            } => match (
+                self.value(scales, depth + 1)?,
+                self.value(zero_points, depth + 1)?,
+            ) {
+                (Value::Tensor(s), Value::Tensor(z)) => (s, z, axis),
+                _ => return Err(self.err("a quantized tensor's scales are not tensors")),
+            },
+        };
+        let symmetric_int8 = int.dtype() == DType::I8 && zero_point.values_f64().all(|z| z == 0.0);
+        dict.insert(key.clone(), Value::Tensor(int));
+        dict.insert(Key::Str(format!("{key}_scale")), Value::Tensor(scale));
+        if !symmetric_int8 {
+            dict.insert(
+                Key::Str(format!("{key}_zero_point")),
+                Value::Tensor(zero_point),
+            );
+        }
+        if axis != 0 {
+            let axis = scalar(DType::I64, (axis as i64).to_le_bytes().to_vec())?;
+            dict.insert(Key::Str(format!("{key}_axis")), Value::Tensor(axis));
+        }
+        Ok(())
     }
 
     #[inline(never)]

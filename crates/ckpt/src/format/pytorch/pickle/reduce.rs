@@ -3,7 +3,7 @@
 //! inert object that is never constructed. Dangerous globals never get
 //! here: naming one is refused when the stream names it.
 
-use super::{Id, Machine, Obj, TensorRef, MAX_WRAPPERS};
+use super::{Id, Machine, Obj, QScheme, TensorRef, MAX_WRAPPERS};
 use crate::{DType, Result};
 
 impl Machine<'_> {
@@ -47,6 +47,7 @@ impl Machine<'_> {
                 };
                 Obj::Tensor(self.rebuild_tensor(&args, Some(dtype))?)
             }
+            ("torch._utils", "_rebuild_qtensor") => self.rebuild_qtensor(&args)?,
             ("torch._utils", "_rebuild_parameter")
             | ("torch._utils", "_rebuild_parameter_with_state") => {
                 let tensor = *args
@@ -299,6 +300,61 @@ impl Machine<'_> {
             shape,
             stride,
         })
+    }
+}
+
+impl Machine<'_> {
+    /// `_rebuild_qtensor(storage, offset, size, stride, quantizer_params,
+    /// requires_grad, backward_hooks)`: the integer view and its qscheme.
+    fn rebuild_qtensor(&self, args: &[Id]) -> Result<Obj> {
+        let int = self.rebuild_tensor(args, None)?;
+        if !matches!(int.dtype, DType::I8 | DType::U8 | DType::I32) {
+            return Err(self.err(
+                "a quantized tensor whose storage is not QInt8, QUInt8 or QInt32 (packed 4- and 2-bit storages are not read)",
+            ));
+        }
+        let params = self.tuple(
+            *args
+                .get(4)
+                .ok_or_else(|| self.err("_rebuild_qtensor without quantizer parameters"))?,
+        )?;
+        let scheme = match (params.first().and_then(|&p| self.global_name(p)), &params[..]) {
+            (Some(("torch", "per_tensor_affine")), &[_, scale, zero_point]) => QScheme::PerTensor {
+                scale: self.as_float(scale)?,
+                zero_point: self.as_int(zero_point)?,
+            },
+            (
+                Some(("torch", "per_channel_affine" | "per_channel_affine_float_qparams")),
+                &[_, scales, zero_points, axis],
+            ) => {
+                let axis = usize::try_from(self.as_int(axis)?)
+                    .ok()
+                    .filter(|&a| a < int.shape.len())
+                    .ok_or_else(|| self.err("a quantized tensor's axis is not one of its dimensions"))?;
+                let channels = int.shape[axis];
+                for t in [scales, zero_points] {
+                    match &self.arena[t] {
+                        Obj::Tensor(t) if t.shape == [channels] => {}
+                        _ => {
+                            return Err(self.err(
+                                "a quantized tensor's scales or zero points are not one per channel",
+                            ))
+                        }
+                    }
+                }
+                QScheme::PerChannel {
+                    scales,
+                    zero_points,
+                    axis,
+                }
+            }
+            _ => {
+                return Err(self.err(
+                    "a quantized tensor with a qscheme ckpt does not read (per_tensor_affine, per_channel_affine and per_channel_affine_float_qparams are read)",
+                ))
+            }
+        };
+        Ok(Obj::QTensor(int, scheme))
     }
 }
 
