@@ -1,6 +1,7 @@
-//! Any bytes read as a `.pth` file (zip container, pickle, storages): an
-//! error or a value, never a panic, a hang or an allocation the input
-//! merely claims.
+//! Any bytes read as a `.pth` file (zip container, pickle, storages), and
+//! as a `torch.export` `.pt2` archive (configs, raw storages, pickled
+//! payloads): an error or a value, never a panic, a hang or an allocation
+//! the input merely claims.
 #![no_main]
 
 use std::path::Path;
@@ -9,4 +10,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = ckpt::read_bytes(ckpt::Format::PyTorch, data.to_vec(), Path::new("fuzz.pth"));
+    let _ = ckpt::read_bytes(ckpt::Format::ExportedProgram, data.to_vec(), Path::new("fuzz.pt2"));
 });

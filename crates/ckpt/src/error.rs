@@ -234,6 +234,18 @@ pub enum Error {
         problem: &'static str,
     },
 
+    /// An archive's description of its contents (a `.pt2` config) is
+    /// malformed or names what the archive does not hold.
+    #[error("{}: {entry}: {problem}", path.display())]
+    BadArchive {
+        /// The path.
+        path: PathBuf,
+        /// The archive entry.
+        entry: String,
+        /// What is wrong.
+        problem: String,
+    },
+
     /// A pickle stream is malformed or describes something ckpt cannot
     /// represent.
     #[error("{}: {entry} at byte {offset}: {problem}", path.display())]

@@ -119,6 +119,7 @@ fn dispatch(
         Format::Safetensors => format::safetensors::read(buffer, path),
         Format::PyTorch | Format::TorchScript => format::pytorch::read(buffer, path),
         Format::Pickle => format::pytorch::read_pickle(buffer, path),
+        Format::ExportedProgram => format::pytorch::pt2::read(buffer, path),
         Format::Npy | Format::Npz => format::numpy::read(format, buffer, path),
         Format::Compressed => format::compressed::read(buffer, path),
         // Shards are found beside the index (for bytes, beside `path`).

@@ -118,7 +118,7 @@ pub(crate) fn plan(
                 path: path.to_owned(),
             })
         }
-        Format::TorchScript | Format::Pickle => {
+        Format::TorchScript | Format::Pickle | Format::ExportedProgram => {
             return Err(crate::Error::ReadOnlyFormat {
                 path: path.to_owned(),
                 format,

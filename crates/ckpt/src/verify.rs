@@ -58,7 +58,9 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
     std::hint::black_box(sum);
 
     let files: BTreeSet<std::path::PathBuf> = match loaded.format {
-        Format::PyTorch | Format::TorchScript | Format::Npz => [path.to_owned()].into(),
+        Format::PyTorch | Format::TorchScript | Format::ExportedProgram | Format::Npz => {
+            [path.to_owned()].into()
+        }
         Format::ShardedIndex => shard_files(path)?,
         // .ckptz: every blob's Adler-32 was checked by the read.
         Format::Safetensors | Format::Npy | Format::Compressed | Format::Pickle => BTreeSet::new(),

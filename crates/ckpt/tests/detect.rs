@@ -30,6 +30,8 @@ fn files_open_whatever_they_are_called() {
         ("numpy/stored.npz", "arrays.zip", Format::Npz),
         ("numpy/f32.npy", "array", Format::Npy),
         ("ckptz/valid.ckptz", "valid.dat", Format::Compressed),
+        ("pth/exported.pt2", "model", Format::ExportedProgram),
+        ("pth/exported.pt2", "exported.pth", Format::ExportedProgram),
     ] {
         let src = fixture(fixture_name);
         if !src.exists() {

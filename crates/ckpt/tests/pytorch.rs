@@ -220,3 +220,110 @@ fn quantize_dynamic_state_dicts_read_with_their_packed_weights() {
         Some(&Value::Str("torch.qint8".into()))
     );
 }
+
+#[test]
+fn torch_export_archives_read_as_torch_export_load_gives_them() {
+    let want = expected("pth/exported.expected.json");
+    let loaded = ckpt::read(fixture("pth/exported.pt2"), &ckpt::LoadOptions::default()).unwrap();
+    assert_eq!(loaded.format, ckpt::Format::ExportedProgram);
+    assert!(loaded.pickle.is_none(), "no pickled payloads");
+    let sd = ckpt::StateDict::flatten(&loaded.value).unwrap();
+    let want = want.as_object().unwrap();
+    // state_dict order, then the constants; views of one storage
+    // (the transposed parameter) gathered as torch shows them.
+    assert_eq!(
+        sd.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (name, w) in want {
+        assert_tensor(name, &sd[name.as_str()], w);
+    }
+    let err = ckpt::save("/tmp/never-written.pt2", &loaded.value).unwrap_err();
+    assert!(matches!(err, Error::ReadOnlyFormat { .. }), "{err}");
+}
+
+#[test]
+fn pt2_configs_that_lie_are_errors_naming_the_entry() {
+    use ckpt::format::pytorch::zip::ZipWriter;
+    let archive = |config: &str, data: &[u8]| {
+        let mut w = ZipWriter::new(Vec::new());
+        w.entry("m/archive_format", &[b"pt2"]).unwrap();
+        w.entry(
+            "m/data/weights/model_weights_config.json",
+            &[config.as_bytes()],
+        )
+        .unwrap();
+        w.entry("m/data/weights/weight_0", &[data]).unwrap();
+        w.finish().unwrap()
+    };
+    let meta = |path: &str, sizes: &str, strides: &str, offset: u64| {
+        format!(
+            r#"{{"config": {{"w": {{"path_name": "{path}", "is_param": true, "use_pickle": false, "tensor_meta": {{"dtype": 7, "sizes": {sizes}, "strides": {strides}, "storage_offset": {{"as_int": {offset}}}}}}}}}}}"#
+        )
+    };
+    let ints = |v: &[u64]| {
+        format!(
+            "[{}]",
+            v.iter()
+                .map(|n| format!(r#"{{"as_int": {n}}}"#))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let read =
+        |bytes: Vec<u8>| ckpt::read_bytes(ckpt::Format::ExportedProgram, bytes, Path::new("m.pt2"));
+    let good = read(archive(
+        &meta("weight_0", &ints(&[2]), &ints(&[1]), 0),
+        &[0; 8],
+    ))
+    .unwrap();
+    assert_eq!(
+        good.value.get("w").unwrap().as_tensor().unwrap().shape(),
+        [2]
+    );
+    for (config, data, needle) in [
+        (
+            meta("../../etc/passwd", &ints(&[2]), &ints(&[1]), 0),
+            &[0u8; 8][..],
+            "path_name",
+        ),
+        (
+            meta("weight_9", &ints(&[2]), &ints(&[1]), 0),
+            &[0; 8],
+            "missing",
+        ),
+        (
+            meta("weight_0", &ints(&[3]), &ints(&[1]), 0),
+            &[0; 8],
+            "past the end",
+        ),
+        (
+            meta("weight_0", &ints(&[2]), &ints(&[1]), 1 << 60),
+            &[0; 8],
+            "past the end",
+        ),
+        (
+            meta("weight_0", &ints(&[2]), &ints(&[1]), u64::MAX),
+            &[0; 8],
+            "overflows",
+        ),
+        (
+            meta("weight_0", &ints(&[2]), &ints(&[1]), 0),
+            &[0; 7],
+            "whole float32",
+        ),
+        (
+            meta("weight_0", &ints(&[2, 2]), &ints(&[1]), 0),
+            &[0; 8],
+            "differ in length",
+        ),
+        ("{\"config\": 5}".to_owned(), &[0; 8], "config"),
+        ("not json".to_owned(), &[0; 8], "not JSON"),
+    ] {
+        let err = read(archive(&config, data)).unwrap_err().to_string();
+        assert!(
+            err.contains(needle) && err.contains("m.pt2"),
+            "{needle}: {err}"
+        );
+    }
+}

@@ -54,6 +54,10 @@ pub enum Format {
     /// A bare pickle (`pickle.dump`, `.pkl`): plain data, NumPy arrays and
     /// inert objects. Read only.
     Pickle,
+    /// A `torch.export.save` archive (`.pt2`): each exported program's
+    /// weights and constants under the names `torch.export.load` gives.
+    /// Read only.
+    ExportedProgram,
 }
 
 /// What a file's first bytes show, for confirming an extension.
@@ -108,7 +112,7 @@ impl Content {
 impl Format {
     /// The extensions ckpt recognises, for messages.
     pub const EXTENSIONS: &'static str =
-        ".safetensors, .pth/.pt/.bin/.ckpt/.pth.tar, .npy, .npz, .index.json, .ckptz (and reads .pkl, .jit, .torchscript)";
+        ".safetensors, .pth/.pt/.bin/.ckpt/.pth.tar, .npy, .npz, .index.json, .ckptz (and reads .pkl, .jit, .torchscript, .pt2)";
 
     /// The format of a file from its contents, whatever its name: the
     /// first bytes (safetensors' header, ckptz's magic, NumPy's magic,
@@ -144,7 +148,9 @@ impl Format {
         let names = || zip.entries.iter().map(|e| e.name.as_str());
         let under_top =
             |leaf: &str| names().any(|n| n.split_once('/').is_some_and(|(_, rest)| rest == leaf));
-        Ok(if under_top("constants.pkl") {
+        Ok(if pytorch::pt2::is_pt2(&zip) {
+            Format::ExportedProgram
+        } else if under_top("constants.pkl") {
             Format::TorchScript
         } else if under_top("data.pkl") {
             Format::PyTorch
@@ -193,6 +199,7 @@ impl Format {
             Some("ckptz") => Ok(Format::Compressed),
             Some("jit" | "torchscript") => Ok(Format::TorchScript),
             Some("pkl" | "pickle") => Ok(Format::Pickle),
+            Some("pt2") => Ok(Format::ExportedProgram),
             _ => Err(Error::UnknownExtension {
                 path: path.to_owned(),
             }),
@@ -211,6 +218,7 @@ impl Format {
             Format::Compressed => "ckptz",
             Format::TorchScript => "torchscript",
             Format::Pickle => "pickle",
+            Format::ExportedProgram => "pt2",
         }
     }
 
@@ -226,12 +234,16 @@ impl Format {
             Format::Compressed => "ckptz",
             Format::TorchScript => "pt",
             Format::Pickle => "pkl",
+            Format::ExportedProgram => "pt2",
         }
     }
 
     /// True for the formats ckpt writes.
     pub fn writable(self) -> bool {
-        !matches!(self, Format::TorchScript | Format::Pickle)
+        !matches!(
+            self,
+            Format::TorchScript | Format::Pickle | Format::ExportedProgram
+        )
     }
 
     /// Checks that a file's first bytes do not contradict this format.
@@ -247,7 +259,7 @@ impl Format {
             Format::Npz => found == Content::Zip,
             Format::ShardedIndex => head.first() == Some(&b'{'),
             Format::Compressed => found == Content::Compressed,
-            Format::TorchScript => found == Content::Zip,
+            Format::TorchScript | Format::ExportedProgram => found == Content::Zip,
             Format::Pickle => found == Content::BarePickle,
         };
         // An empty or tiny file is left to the parser, which says "truncated".
@@ -274,6 +286,7 @@ impl fmt::Display for Format {
             Format::Compressed => "ckpt compressed",
             Format::TorchScript => "TorchScript",
             Format::Pickle => "pickle",
+            Format::ExportedProgram => "torch.export (.pt2)",
         })
     }
 }

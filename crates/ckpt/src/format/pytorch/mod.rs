@@ -6,6 +6,7 @@
 mod legacy;
 mod module;
 mod pickle;
+pub(crate) mod pt2;
 mod safety;
 mod write;
 pub mod zip;
