@@ -1468,3 +1468,25 @@ fn torch_quantize_dynamic_state_dicts_run_export_and_dequantize() {
     );
     assert!(!f.contains_key("0._packed_params._packed_params/0_scale"));
 }
+
+#[test]
+fn inspect_shows_the_verdict_on_checkpoints_from_the_wild() {
+    let path = fixture("wild/lightning.ckpt");
+    let out = ckpt(&["inspect", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("state_dict/net.0.weight"), "{text}");
+    assert!(
+        text.contains("in Python: opens with torch.load(weights_only=True)"),
+        "{text}"
+    );
+    let path = fixture("wild/checkpoint.pth.tar");
+    let out = ckpt(&["inspect", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("in Python: needs torch.load(weights_only=False) for ")
+            && text.contains("argparse.Namespace"),
+        "{text}"
+    );
+}
