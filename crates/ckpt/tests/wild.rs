@@ -155,20 +155,15 @@ fn a_research_training_checkpoint_with_python_objects_reads_as_torch_loads_it() 
 
 // OmegaConf's ListConfig metadata names `int` as its key type; pickle
 // protocol 2 (torch.save's) writes the `int` type as `__builtin__.long`,
-// which the deny-list refuses as a builtin outside SAFE_BUILTINS (only the
-// module is mapped to Python 3, not the name as `_compat_pickle` does).
+// read as Python 3 reads it (`_compat_pickle`'s names).
 #[test]
-#[ignore = "ckpt refuses __builtin__.long (Python 3's int type at protocol 2) as dangerous"]
 fn a_checkpoint_carrying_an_omegaconf_config_reads() {
     check_file("checkpoint_omegaconf.pth");
 }
 
 // Every node of a DictConfig keeps `_parent`, a memo reference back to the
-// config: a cycle, which the converter copies until MAX_DEPTH ("the data
-// nests too deeply (or refers to itself)") and, on a 2 MiB test thread in
-// a debug build, overflows the stack first and aborts the process.
+// config: a cycle, read with the back-reference marked.
 #[test]
-#[ignore = "OmegaConf's _parent back-references: a cycle ckpt cannot read (stack overflow on a 2 MiB thread)"]
 fn a_checkpoint_carrying_an_omegaconf_dict_config_reads() {
     check_file("checkpoint_omegaconf_dict.pth");
 }
@@ -201,10 +196,8 @@ fn a_bare_numpy_pickle_reads_its_arrays_as_tensors() {
 }
 
 // Protocol 5 (Python 3.14's default) pickles a contiguous array as
-// `numpy._core.numeric._frombuffer(bytearray, dtype, shape, order)`, which
-// reduce.rs keeps as an inert object: no tensors.
+// `numpy._core.numeric._frombuffer(bytearray, dtype, shape, order)`.
 #[test]
-#[ignore = "numpy._core.numeric._frombuffer (protocol-5 arrays) is not read as a tensor"]
 fn a_numpy_pickle_of_protocol_5_reads_its_arrays_as_tensors() {
     check_file("weights_p5.pkl");
 }

@@ -89,7 +89,9 @@ impl Content {
             Content::Npy
         } else if head.starts_with(&pytorch::LEGACY_MAGIC) {
             Content::Pickle
-        } else if head.len() >= 3 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+        } else if head.len() >= 3 && head[0] == 0x80 && (2..=5).contains(&head[1])
+            || pytorch::safety::text_pickle(head)
+        {
             Content::BarePickle
         } else {
             Content::Other

@@ -78,10 +78,19 @@ fn parse_header(bytes: &[u8], path: &Path, name: &str) -> Result<ArrayHeader> {
     };
     let dtype = DType::from_numpy(&normalised)
         .or_else(|| DType::from_numpy(&normalised.replacen('<', "|", 1)))
-        .ok_or_else(|| Error::UnknownDType {
-            path: path.to_owned(),
-            tensor: name.to_owned(),
-            dtype: descr.to_owned(),
+        .ok_or_else(|| {
+            // An object array is a pickle (numpy.load(allow_pickle=True)
+            // runs it): one that names a dangerous global says so.
+            let pickle = bytes
+                .get(start + len..)
+                .filter(|_| normalised.ends_with('O'));
+            pickle
+                .and_then(|p| super::pytorch::safety::refuse(p, path, &format!("{name}'s pickle")))
+                .unwrap_or_else(|| Error::UnknownDType {
+                    path: path.to_owned(),
+                    tensor: name.to_owned(),
+                    dtype: descr.to_owned(),
+                })
         })?;
     let fortran = match dict_value(text, "fortran_order") {
         Some("False") => false,

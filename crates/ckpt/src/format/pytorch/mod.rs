@@ -7,7 +7,7 @@ mod legacy;
 mod module;
 mod pickle;
 pub(crate) mod pt2;
-mod safety;
+pub(crate) mod safety;
 mod write;
 pub mod zip;
 
@@ -188,6 +188,7 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         })?;
     let pickle_bytes = entry_bytes(&buffer, pickle_entry, path)?;
     let unpickled = pickle::unpickle(pickle_bytes.as_slice(), path, "data.pkl")?;
+    safety::refuse_other_pickles(&zip, &buffer, path, &pickle_entry.name)?;
     let big_endian = match zip.get(&format!("{prefix}/byteorder")) {
         Some(entry) => entry_bytes(&buffer, entry, path)?.as_slice() == b"big",
         None => false,

@@ -209,7 +209,13 @@ pub(crate) fn unpickle(bytes: &[u8], path: &Path, entry: &str) -> Result<Unpickl
         budget: Budget::for_stream(bytes.len()),
         globals: BTreeSet::new(),
     };
-    let root = m.run()?;
+    let root = match m.run() {
+        Ok(root) => root,
+        Err(e @ Error::DangerousGlobal { .. }) => return Err(e),
+        // Stopped early (a text opcode, a broken stream): a dangerous
+        // global named anywhere in it is still what to report.
+        Err(e) => return Err(safety::refuse(bytes, path, entry).unwrap_or(e)),
+    };
     Ok(Unpickled {
         arena: m.arena,
         root,
@@ -875,13 +881,42 @@ mod tests {
         assert!(err.to_string().contains("too many values"), "{err}");
     }
 
+    /// Objects nested `n` deep, each holding the next in its state:
+    /// `C().__dict__ = {'x': C().__dict__ = {'x': ... None}}`.
+    fn nested_objects(n: usize) -> Vec<u8> {
+        let mut bytes = b"\x80\x02".to_vec();
+        for _ in 0..n {
+            bytes.extend_from_slice(b"c__main__\nC\n)\x81}X\x01\x00\x00\x00x");
+        }
+        bytes.push(b'N');
+        bytes.extend(std::iter::repeat_n(*b"sb", n).flatten());
+        bytes.push(b'.');
+        bytes
+    }
+
     #[test]
-    fn a_list_containing_itself_is_an_error() {
+    fn deeply_nested_objects_fit_a_small_thread_stack() {
+        // Threads get 2 MiB stacks by default; half is enough, in a debug
+        // build, for the deepest nesting the reader accepts.
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(|| {
+                assert!(run(&nested_objects(120)).is_ok());
+                let err = run(&nested_objects(1000)).unwrap_err();
+                assert!(err.to_string().contains("nests too deeply"), "{err}");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_list_containing_itself_reads_with_the_cycle_marked() {
         let bytes = b"\x80\x02]q\x00h\x00a.";
-        assert!(run(bytes)
-            .unwrap_err()
-            .to_string()
-            .contains("nests too deeply"));
+        assert_eq!(
+            run(bytes).unwrap(),
+            Value::List(vec![Value::Str(convert::RECURSIVE.into())])
+        );
     }
 
     #[test]

@@ -5,16 +5,23 @@
 //!
 //! The deny-list is the union of the public scanners' lists (picklescan
 //! 1.0.5 `_unsafe_globals`, modelscan 0.8 `unsafe_globals`, fickling 0.1
-//! `UNSAFE_IMPORTS`), with torch's own loaders added. ckpt never imports
+//! `UNSAFE_IMPORTS`), with torch's own loaders added, and the bypasses
+//! reported against them (private aliases such as `_functools` and
+//! `argparse._os`, methods reached through a class such as
+//! `pathlib.Path.write_text`, torch's `fx` reducer that `exec`s its source,
+//! `torch._C`, file writers). ckpt never imports
 //! or calls a global, so the list does not protect ckpt: it says what the
 //! file would do to whoever opens it with `pickle` or
 //! `torch.load(weights_only=False)`, and ckpt refuses such files outright.
+
+use std::rc::Rc;
 
 /// Modules every name of which (and every submodule) is dangerous.
 const MODULES: &[&str] = &[
     "__builtins__",
     "_aix_support",
     "_ctypes",
+    "_distutils_hack",
     "_frozen_importlib",
     "_frozen_importlib_external",
     "_imp",
@@ -27,50 +34,71 @@ const MODULES: &[&str] = &[
     "_signal",
     "_sqlite3",
     "_thread",
+    "_winreg",
     "_xxsubinterpreters",
+    "aifc",
     "aiohttp",
+    "antigravity",
+    "asynchat",
     "asyncio",
+    "asyncore",
     "atexit",
     "bdb",
-    "cProfile",
+    "bz2",
+    "cgitb",
     "cloudpickle",
     "code",
     "codeop",
     "commands",
     "compileall",
+    "cProfile",
     "ctypes",
+    "dbm",
+    "difflib",
     "dill",
     "distutils",
     "doctest",
     "ensurepip",
     "fickling",
+    "filecmp",
     "fileinput",
     "ftplib",
     "functools",
     "gc",
     "glob",
+    "gzip",
     "http",
     "httplib",
+    "httpx",
+    "huggingface_hub",
     "idlelib",
     "imaplib",
     "imp",
     "importlib",
     "inspect",
+    "IPython",
     "joblib",
     "lib2to3",
     "linecache",
     "logging",
+    "lzma",
+    "mailbox",
+    "mailcap",
     "marshal",
     "mmap",
     "modelaudit",
     "modelscan",
+    "msvcrt",
     "multiprocessing",
     "nntplib",
     "nt",
+    "numpy.ctypeslib",
     "numpy.distutils",
     "numpy.f2py",
+    "numpy.lib._npyio_impl",
+    "numpy.lib.format",
+    "numpy.lib.npyio",
     "numpy.testing",
-    "numpy.ctypeslib",
     "operator",
     "os",
     "pandas.io.pickle",
@@ -80,6 +108,7 @@ const MODULES: &[&str] = &[
     "picklescan",
     "pip",
     "pipes",
+    "pkg_resources",
     "pkgutil",
     "platform",
     "poplib",
@@ -88,21 +117,26 @@ const MODULES: &[&str] = &[
     "pty",
     "py_compile",
     "pydoc",
+    "readline",
     "requests",
+    "resource",
     "runpy",
     "saferpickle",
     "select",
     "selectors",
+    "setuptools",
     "shelve",
     "shutil",
     "signal",
     "site",
+    "smtpd",
     "smtplib",
     "socket",
     "socketserver",
     "sqlite3",
     "ssl",
     "subprocess",
+    "sunau",
     "sys",
     "syslog",
     "tarfile",
@@ -111,24 +145,42 @@ const MODULES: &[&str] = &[
     "test",
     "threading",
     "timeit",
+    "Tkinter",
+    "tkinter",
+    "torch._C",
     "torch._dynamo",
     "torch._export",
     "torch._inductor",
     "torch.compile",
+    "torch.distributed.rpc",
+    "torch.fx.graph_module",
     "torch.hub",
     "torch.jit",
+    "torch.multiprocessing",
+    "torch.package",
+    "torch.serialization",
+    "torch.testing._internal",
     "torch.utils._config_module",
     "torch.utils.bottleneck",
     "torch.utils.collect_env",
+    "torch.utils.cpp_extension",
+    "torch.utils.model_zoo",
     "trace",
+    "transformers.dynamic_module_utils",
+    "turtle",
     "types",
     "unittest",
     "urllib",
     "urllib2",
+    "urllib3",
     "uuid",
     "venv",
+    "wave",
     "webbrowser",
+    "winreg",
+    "wsgiref",
     "xmlrpc",
+    "zipapp",
     "zipfile",
     "zipimport",
 ];
@@ -138,17 +190,31 @@ const MODULES: &[&str] = &[
 const NAMES: &[(&str, &[&str])] = &[
     ("_io", &["FileIO", "open", "open_code"]),
     ("io", &["FileIO", "open", "open_code"]),
-    ("numpy", &["load", "loadtxt", "fromfile", "memmap"]),
-    ("numpy.lib.npyio", &["load", "loadtxt"]),
+    ("codecs", &["open", "EncodedFile"]),
+    (
+        "numpy",
+        &[
+            "load",
+            "loadtxt",
+            "fromfile",
+            "memmap",
+            "save",
+            "savez",
+            "savez_compressed",
+            "savetxt",
+            "genfromtxt",
+            "fromregex",
+            "DataSource",
+        ],
+    ),
     ("pandas", &["read_pickle"]),
-    ("torch", &["load", "compile", "from_file"]),
+    ("torch", &["load", "save", "compile", "from_file"]),
     ("torch.export", &["load"]),
     (
         "torch.fx.experimental.symbolic_shapes",
         &["ShapeEnv.evaluate_guards_expression"],
     ),
     ("torch.storage", &["_load_from_bytes"]),
-    ("torch.serialization", &["load", "_load", "_legacy_load"]),
     (
         "torch.utils.data.datapipes.utils.decoder",
         &["basichandlers"],
@@ -236,7 +302,127 @@ const CARVED_OUT: &[(&str, &str)] = &[
     ("torch.jit._pickle", "build_complexlist"),
     ("torch.jit._pickle", "build_tensor_from_id"),
     ("torch.jit._pickle", "restore_type_tag"),
+    // How torch.save writes a tensor's layout (`torch.sparse_coo`).
+    ("torch.serialization", "_get_layout"),
 ];
+
+/// Python's private stdlib modules (`sys.stdlib_module_names` of 3.11 to
+/// 3.13 that start with `_`): internal names no serializer writes, and
+/// aliases of denied modules (`_functools.partial`, `_socket`, `_winapi`
+/// `CreateProcess`, `_pyio.open`). All are dangerous but
+/// [`PRIVATE_ALLOWED`].
+const PRIVATE_STDLIB: &[&str] = &[
+    "_abc",
+    "_aix_support",
+    "_android_support",
+    "_apple_support",
+    "_ast",
+    "_asyncio",
+    "_bisect",
+    "_blake2",
+    "_bootsubprocess",
+    "_bz2",
+    "_codecs",
+    "_codecs_cn",
+    "_codecs_hk",
+    "_codecs_iso2022",
+    "_codecs_jp",
+    "_codecs_kr",
+    "_codecs_tw",
+    "_collections",
+    "_collections_abc",
+    "_colorize",
+    "_compat_pickle",
+    "_compression",
+    "_contextvars",
+    "_crypt",
+    "_csv",
+    "_ctypes",
+    "_curses",
+    "_curses_panel",
+    "_datetime",
+    "_dbm",
+    "_decimal",
+    "_dummy_thread",
+    "_elementtree",
+    "_frozen_importlib",
+    "_frozen_importlib_external",
+    "_functools",
+    "_gdbm",
+    "_hashlib",
+    "_heapq",
+    "_imp",
+    "_interpchannels",
+    "_interpqueues",
+    "_interpreters",
+    "_io",
+    "_ios_support",
+    "_json",
+    "_locale",
+    "_lsprof",
+    "_lzma",
+    "_markupbase",
+    "_md5",
+    "_msi",
+    "_multibytecodec",
+    "_multiprocessing",
+    "_opcode",
+    "_opcode_metadata",
+    "_operator",
+    "_osx_support",
+    "_overlapped",
+    "_pickle",
+    "_posixshmem",
+    "_posixsubprocess",
+    "_py_abc",
+    "_pydatetime",
+    "_pydecimal",
+    "_pyio",
+    "_pylong",
+    "_pyrepl",
+    "_queue",
+    "_random",
+    "_scproxy",
+    "_sha1",
+    "_sha2",
+    "_sha256",
+    "_sha3",
+    "_sha512",
+    "_signal",
+    "_sitebuiltins",
+    "_socket",
+    "_sqlite3",
+    "_sre",
+    "_ssl",
+    "_stat",
+    "_statistics",
+    "_string",
+    "_strptime",
+    "_struct",
+    "_suggestions",
+    "_symtable",
+    "_sysconfig",
+    "_thread",
+    "_threading_local",
+    "_tkinter",
+    "_tokenize",
+    "_tracemalloc",
+    "_typing",
+    "_uuid",
+    "_warnings",
+    "_weakref",
+    "_weakrefset",
+    "_winapi",
+    "_wmi",
+    "_xxsubinterpreters",
+    "_zoneinfo",
+    "__future__",
+];
+
+/// The private stdlib globals serializers do write: `_codecs.encode`
+/// (how protocol 2 writes bytes) and `_io`'s buffers (its file openers
+/// are in [`NAMES`]).
+const PRIVATE_ALLOWED: &[(&str, Option<&str>)] = &[("_codecs", Some("encode")), ("_io", None)];
 
 /// Python 2 module names, as Python 3's unpickler maps them.
 pub(crate) fn python3_module(module: &str) -> &str {
@@ -249,6 +435,23 @@ pub(crate) fn python3_module(module: &str) -> &str {
         "StringIO" | "cStringIO" => "io",
         "urllib2" => "urllib.request",
         "httplib" => "http.client",
+        // The rest of `_compat_pickle.IMPORT_MAPPING` that reaches a
+        // denied module.
+        "commands" => "subprocess",
+        "dummy_thread" => "_dummy_thread",
+        "SocketServer" => "socketserver",
+        "xmlrpclib" => "xmlrpc.client",
+        "SimpleXMLRPCServer" | "DocXMLRPCServer" => "xmlrpc.server",
+        "BaseHTTPServer" | "SimpleHTTPServer" | "CGIHTTPServer" => "http.server",
+        "cookielib" => "http.cookiejar",
+        "Cookie" => "http.cookies",
+        "urlparse" => "urllib.parse",
+        "robotparser" => "urllib.robotparser",
+        "anydbm" | "whichdb" => "dbm",
+        "dbhash" => "dbm.bsd",
+        "dumbdbm" => "dbm.dumb",
+        "gdbm" => "dbm.gnu",
+        "Tkinter" => "tkinter",
         other => other,
     }
 }
@@ -278,7 +481,24 @@ pub(crate) fn is_dangerous(module: &str, name: &str) -> bool {
     if MODULES.iter().any(|m| in_module(module, m)) {
         return true;
     }
-    if module == "builtins" && !SAFE_BUILTINS.contains(&name) {
+    let top = module.split('.').next().unwrap_or_default();
+    if PRIVATE_STDLIB.contains(&top)
+        && !PRIVATE_ALLOWED
+            .iter()
+            .any(|&(m, n)| m == module && n.is_none_or(|n| n == name))
+    {
+        return true;
+    }
+    // Python 3 reads Python 2's builtins by their new names
+    // (`_compat_pickle.NAME_MAPPING`).
+    let builtin = match name {
+        "long" => "int",
+        "unicode" => "str",
+        "xrange" => "range",
+        "unichr" => "chr",
+        other => other,
+    };
+    if module == "builtins" && !SAFE_BUILTINS.contains(&builtin) {
         return true;
     }
     if NAMES
@@ -292,13 +512,17 @@ pub(crate) fn is_dangerous(module: &str, name: &str) -> bool {
         return true;
     }
     // An attribute path: every step could be a module re-exported by the
-    // one before it, or a dunder that reaches the interpreter.
+    // one before it (`argparse._os`), a dunder that reaches the
+    // interpreter, or a function or method reached through a class
+    // (`pathlib.Path.write_text`, `socket.socket.bind`). Serializers
+    // write dotted names only for nested classes (`Net.Config`).
     parts.len() > 1
-        && parts.iter().any(|p| {
+        && parts.iter().enumerate().any(|(i, p)| {
             (p.starts_with("__") && p.ends_with("__"))
-                || MODULES.contains(p)
+                || MODULES.contains(&p.trim_start_matches('_'))
                 || *p == "builtins"
                 || *p == "__builtin__"
+                || (i > 0 && !p.starts_with(|c: char| c.is_ascii_uppercase()))
         })
 }
 
@@ -339,6 +563,226 @@ pub(crate) fn torch_allows(module: &str, name: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// True when a file's first bytes are a pickle written without a `PROTO`
+/// opcode (protocols 0 and 1, which `pickle.load` and torch's legacy
+/// loader still run): after up to four `MARK`s, a `GLOBAL` or `INST` of a
+/// dotted identifier, a quoted text string, a text `dict`/`list` with its
+/// memo (`(dp0`), or protocol 1's empty container and memo (`}q`).
+pub(crate) fn text_pickle(head: &[u8]) -> bool {
+    let start = head.iter().take(4).take_while(|&&b| b == b'(').count();
+    let rest = &head[start..];
+    let ident = |s: &[u8]| {
+        let end = s.iter().position(|&b| b == b'\n').unwrap_or(s.len());
+        end > 0
+            && (s[0].is_ascii_alphabetic() || s[0] == b'_')
+            && s[..end]
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            && (end < s.len() || s.len() >= 8)
+    };
+    match rest {
+        [b'c' | b'i', tail @ ..] => ident(tail),
+        [b'S', b'\'' | b'"', ..] => true,
+        [b'd' | b'l' | b't', b'p', d, ..] => start > 0 && d.is_ascii_digit(),
+        [b'}' | b']' | b')', b'q', ..] => start == 0,
+        _ => false,
+    }
+}
+
+/// The first dangerous global a pickle stream names, found by reading its
+/// opcodes without running them (as the scanners do): `(offset, global)`,
+/// `module.name` as written. It knows every opcode of protocols 0 to 5,
+/// the text ones too (`GLOBAL`, `INST`), and resolves `STACK_GLOBAL` from
+/// the strings pushed or recalled from the memo before it. It stops at
+/// `STOP` or at an opcode it does not know. The restricted reader checks
+/// every global it meets; this finds the ones a stream names where the
+/// reader stops early (a text opcode it refuses, a broken stream) or never
+/// runs (a NumPy object array, an archive's other pickles).
+pub(crate) fn scan(bytes: &[u8]) -> Option<(usize, String)> {
+    let mut pos = 0;
+    // What each push left on the stack, when it was a string; shared, so
+    // that recalling a long string from the memo many times copies nothing.
+    let mut pushed: Vec<Option<Rc<str>>> = Vec::new();
+    let mut memo: std::collections::HashMap<u32, Option<Rc<str>>> = Default::default();
+    let text = |s: &[u8]| -> Rc<str> { String::from_utf8_lossy(s).into() };
+    let check = |at: usize, module: &str, name: &str| {
+        is_dangerous(module, name).then(|| (at, format!("{module}.{name}")))
+    };
+    while pos < bytes.len() {
+        let at = pos;
+        let op = bytes[pos];
+        pos += 1;
+        let rest = &bytes[pos..];
+        let line = |from: usize| -> Option<(&[u8], usize)> {
+            let r = bytes.get(from..)?;
+            let end = r.iter().position(|&b| b == b'\n')?;
+            Some((&r[..end], from + end + 1))
+        };
+        let le = |n: usize| -> Option<u64> {
+            let b = rest.get(..n)?;
+            Some(b.iter().rev().fold(0u64, |v, &x| (v << 8) | x as u64))
+        };
+        // (bytes of argument after the opcode, what it pushes)
+        let sized = |len_bytes: usize| -> Option<(usize, &[u8])> {
+            let n = usize::try_from(le(len_bytes)?).ok()?;
+            let data = rest.get(len_bytes..len_bytes.checked_add(n)?)?;
+            Some((len_bytes + n, data))
+        };
+        match op {
+            b'.' => return None,
+            b'c' | b'i' => {
+                let (module, next) = line(pos)?;
+                let (name, next) = line(next)?;
+                let (module, name) = (text(module), text(name));
+                if let Some(hit) = check(at, &module, &name) {
+                    return Some(hit);
+                }
+                pos = next;
+                pushed.push(None);
+            }
+            b'S' | b'V' => {
+                let (arg, next) = line(pos)?;
+                let s = text(arg);
+                let s = if op == b'S' {
+                    s.trim_matches(|c| c == '\'' || c == '"').into()
+                } else {
+                    s
+                };
+                pushed.push(Some(s));
+                pos = next;
+            }
+            b'I' | b'L' | b'F' | b'P' => {
+                pos = line(pos)?.1;
+                pushed.push(None);
+            }
+            b'p' | b'g' => {
+                let (arg, next) = line(pos)?;
+                let key = text(arg).trim().parse::<u32>().ok();
+                if op == b'p' {
+                    memo.insert(key?, pushed.last().cloned().flatten());
+                } else {
+                    pushed.push(key.and_then(|k| memo.get(&k).cloned().flatten()));
+                }
+                pos = next;
+            }
+            // Strings (SHORT_BINUNICODE, BINUNICODE, BINUNICODE8 and the
+            // Python 2 byte strings).
+            0x8c | b'X' | 0x8d | b'U' | b'T' => {
+                let len_bytes = match op {
+                    0x8c | b'U' => 1,
+                    0x8d => 8,
+                    _ => 4,
+                };
+                let (skip, data) = sized(len_bytes)?;
+                pushed.push(Some(text(data)));
+                pos += skip;
+            }
+            // Bytes, BININT and LONG4 lengths.
+            b'C' | b'B' | 0x8e | 0x96 | 0x8a | 0x8b => {
+                let len_bytes = match op {
+                    b'C' | 0x8a => 1,
+                    0x8e | 0x96 => 8,
+                    _ => 4,
+                };
+                pos += sized(len_bytes)?.0;
+                pushed.push(None);
+            }
+            b'q' | b'r' => {
+                let n = if op == b'q' { 1 } else { 4 };
+                let key = le(n)? as u32;
+                memo.insert(key, pushed.last().cloned().flatten());
+                pos += n;
+            }
+            0x94 => {
+                memo.insert(memo.len() as u32, pushed.last().cloned().flatten());
+            }
+            b'h' | b'j' => {
+                let n = if op == b'h' { 1 } else { 4 };
+                let key = le(n)? as u32;
+                pushed.push(memo.get(&key).cloned().flatten());
+                pos += n;
+            }
+            0x93 => {
+                let name = pushed.pop().flatten();
+                let module = pushed.pop().flatten();
+                if let (Some(module), Some(name)) = (module, name) {
+                    if let Some(hit) = check(at, &module, &name) {
+                        return Some(hit);
+                    }
+                }
+                pushed.push(None);
+            }
+            b'0' => {
+                pushed.pop();
+            }
+            // Fixed-size arguments: PROTO, BININT1, EXT1; BININT2, EXT2;
+            // BININT, EXT4; BINFLOAT, FRAME.
+            0x80 | b'K' | 0x82 => pos += 1,
+            b'M' | 0x83 => pos += 2,
+            b'J' | 0x84 => pos += 4,
+            b'G' | 0x95 => pos += 8,
+            // Everything else without an argument.
+            b'('
+            | b'1'
+            | b'2'
+            | b'N'
+            | b')'
+            | b']'
+            | b'}'
+            | b'a'
+            | b'e'
+            | b'l'
+            | b't'
+            | b'd'
+            | b's'
+            | b'u'
+            | b'R'
+            | b'b'
+            | b'o'
+            | b'Q'
+            | 0x81
+            | 0x85..=0x89
+            | 0x8f..=0x92
+            | 0x97
+            | 0x98 => pushed.push(None),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// [`scan`] as the error that refuses the file: `entry` of `path` names
+/// a dangerous global.
+pub(crate) fn refuse(bytes: &[u8], path: &std::path::Path, entry: &str) -> Option<crate::Error> {
+    scan(bytes).map(|(offset, global)| crate::Error::DangerousGlobal {
+        path: path.to_owned(),
+        entry: entry.to_owned(),
+        offset: offset as u64,
+        global,
+    })
+}
+
+/// Refuses a zip archive any of whose other pickles (`constants.pkl` of a
+/// TorchScript archive, a pickle no loader reads) names a dangerous
+/// global: the file is refused whatever it names, wherever.
+pub(crate) fn refuse_other_pickles(
+    zip: &super::zip::ZipArchive,
+    buffer: &std::sync::Arc<crate::tensor::Buffer>,
+    path: &std::path::Path,
+    read: &str,
+) -> crate::Result<()> {
+    for entry in &zip.entries {
+        if entry.name.ends_with(".pkl") && entry.name != read {
+            let bytes = super::entry_bytes(buffer, entry, path)?;
+            let leaf = entry.name.split_once('/').map_or(&*entry.name, |(_, l)| l);
+            if let Some(e) = refuse(bytes.as_slice(), path, leaf) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -409,6 +853,91 @@ mod tests {
         ] {
             assert!(!is_dangerous(m, n), "{m}.{n}");
         }
+    }
+
+    #[test]
+    fn the_bypasses_reported_against_the_scanners_are_dangerous() {
+        for (m, n) in [
+            // Private aliases of denied modules.
+            ("_functools", "partial"),
+            ("_socket", "socket"),
+            ("_winapi", "CreateProcess"),
+            ("_pyio", "open"),
+            ("argparse", "_os.spawnlp"),
+            // Methods reached through a class.
+            ("pathlib", "Path.write_text"),
+            ("socket", "socket.bind"),
+            ("code", "InteractiveInterpreter.runcode"),
+            ("torch", "UntypedStorage.from_file"),
+            // torch's own code runners and file writers.
+            ("torch.fx.graph_module", "reduce_graph_module"),
+            ("torch._C", "PyTorchFileWriter"),
+            ("torch", "save"),
+            ("torch.serialization", "_open_file"),
+            ("torch.utils.cpp_extension", "load_inline"),
+            ("torch.package.package_importer", "PackageImporter"),
+            ("setuptools._distutils.file_util", "write_file"),
+            // File writers of the stdlib and NumPy.
+            ("codecs", "open"),
+            ("gzip", "open"),
+            ("dbm", "open"),
+            ("numpy", "save"),
+            ("numpy.lib.format", "read_array"),
+            // Python 2 names Python 3 maps onto denied modules.
+            ("commands", "getoutput"),
+            ("SocketServer", "TCPServer"),
+            ("__builtin__", "basestring"),
+        ] {
+            assert!(is_dangerous(m, n), "{m}.{n}");
+        }
+    }
+
+    #[test]
+    fn private_and_python_2_names_serializers_write_are_not() {
+        for (m, n) in [
+            ("_codecs", "encode"),
+            ("_io", "BytesIO"),
+            ("__builtin__", "long"),
+            ("__builtin__", "unicode"),
+            ("torch.serialization", "_get_layout"),
+            ("__main__", "RunInfo"),
+            ("omegaconf.dictconfig", "DictConfig"),
+            ("numpy._core.numeric", "_frombuffer"),
+            ("typing", "Any"),
+        ] {
+            assert!(!is_dangerous(m, n), "{m}.{n}");
+        }
+        assert!(is_dangerous("_codecs", "decode"));
+        assert!(is_dangerous("_io", "FileIO"));
+    }
+
+    #[test]
+    fn the_scan_finds_globals_the_reader_never_reaches() {
+        // Protocol 0: INST after a text string (the reader refuses `S`).
+        let inst = b"(S'touch x'\nios\nsystem\n.";
+        assert_eq!(scan(inst), Some((12, "os.system".to_owned())));
+        // STACK_GLOBAL from strings recalled from the memo.
+        let memo = b"\x80\x04\x8c\x05posix\x94\x8c\x06system\x94h\x00h\x01\x93.";
+        assert_eq!(scan(memo).map(|(_, g)| g), Some("posix.system".to_owned()));
+        // Harmless globals, and anything after STOP, are not reported.
+        let clean = b"\x80\x02ccollections\nOrderedDict\n)R.cos\nsystem\n";
+        assert_eq!(scan(clean), None);
+        assert_eq!(scan(b"\x80\x04\x8c\x05posix"), None);
+        assert_eq!(scan(b""), None);
+    }
+
+    #[test]
+    fn text_pickles_are_recognised_and_text_is_not() {
+        assert!(text_pickle(b"cos\nsystem\n(S'to"));
+        assert!(text_pickle(b"(S'touch ckpt_ma"));
+        assert!(text_pickle(b"(cos\nsystem\nU\x11t"));
+        assert!(text_pickle(b"(dp0\nS'w'\np1\n"));
+        assert!(text_pickle(b"}q\x00(X\x01\x00\x00\x00w"));
+        assert!(text_pickle(b"ctorch._utils\n_re"));
+        assert!(!text_pickle(b"cargo build --re"));
+        assert!(!text_pickle(b"config: {lr: 0.1"));
+        assert!(!text_pickle(b"{\"weight_map\": {"));
+        assert!(!text_pickle(b"(hello world)..."));
     }
 
     #[test]

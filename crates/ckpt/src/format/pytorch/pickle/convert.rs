@@ -20,7 +20,14 @@ pub(crate) struct Converter<'a, F> {
     entry: &'a str,
     budget: usize,
     tensors: HashMap<Id, TensorData>,
+    /// The objects being converted, from the root down: one met again
+    /// inside itself is a reference cycle.
+    on_stack: Vec<bool>,
 }
+
+/// What a reference back to an object that contains it becomes (OmegaConf
+/// nodes point at their parents): Python shows such a cycle as `...`.
+pub(crate) const RECURSIVE: &str = "<recursive reference>";
 
 impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
     /// A converter over `unpickled` that builds tensors with `tensor`.
@@ -36,6 +43,7 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
                 .saturating_mul(2)
                 .saturating_add(NODE_SLACK),
             tensors: HashMap::new(),
+            on_stack: vec![false; unpickled.arena.len()],
         }
     }
 
@@ -53,18 +61,47 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
         self.value(self.unpickled.root, 0)
     }
 
-    /// Converts object `id`.
+    /// Converts object `id`; a reference back to an object being
+    /// converted (a cycle) becomes the string [`RECURSIVE`].
     pub(crate) fn value(&mut self, id: Id, depth: usize) -> Result<Value> {
+        if self.on_stack[id] {
+            return Ok(Value::Str(RECURSIVE.to_owned()));
+        }
+        self.on_stack[id] = true;
+        let value = self.value_of(id, depth);
+        self.on_stack[id] = false;
+        value
+    }
+
+    /// One level of the recursion: checks, then a container's own helper.
+    /// Kept to a dispatch so that its frame stays small (the recursion
+    /// goes through it at every level; MAX_DEPTH levels must fit a 2 MiB
+    /// thread stack in a debug build).
+    #[inline(never)]
+    fn value_of(&mut self, id: Id, depth: usize) -> Result<Value> {
+        self.enter(id, depth)?;
+        match &self.unpickled.arena[id] {
+            Obj::List(items) | Obj::Tuple(items) => self.sequence(id, items, depth),
+            Obj::Dict(pairs) => self.dict(pairs, depth),
+            Obj::Tensor(t) => self.tensor(id, t),
+            Obj::QTensor(..) => self.lone_quantized(id, depth),
+            Obj::NdArray { .. } | Obj::Object { .. } => self.object_or_array(id, depth),
+            _ => self.scalar(id),
+        }
+    }
+
+    /// The depth limit and the budgets, charged for object `id`.
+    #[inline(never)]
+    fn enter(&mut self, id: Id, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
-            return Err(self.err("the data nests too deeply (or refers to itself)"));
+            return Err(self.err("the data nests too deeply"));
         }
         self.budget = self
             .budget
             .checked_sub(1)
             .ok_or_else(|| self.err("the data expands to too many values (shared references)"))?;
-        let arena = &self.unpickled.arena;
         // Copies of strings, bytes and tensor shapes cost bytes too.
-        let cost = match &arena[id] {
+        let cost = match &self.unpickled.arena[id] {
             Obj::Str(s) => s.len(),
             Obj::Bytes(b) => b.len(),
             Obj::Tensor(t) | Obj::QTensor(t, _) => t.shape.len() * 8,
@@ -72,27 +109,19 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
             Obj::List(items) | Obj::Tuple(items) => items.len() * std::mem::size_of::<Value>(),
             _ => 0,
         };
-        self.unpickled.budget.charge(cost, self.path, self.entry)?;
-        Ok(match &arena[id] {
+        self.unpickled.budget.charge(cost, self.path, self.entry)
+    }
+
+    /// A value that holds no other object.
+    #[inline(never)]
+    fn scalar(&self, id: Id) -> Result<Value> {
+        Ok(match &self.unpickled.arena[id] {
             Obj::None => Value::None,
             Obj::Bool(b) => Value::Bool(*b),
             Obj::Int(i) => Value::Int(*i),
             Obj::Float(f) => Value::Float(*f),
             Obj::Str(s) => Value::Str(s.clone()),
             Obj::Bytes(b) => Value::Bytes(b.clone()),
-            Obj::List(items) | Obj::Tuple(items) if self.any_quantized(items) => {
-                self.positional(items, depth)?
-            }
-            Obj::List(items) => Value::List(self.values(items, depth)?),
-            Obj::Tuple(items) => Value::Tuple(self.values(items, depth)?),
-            // A quantized tensor on its own: named `tensor`, its scales beside.
-            Obj::QTensor(..) => {
-                let mut dict = Dict::new();
-                self.quantized(Key::from("tensor"), id, depth, &mut dict)?;
-                Value::Dict(dict)
-            }
-            Obj::Dict(pairs) => self.dict(pairs, depth)?,
-            Obj::Tensor(t) => self.tensor(id, t)?,
             Obj::Dtype(d) => Value::Str(d.torch_name().to_owned()),
             // A class or function named as a value (a defaultdict's
             // factory, an activation function): its name.
@@ -101,16 +130,40 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
                 numpy_dtype(code).map_or_else(|| code.clone(), |d| d.torch_name().to_owned()),
             ),
             Obj::Storage(_) => return Err(self.err("a bare storage outside a tensor")),
-            Obj::NdArray { state } => match state.and_then(|s| self.ndarray(s)) {
-                Some(tensor) => Value::Tensor(tensor?),
-                None => self.object(id, depth)?,
-            },
-            Obj::Object { .. } => self.object(id, depth)?,
+            _ => return Err(self.err("a container where a plain value was expected")),
         })
     }
 
-    // The recursion's helpers are kept out of `value` so that its frame
-    // stays small: MAX_DEPTH levels must fit a 2 MiB thread stack.
+    #[inline(never)]
+    fn sequence(&mut self, id: Id, items: &[Id], depth: usize) -> Result<Value> {
+        if self.any_quantized(items) {
+            return self.positional(items, depth);
+        }
+        let values = self.values(items, depth)?;
+        Ok(match self.unpickled.arena[id] {
+            Obj::Tuple(_) => Value::Tuple(values),
+            _ => Value::List(values),
+        })
+    }
+
+    /// A quantized tensor on its own: named `tensor`, its scales beside.
+    #[inline(never)]
+    fn lone_quantized(&mut self, id: Id, depth: usize) -> Result<Value> {
+        let mut dict = Dict::new();
+        self.quantized(Key::from("tensor"), id, depth, &mut dict)?;
+        Ok(Value::Dict(dict))
+    }
+
+    /// A NumPy array as a tensor, or an inert object.
+    #[inline(never)]
+    fn object_or_array(&mut self, id: Id, depth: usize) -> Result<Value> {
+        if let Obj::NdArray { state: Some(s) } = self.unpickled.arena[id] {
+            if let Some(tensor) = self.ndarray(s) {
+                return Ok(Value::Tensor(tensor?));
+            }
+        }
+        self.object(id, depth)
+    }
 
     #[inline(never)]
     fn dict(&mut self, pairs: &[(Id, Id)], depth: usize) -> Result<Value> {

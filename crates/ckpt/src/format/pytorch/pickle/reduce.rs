@@ -98,6 +98,10 @@ impl Machine<'_> {
             ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => {
                 Obj::NdArray { state: None }
             }
+            // Protocol 5's arrays: `_frombuffer(buffer, dtype, shape, order)`.
+            ("numpy.core.numeric" | "numpy._core.numeric", "_frombuffer") => {
+                self.frombuffer(&args, module, name, args_id)
+            }
             ("numpy", "dtype") => Obj::NpDtype {
                 code: self
                     .as_str(
@@ -304,6 +308,29 @@ impl Machine<'_> {
 }
 
 impl Machine<'_> {
+    /// A protocol-5 NumPy array as the array `_reconstruct` + `BUILD`
+    /// would describe (`(version, shape, dtype, fortran_order, bytes)`);
+    /// anything else an inert object.
+    fn frombuffer(&mut self, args: &[Id], module: String, name: String, args_id: Id) -> Obj {
+        let &[buffer, dtype, shape, order] = args else {
+            return self.object(module, name, args_id);
+        };
+        let fortran = match &self.arena[order] {
+            Obj::Str(o) if o == "C" || o == "F" => o == "F",
+            _ => return self.object(module, name, args_id),
+        };
+        if !matches!(self.arena[buffer], Obj::Bytes(_))
+            || !matches!(self.arena[dtype], Obj::NpDtype { .. })
+            || !matches!(self.arena[shape], Obj::Tuple(_))
+        {
+            return self.object(module, name, args_id);
+        }
+        let version = self.alloc(Obj::Int(1));
+        let fortran = self.alloc(Obj::Bool(fortran));
+        let state = self.alloc(Obj::Tuple(vec![version, shape, dtype, fortran, buffer]));
+        Obj::NdArray { state: Some(state) }
+    }
+
     /// `_rebuild_qtensor(storage, offset, size, stride, quantizer_params,
     /// requires_grad, backward_hooks)`: the integer view and its qscheme.
     fn rebuild_qtensor(&self, args: &[Id]) -> Result<Obj> {
