@@ -1,7 +1,7 @@
 //! Any bytes read as a `.pth` file (zip container, pickle, storages), and
 //! as a `torch.export` `.pt2` archive (configs, raw storages, pickled
-//! payloads): an error or a value, never a panic, a hang or an allocation
-//! the input merely claims.
+//! payloads), and through format detection by contents: an error or a
+//! value, never a panic, a hang or an allocation the input merely claims.
 #![no_main]
 
 use std::path::Path;
@@ -9,6 +9,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    let _ = ckpt::Format::detect(data, Path::new("fuzz"));
     let _ = ckpt::read_bytes(ckpt::Format::PyTorch, data.to_vec(), Path::new("fuzz.pth"));
     let _ = ckpt::read_bytes(ckpt::Format::ExportedProgram, data.to_vec(), Path::new("fuzz.pt2"));
 });

@@ -327,3 +327,37 @@ fn pt2_configs_that_lie_are_errors_naming_the_entry() {
         );
     }
 }
+
+#[test]
+fn torchscript_archives_read_as_torch_jit_load_names_them() {
+    for name in ["scripted", "traced"] {
+        let loaded = ckpt::read(
+            fixture(&format!("torchscript/{name}.pt")),
+            &ckpt::LoadOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(loaded.format, ckpt::Format::TorchScript, "{name}");
+        // torch.jit.load, not torch.load, opens these: no torch.load verdict.
+        assert!(loaded.pickle.is_none(), "{name}");
+        let sd = ckpt::StateDict::flatten(&loaded.value).unwrap();
+        let want = expected(&format!("torchscript/{name}.expected.json"));
+        let want = want.as_object().unwrap();
+        assert_eq!(
+            sd.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "{name}"
+        );
+        for (n, w) in want {
+            assert_tensor(n, &sd[n.as_str()], w);
+        }
+    }
+}
+
+#[test]
+fn checkpoints_saved_from_cuda_read_on_the_cpu_as_torch_maps_them() {
+    let v = ckpt::load(fixture("pth/saved_from_cuda.pth")).unwrap();
+    assert_eq!(
+        describe_tree(&v),
+        expected("pth/saved_from_cuda.expected.json")
+    );
+}

@@ -317,7 +317,10 @@ fn build(
         format,
         value,
         metadata,
-        pickle: Some(PickleReport::from_globals(&unpickled.globals)),
+        // torch.jit.load, not torch.load, opens a TorchScript archive: its
+        // classes are TorchScript's own, so torch.load's verdict says
+        // nothing about it (dangerous globals are refused all the same).
+        pickle: (!torchscript).then(|| PickleReport::from_globals(&unpickled.globals)),
     })
 }
 
