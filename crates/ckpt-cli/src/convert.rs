@@ -65,6 +65,8 @@ pub struct Changes<'a> {
     pub strip_prefix: Option<&'a str>,
     /// Write Hugging Face shards of at most this many bytes.
     pub max_shard_size: Option<u64>,
+    /// Write this format whatever the output's extension.
+    pub format: Option<ckpt::Format>,
 }
 
 /// Converts `input` to `output`, whose extension picks the format.
@@ -73,6 +75,7 @@ pub fn run(input: &Path, output: &Path, changes: &Changes, out: &mut dyn Write) 
         dtype,
         strip_prefix,
         max_shard_size,
+        format,
     } = *changes;
     let loaded = ckpt::read(input, &LoadOptions::default())?;
     let mut value = loaded.value;
@@ -98,6 +101,9 @@ pub fn run(input: &Path, output: &Path, changes: &Changes, out: &mut dyn Write) 
     if let Some(max) = max_shard_size {
         options = options.max_shard_size(max);
     }
+    if let Some(format) = format {
+        options = options.format(format);
+    }
     if std::io::stderr().is_terminal() {
         options = options.on_progress(crate::output::progress_bar);
     }
@@ -109,10 +115,10 @@ pub fn run(input: &Path, output: &Path, changes: &Changes, out: &mut dyn Write) 
         input.display(),
         loaded.format,
         output.display(),
-        if max_shard_size.is_some() {
-            "sharded".to_owned()
-        } else {
-            ckpt::Format::from_path(output)?.to_string()
+        match (max_shard_size, format) {
+            (Some(_), _) => "sharded".to_owned(),
+            (None, Some(format)) => format.to_string(),
+            (None, None) => ckpt::Format::from_path(output)?.to_string(),
         },
         tensors.len(),
         human_bytes(tensors.total_bytes()),

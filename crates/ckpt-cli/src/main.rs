@@ -251,8 +251,13 @@ enum Command {
     Convert {
         /// The input file (any format ckpt reads).
         input: PathBuf,
-        /// The output file; its extension picks the format.
+        /// The output file; its extension picks the format (`.pth.tar`
+        /// writes `.pth`) unless --format says otherwise.
         output: PathBuf,
+        /// Write this format whatever OUT is called (for names such as
+        /// `checkpoint.tar` or `weights`).
+        #[arg(long, value_enum)]
+        format: Option<WriteFormat>,
         /// Cast every float tensor to this dtype: float32, float16,
         /// bfloat16, float64 (or f32, f16, bf16, f64, half, float, double).
         /// Quantized tensors (int8/uint8/int32 with a `_scale` beside them,
@@ -387,6 +392,28 @@ enum FileFormat {
     Pth,
 }
 
+/// A format ckpt writes, for `ckpt convert --format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WriteFormat {
+    Safetensors,
+    Pth,
+    Npz,
+    Npy,
+    Ckptz,
+}
+
+impl WriteFormat {
+    fn format(self) -> ckpt::Format {
+        match self {
+            WriteFormat::Safetensors => ckpt::Format::Safetensors,
+            WriteFormat::Pth => ckpt::Format::PyTorch,
+            WriteFormat::Npz => ckpt::Format::Npz,
+            WriteFormat::Npy => ckpt::Format::Npy,
+            WriteFormat::Ckptz => ckpt::Format::Compressed,
+        }
+    }
+}
+
 /// Whether lower or higher is better, for `ckpt gc --mode`.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Mode {
@@ -407,11 +434,13 @@ fn main() -> ExitCode {
             dtype,
             strip_prefix,
             max_shard_size,
+            format,
         } => {
             let changes = convert::Changes {
                 dtype,
                 strip_prefix: strip_prefix.as_deref(),
                 max_shard_size,
+                format: format.map(WriteFormat::format),
             };
             convert::run(&input, &output, &changes, &mut stdout).map(|()| 0)
         }

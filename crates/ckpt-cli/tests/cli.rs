@@ -1490,3 +1490,25 @@ fn inspect_shows_the_verdict_on_checkpoints_from_the_wild() {
         "{text}"
     );
 }
+
+#[test]
+fn convert_format_writes_that_format_whatever_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("checkpoint.tar");
+    let out = ckpt(&[
+        "convert",
+        fixture("mlp.safetensors").to_str().unwrap(),
+        out_path.to_str().unwrap(),
+        "--format",
+        "pth",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("-> "), "{}", stdout(&out));
+    assert!(stdout(&out).contains("(PyTorch)"), "{}", stdout(&out));
+    let loaded = ckpt::read(&out_path, &ckpt::LoadOptions::default()).unwrap();
+    assert_eq!(loaded.format, ckpt::Format::PyTorch);
+    assert_eq!(
+        loaded.value,
+        ckpt::load(fixture("mlp.safetensors")).unwrap()
+    );
+}

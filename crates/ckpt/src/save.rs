@@ -40,6 +40,9 @@ pub struct SaveOptions {
     /// unless this is set. Sharded files are flat: a nested checkpoint's
     /// tensors are stored under their flattened names.
     pub max_shard_size: Option<u64>,
+    /// Write this format whatever the path's extension (a `checkpoint.tar`
+    /// that is a `.pth` file); by default the extension picks it.
+    pub format: Option<Format>,
 }
 
 impl SaveOptions {
@@ -68,6 +71,17 @@ impl SaveOptions {
         self
     }
 
+    /// Sets [`SaveOptions::format`].
+    ///
+    /// ```
+    /// let options = ckpt::SaveOptions::default().format(ckpt::Format::PyTorch);
+    /// assert_eq!(options.format, Some(ckpt::Format::PyTorch));
+    /// ```
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = Some(format);
+        self
+    }
+
     /// Sets [`SaveOptions::durable`].
     pub fn durable(mut self, durable: bool) -> Self {
         self.durable = durable;
@@ -89,7 +103,10 @@ pub fn save(path: impl AsRef<Path>, value: &Value) -> Result<()> {
 /// [`save`] with options.
 pub fn save_with(path: impl AsRef<Path>, value: &Value, options: &SaveOptions) -> Result<()> {
     let path = path.as_ref();
-    let format = Format::from_path(path)?;
+    let format = match options.format {
+        Some(format) => format,
+        None => Format::from_path(path)?,
+    };
     if let (Format::ShardedIndex, max) | (_, max @ Some(_)) = (format, options.max_shard_size) {
         let max = max.unwrap_or(format::sharded::DEFAULT_MAX_SHARD_SIZE);
         return format::sharded::write(path, value, max, options);

@@ -65,6 +65,12 @@ fn writing_takes_the_format_from_the_extension() {
     assert_eq!(read(&tar).unwrap().format, Format::PyTorch);
     let err = ckpt::save(dir.path().join("model.jit"), &value).unwrap_err();
     assert!(matches!(err, Error::ReadOnlyFormat { .. }), "{err}");
+    // Or from the options, whatever the name.
+    let named = dir.path().join("checkpoint.tar");
+    let options = ckpt::SaveOptions::default().format(Format::PyTorch);
+    ckpt::save_with(&named, &value, &options).unwrap();
+    let loaded = read(&named).unwrap();
+    assert_eq!((loaded.format, loaded.value), (Format::PyTorch, value));
 }
 
 #[test]
