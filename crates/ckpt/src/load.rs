@@ -109,7 +109,8 @@ pub(crate) fn read_buffer(
     dispatch(format, buffer, path, options)
 }
 
-fn dispatch(
+/// The one dispatch from a format to its reader.
+pub(crate) fn dispatch(
     format: Format,
     buffer: Arc<Buffer>,
     path: &Path,

@@ -133,8 +133,26 @@ fn flatten_into(value: &Value, path: &mut String, depth: usize, out: &mut StateD
                 child(&i, v, path)?;
             }
         }
-        // Tensors inside a Python object: named as its plain dict names them.
-        Value::Object(o) => flatten_into(&o.to_plain(), path, depth, out)?,
+        // Tensors inside a Python object: named as its plain dict
+        // (PyObject::to_plain) names them, without copying it.
+        Value::Object(o) => {
+            if !o.args.is_empty() {
+                let len = push_level(path, &"__args__");
+                for (i, v) in o.args.iter().enumerate() {
+                    child(&i, v, path)?;
+                }
+                path.truncate(len);
+            }
+            match (o.inlined_state(), &o.state) {
+                (Some(state), _) => {
+                    for (key, v) in state {
+                        child(key, v, path)?;
+                    }
+                }
+                (None, Value::None) => {}
+                (None, state) => child(&"__state__", state, path)?,
+            }
+        }
         _ => {}
     }
     Ok(())

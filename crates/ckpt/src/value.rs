@@ -141,16 +141,25 @@ impl PyObject {
         if !self.args.is_empty() {
             dict.insert("__args__".into(), Value::Tuple(self.args.clone()));
         }
-        match &self.state {
-            Value::None => {}
-            Value::Dict(state) if !state.is_empty() && !state.keys().any(is_reserved) => {
-                dict.extend(state.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }
-            other => {
+        match (self.inlined_state(), &self.state) {
+            (Some(state), _) => dict.extend(state.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            (None, Value::None) => {}
+            (None, other) => {
                 dict.insert("__state__".into(), other.clone());
             }
         }
         Value::Dict(dict)
+    }
+
+    /// The state's entries when [`PyObject::to_plain`] puts them at the
+    /// top level of the plain dict (a non-empty dict without reserved keys).
+    pub(crate) fn inlined_state(&self) -> Option<&Dict> {
+        match &self.state {
+            Value::Dict(state) if !state.is_empty() && !state.keys().any(is_reserved) => {
+                Some(state)
+            }
+            _ => None,
+        }
     }
 
     /// The object a plain dict made by [`PyObject::to_plain`] stands for;

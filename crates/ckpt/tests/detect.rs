@@ -133,3 +133,39 @@ fn folders_that_hold_no_single_model_say_why() {
     let err = read(dir.path()).unwrap_err();
     assert!(err.to_string().contains("run directory"), "{err}");
 }
+
+#[test]
+fn an_index_that_names_itself_as_a_shard_is_an_error_not_a_recursion() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.bin");
+    std::fs::write(&path, r#"{"weight_map": {"x": "a.bin"}}"#).unwrap();
+    let err = read(&path).unwrap_err();
+    assert!(err.to_string().contains("itself an index"), "{err}");
+    // A shard that is a folder (or a link to one) is refused too.
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let index = dir.path().join("b.index.json");
+    std::fs::write(&index, r#"{"weight_map": {"x": "sub"}}"#).unwrap();
+    let err = read(&index).unwrap_err();
+    assert!(err.to_string().contains("is a folder"), "{err}");
+}
+
+#[test]
+fn a_folder_with_a_file_and_a_stale_index_reads_the_file_as_transformers_does() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture("mlp.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        r#"{"weight_map": {"gone": "model-00001-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    let loaded = read(dir.path()).unwrap();
+    assert_eq!(loaded.metadata["folder.weights"], "model.safetensors");
+    assert_eq!(
+        loaded.value,
+        ckpt::load(fixture("mlp.safetensors")).unwrap()
+    );
+}

@@ -297,11 +297,17 @@ pub fn dequantize_affine(
             zeros.len()
         )));
     }
-    let values: Vec<f32> = if scale.shape().is_empty() {
+    if q.numel() == 0 {
+        return TensorData::new(DType::F32, q.shape().to_vec(), Vec::new());
+    }
+    let channels = q.shape().get(axis).copied().unwrap_or(0);
+    // One scale: per tensor (also a scale of shape [1], as some writers
+    // store it, unless there is exactly one channel).
+    let per_tensor = scale.shape().is_empty() || (scales.len() == 1 && channels != 1);
+    let values: Vec<f32> = if per_tensor {
         let (s, z) = (scales[0] as f32, zeros[0]);
         ints.iter().map(|&v| (v as f64 - z) as f32 * s).collect()
     } else {
-        let channels = q.shape().get(axis).copied().unwrap_or(0);
         if scales.len() != channels || channels == 0 {
             return Err(bad(format!(
                 "{} scales for {channels} channels (dimension {axis} of {:?})",

@@ -3,9 +3,10 @@
 //! `pytorch_model.bin`, or a sharded index and its shards), or any folder
 //! with exactly one weight file.
 //!
-//! The weights are chosen as `transformers` chooses them: the safetensors
-//! index, then `model.safetensors`, then the `.bin` index, then
-//! `pytorch_model.bin`; otherwise the folder's only weight file.
+//! The weights are chosen as `transformers` chooses them
+//! (`modeling_utils`): `model.safetensors`, then its index, then
+//! `pytorch_model.bin`, then its index; otherwise the folder's only weight
+//! file.
 
 use std::path::{Path, PathBuf};
 
@@ -15,10 +16,10 @@ use crate::{Error, Format, LoadOptions, Loaded, Result};
 
 /// The names `transformers` looks for, in its order of preference.
 const PREFERRED: [&str; 4] = [
-    "model.safetensors.index.json",
     "model.safetensors",
-    "pytorch_model.bin.index.json",
+    "model.safetensors.index.json",
     "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
 ];
 
 /// Reads the model a folder holds.

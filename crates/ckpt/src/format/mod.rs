@@ -150,7 +150,7 @@ impl Format {
         let names = || zip.entries.iter().map(|e| e.name.as_str());
         let under_top =
             |leaf: &str| names().any(|n| n.split_once('/').is_some_and(|(_, rest)| rest == leaf));
-        Ok(if pytorch::pt2::is_pt2(&zip) {
+        Ok(if pytorch::pt2::is_pt2(&zip, bytes, path) {
             Format::ExportedProgram
         } else if under_top("constants.pkl") {
             Format::TorchScript

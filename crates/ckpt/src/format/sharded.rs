@@ -84,7 +84,10 @@ pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<L
             return Err(bad(path, name, "a shard is itself an index"));
         }
         if !shards.contains_key(shard) {
-            let loaded = crate::read(folder.join(shard), options)?;
+            let loaded = read_shard(&folder.join(shard), options).map_err(|e| match e {
+                Error::UnrecognisedFormat { .. } => bad(path, name, "a shard is not a weight file"),
+                other => other,
+            })?;
             if let Some(report) = loaded.pickle {
                 pickle.get_or_insert_with(Default::default).merge(report);
             }
@@ -210,6 +213,27 @@ pub(crate) fn write(
     crate::io::write_atomic(&index, options.durable, |out| {
         out.write_all(text.as_bytes())
     })
+}
+
+/// A shard, read as the single file its contents show: never a folder and
+/// never another index (a shard that names itself would recurse forever).
+fn read_shard(path: &Path, options: &LoadOptions) -> Result<Loaded> {
+    let local = !crate::io::is_url(path);
+    if local && path.is_dir() {
+        return Err(Error::Folder {
+            path: path.to_owned(),
+            problem: "is a folder, named as a shard by an index".to_owned(),
+        });
+    }
+    let buffer = crate::io::open(path, options.mmap)?;
+    let format = Format::detect(buffer.as_slice(), path)?;
+    if format == Format::ShardedIndex {
+        return Err(Error::Folder {
+            path: path.to_owned(),
+            problem: "is itself an index, named as a shard by an index".to_owned(),
+        });
+    }
+    crate::load::dispatch(format, buffer, path, options)
 }
 
 #[cfg(test)]

@@ -977,6 +977,27 @@ mod tests {
     }
 
     #[test]
+    fn copies_of_long_class_names_are_charged() {
+        // An unknown class with a 1 MiB module name, called 100,000 times
+        // through the memo: 4 bytes a call in the file, 1 MiB in memory.
+        let mut bytes = b"\x80\x02c".to_vec();
+        bytes.extend(std::iter::repeat_n(b'm', 1 << 20));
+        bytes.extend_from_slice(b"\nX\nq\x00(");
+        bytes.extend(std::iter::repeat_n(*b"h\x00)R", 100_000).flatten());
+        bytes.extend_from_slice(b"l.");
+        let err = run(&bytes).unwrap_err();
+        assert!(err.to_string().contains("far more bytes"), "{err}");
+        // The same name recalled as a value, 100,000 times.
+        let mut bytes = b"\x80\x02c".to_vec();
+        bytes.extend(std::iter::repeat_n(b'm', 1 << 20));
+        bytes.extend_from_slice(b"\nX\nq\x00(");
+        bytes.extend(std::iter::repeat_n(*b"h\x00", 100_000).flatten());
+        bytes.extend_from_slice(b"l.");
+        let err = run(&bytes).unwrap_err();
+        assert!(err.to_string().contains("far more bytes"), "{err}");
+    }
+
+    #[test]
     fn old_storage_views_are_refused() {
         let bytes = b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04(X\x01\x00\x00\x001K\x01K\x02ttQ.";
         let err = match unpickle(bytes, Path::new("t.pth"), "data.pkl") {

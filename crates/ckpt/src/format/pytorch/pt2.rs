@@ -12,6 +12,7 @@
 //! Archives written before the configs keep their weights as one
 //! `torch.save` file, `data/weights/<model>.pt`, read as such.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -19,8 +20,8 @@ use indexmap::IndexMap;
 use serde_json::Value as Json;
 
 use super::pickle::{StorageRef, TensorRef};
-use super::zip::ZipArchive;
-use super::{entry_bytes, materialise, PickleReport, EXPANSION_ALLOWANCE};
+use super::zip::{Contents, ZipArchive};
+use super::{entry_bytes, materialise, safety, PickleReport, Shared, EXPANSION_ALLOWANCE};
 use crate::tensor::Buffer;
 use crate::{DType, Dict, Error, Format, Key, Loaded, Result, Value};
 
@@ -51,13 +52,21 @@ const SCALAR_TYPES: [(i64, DType); 20] = [
 /// Configs larger than this are refused before they are read.
 const MAX_CONFIG: u64 = 64 << 20;
 
-/// True when a zip archive is a `.pt2` archive (its top folder holds
-/// `archive_format`).
-pub(crate) fn is_pt2(zip: &ZipArchive) -> bool {
+/// True when a zip archive is a `.pt2` archive: its top folder's
+/// `archive_format` entry says `pt2`.
+pub(crate) fn is_pt2(zip: &ZipArchive, bytes: &[u8], path: &Path) -> bool {
     zip.entries.iter().any(|e| {
-        e.name
+        let named = e
+            .name
             .split_once('/')
-            .is_some_and(|(_, rest)| rest == "archive_format")
+            .is_some_and(|(_, rest)| rest == "archive_format");
+        named
+            && e.size <= 16
+            && match e.contents(bytes, path) {
+                Ok(Contents::Stored(range)) => bytes.get(range) == Some(b"pt2".as_slice()),
+                Ok(Contents::Inflated(data)) => data == b"pt2",
+                Err(_) => false,
+            }
     })
 }
 
@@ -81,6 +90,9 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         report: PickleReport::default(),
         pickled_any: false,
         skipped: Vec::new(),
+        entries: HashMap::new(),
+        pickles: HashMap::new(),
+        raw: HashSet::new(),
     };
     let weights_dir = format!("{prefix}/data/weights/");
     let constants_dir = format!("{prefix}/data/constants/");
@@ -96,16 +108,29 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
             if zip.get(&constants).is_some() {
                 archive.payloads(&constants, &constants_dir, true, &mut dict)?;
             }
-            models.insert(model.to_owned(), dict);
+            if models.insert(model.to_owned(), dict).is_some() {
+                return Err(bad(
+                    path,
+                    &entry.name,
+                    "a second set of weights for one model",
+                ));
+            }
         } else if let Some(model) = rest.strip_suffix(".pt").filter(|m| !m.contains('/')) {
             // The layout before configs: the weights as one torch.save file.
             let loaded = archive.pickled(&entry.name)?;
             let Value::Dict(dict) = loaded else {
                 return Err(bad(path, &entry.name, "the weights file is not a dict"));
             };
-            models.insert(model.to_owned(), dict);
+            if models.insert(model.to_owned(), dict).is_some() {
+                return Err(bad(
+                    path,
+                    &entry.name,
+                    "a second set of weights for one model",
+                ));
+            }
         }
     }
+    archive.scan_others()?;
     if models.is_empty() {
         return Err(bad(
             path,
@@ -155,6 +180,13 @@ struct Archive<'a> {
     pickled_any: bool,
     /// Constants that are not tensors (script objects), by name.
     skipped: Vec<String>,
+    /// Entries read so far (each is inflated once, however many names
+    /// view it).
+    entries: HashMap<String, Shared>,
+    /// Pickled payloads read so far.
+    pickles: HashMap<String, Value>,
+    /// Entries read as raw tensor bytes (not pickles).
+    raw: HashSet<String>,
 }
 
 impl Archive<'_> {
@@ -200,7 +232,7 @@ impl Archive<'_> {
                     .map_err(|problem| field(&problem))??
             };
             if dict.insert(Key::Str(fqn.clone()), value).is_some() {
-                return Err(Error::DuplicateName { name: fqn.clone() });
+                return Err(field("named twice (as a weight and as a constant)"));
             }
         }
         Ok(())
@@ -240,11 +272,8 @@ impl Archive<'_> {
             .and_then(as_int)
             .ok_or("no storage_offset")?;
         Ok((|| {
-            let zip_entry = self
-                .zip
-                .get(entry)
-                .ok_or_else(|| bad(self.path, entry, "missing from the archive"))?;
-            let storage = entry_bytes(self.buffer, zip_entry, self.path)?;
+            let storage = self.entry(entry)?;
+            self.raw.insert(entry.to_owned());
             let len = storage.as_slice().len() as u64;
             if !len.is_multiple_of(dtype.size() as u64) {
                 return Err(bad(
@@ -269,19 +298,66 @@ impl Archive<'_> {
         })())
     }
 
-    /// A payload that is a whole `torch.save` file.
-    fn pickled(&mut self, entry: &str) -> Result<Value> {
+    /// Refuses the archive when an entry it did not read as tensor bytes
+    /// (sample inputs, script objects: files `torch.export.load` unpickles
+    /// with `weights_only=False`) names a dangerous global, directly or in
+    /// a `torch.save` file inside it.
+    fn scan_others(&self) -> Result<()> {
+        for entry in &self.zip.entries {
+            if self.raw.contains(&entry.name) || entry.name.ends_with(".json") {
+                continue;
+            }
+            let bytes = entry_bytes(self.buffer, entry, self.path)?;
+            let bytes = bytes.as_slice();
+            if bytes.starts_with(b"PK\x03\x04") {
+                // A nested torch.save file; one torch could not open is harmless.
+                let inner = Arc::new(Buffer::Heap(bytes.to_vec()));
+                if let Ok(zip) = ZipArchive::parse(inner.as_slice(), self.path) {
+                    safety::refuse_other_pickles(&zip, &inner, self.path, "")?;
+                }
+            } else if let Some(err) = safety::refuse(bytes, self.path, &entry.name) {
+                return Err(err);
+            }
+        }
+        Ok(())
+    }
+
+    /// An entry's bytes, read once.
+    fn entry(&mut self, entry: &str) -> Result<Shared> {
+        if let Some(done) = self.entries.get(entry) {
+            return Ok(done.clone());
+        }
         let zip_entry = self
             .zip
             .get(entry)
             .ok_or_else(|| bad(self.path, entry, "missing from the archive"))?;
         let bytes = entry_bytes(self.buffer, zip_entry, self.path)?;
+        self.entries.insert(entry.to_owned(), bytes.clone());
+        Ok(bytes)
+    }
+
+    /// A payload that is a whole `torch.save` file, read once; what it
+    /// materialises is charged to the archive's allowance.
+    fn pickled(&mut self, entry: &str) -> Result<Value> {
+        if let Some(done) = self.pickles.get(entry) {
+            return Ok(done.clone());
+        }
+        let bytes = self.entry(entry)?;
         let inner = Arc::new(Buffer::Heap(bytes.as_slice().to_vec()));
         let loaded = super::read(inner, self.path)?;
+        let size = crate::StateDict::flatten(&loaded.value)?.total_bytes();
+        self.allowance = self.allowance.checked_sub(size).ok_or_else(|| {
+            bad(
+                self.path,
+                entry,
+                "its pickled payloads hold far more than the archive",
+            )
+        })?;
         self.pickled_any = true;
         if let Some(report) = loaded.pickle {
             self.report.merge(report);
         }
+        self.pickles.insert(entry.to_owned(), loaded.value.clone());
         Ok(loaded.value)
     }
 }

@@ -594,163 +594,243 @@ pub(crate) fn text_pickle(head: &[u8]) -> bool {
 /// The first dangerous global a pickle stream names, found by reading its
 /// opcodes without running them (as the scanners do): `(offset, global)`,
 /// `module.name` as written. It knows every opcode of protocols 0 to 5,
-/// the text ones too (`GLOBAL`, `INST`), and resolves `STACK_GLOBAL` from
-/// the strings pushed or recalled from the memo before it. It stops at
-/// `STOP` or at an opcode it does not know. The restricted reader checks
-/// every global it meets; this finds the ones a stream names where the
-/// reader stops early (a text opcode it refuses, a broken stream) or never
-/// runs (a NumPy object array, an archive's other pickles).
+/// the text ones too (`GLOBAL`, `INST`), and follows the stack as Python's
+/// unpickler would (marks, pops, containers, the memo), so `STACK_GLOBAL`
+/// resolves to the strings it would take; one whose module or name is not
+/// a plain string (computed, or a text string with escapes) is refused as
+/// such. It stops where Python would stop: at `STOP`, an opcode it does
+/// not know, or a malformed one. The restricted reader checks every
+/// global it meets; this finds the ones a stream names where the reader
+/// stops early (a text opcode it refuses, a broken stream) or never runs
+/// (a NumPy object array, an archive's other pickles).
 pub(crate) fn scan(bytes: &[u8]) -> Option<(usize, String)> {
-    let mut pos = 0;
-    // What each push left on the stack, when it was a string; shared, so
-    // that recalling a long string from the memo many times copies nothing.
-    let mut pushed: Vec<Option<Rc<str>>> = Vec::new();
-    let mut memo: std::collections::HashMap<u32, Option<Rc<str>>> = Default::default();
-    let text = |s: &[u8]| -> Rc<str> { String::from_utf8_lossy(s).into() };
-    let check = |at: usize, module: &str, name: &str| {
-        is_dangerous(module, name).then(|| (at, format!("{module}.{name}")))
+    let mut scan = Scan {
+        bytes,
+        pos: 0,
+        stack: Vec::new(),
+        memo: std::collections::HashMap::new(),
     };
-    while pos < bytes.len() {
-        let at = pos;
-        let op = bytes[pos];
-        pos += 1;
-        let rest = &bytes[pos..];
-        let line = |from: usize| -> Option<(&[u8], usize)> {
-            let r = bytes.get(from..)?;
-            let end = r.iter().position(|&b| b == b'\n')?;
-            Some((&r[..end], from + end + 1))
-        };
-        let le = |n: usize| -> Option<u64> {
-            let b = rest.get(..n)?;
-            Some(b.iter().rev().fold(0u64, |v, &x| (v << 8) | x as u64))
-        };
-        // (bytes of argument after the opcode, what it pushes)
-        let sized = |len_bytes: usize| -> Option<(usize, &[u8])> {
-            let n = usize::try_from(le(len_bytes)?).ok()?;
-            let data = rest.get(len_bytes..len_bytes.checked_add(n)?)?;
-            Some((len_bytes + n, data))
-        };
-        match op {
-            b'.' => return None,
-            b'c' | b'i' => {
-                let (module, next) = line(pos)?;
-                let (name, next) = line(next)?;
-                let (module, name) = (text(module), text(name));
-                if let Some(hit) = check(at, &module, &name) {
-                    return Some(hit);
+    loop {
+        let at = scan.pos;
+        match scan.step()? {
+            Step::Next => {}
+            Step::Global(module, name) => {
+                if is_dangerous(&module, &name) {
+                    return Some((at, format!("{module}.{name}")));
                 }
-                pos = next;
-                pushed.push(None);
             }
-            b'S' | b'V' => {
-                let (arg, next) = line(pos)?;
-                let s = text(arg);
-                let s = if op == b'S' {
-                    s.trim_matches(|c| c == '\'' || c == '"').into()
-                } else {
-                    s
-                };
-                pushed.push(Some(s));
-                pos = next;
-            }
-            b'I' | b'L' | b'F' | b'P' => {
-                pos = line(pos)?.1;
-                pushed.push(None);
-            }
-            b'p' | b'g' => {
-                let (arg, next) = line(pos)?;
-                let key = text(arg).trim().parse::<u32>().ok();
-                if op == b'p' {
-                    memo.insert(key?, pushed.last().cloned().flatten());
-                } else {
-                    pushed.push(key.and_then(|k| memo.get(&k).cloned().flatten()));
-                }
-                pos = next;
-            }
-            // Strings (SHORT_BINUNICODE, BINUNICODE, BINUNICODE8 and the
-            // Python 2 byte strings).
-            0x8c | b'X' | 0x8d | b'U' | b'T' => {
-                let len_bytes = match op {
-                    0x8c | b'U' => 1,
-                    0x8d => 8,
-                    _ => 4,
-                };
-                let (skip, data) = sized(len_bytes)?;
-                pushed.push(Some(text(data)));
-                pos += skip;
-            }
-            // Bytes, BININT and LONG4 lengths.
-            b'C' | b'B' | 0x8e | 0x96 | 0x8a | 0x8b => {
-                let len_bytes = match op {
-                    b'C' | 0x8a => 1,
-                    0x8e | 0x96 => 8,
-                    _ => 4,
-                };
-                pos += sized(len_bytes)?.0;
-                pushed.push(None);
-            }
-            b'q' | b'r' => {
-                let n = if op == b'q' { 1 } else { 4 };
-                let key = le(n)? as u32;
-                memo.insert(key, pushed.last().cloned().flatten());
-                pos += n;
-            }
-            0x94 => {
-                memo.insert(memo.len() as u32, pushed.last().cloned().flatten());
-            }
-            b'h' | b'j' => {
-                let n = if op == b'h' { 1 } else { 4 };
-                let key = le(n)? as u32;
-                pushed.push(memo.get(&key).cloned().flatten());
-                pos += n;
-            }
-            0x93 => {
-                let name = pushed.pop().flatten();
-                let module = pushed.pop().flatten();
-                if let (Some(module), Some(name)) = (module, name) {
-                    if let Some(hit) = check(at, &module, &name) {
-                        return Some(hit);
-                    }
-                }
-                pushed.push(None);
-            }
-            b'0' => {
-                pushed.pop();
-            }
-            // Fixed-size arguments: PROTO, BININT1, EXT1; BININT2, EXT2;
-            // BININT, EXT4; BINFLOAT, FRAME.
-            0x80 | b'K' | 0x82 => pos += 1,
-            b'M' | 0x83 => pos += 2,
-            b'J' | 0x84 => pos += 4,
-            b'G' | 0x95 => pos += 8,
-            // Everything else without an argument.
-            b'('
-            | b'1'
-            | b'2'
-            | b'N'
-            | b')'
-            | b']'
-            | b'}'
-            | b'a'
-            | b'e'
-            | b'l'
-            | b't'
-            | b'd'
-            | b's'
-            | b'u'
-            | b'R'
-            | b'b'
-            | b'o'
-            | b'Q'
-            | 0x81
-            | 0x85..=0x89
-            | 0x8f..=0x92
-            | 0x97
-            | 0x98 => pushed.push(None),
-            _ => return None,
+            Step::Unresolved => return Some((at, "a STACK_GLOBAL of a computed name".to_owned())),
         }
     }
-    None
+}
+
+/// What the scan knows of a stack entry.
+#[derive(Clone)]
+enum Item {
+    Mark,
+    /// A plain string; shared, so recalling a long one from the memo many
+    /// times copies nothing.
+    Str(Rc<str>),
+    /// A text string whose escapes the scan does not decode.
+    Escaped,
+    Other,
+}
+
+/// One opcode's effect that matters to the scan.
+enum Step {
+    Next,
+    Global(Rc<str>, Rc<str>),
+    Unresolved,
+}
+
+struct Scan<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    stack: Vec<Item>,
+    memo: std::collections::HashMap<u64, Item>,
+}
+
+impl Scan<'_> {
+    /// Runs one opcode; `None` where Python's unpickler would stop.
+    fn step(&mut self) -> Option<Step> {
+        let op = *self.bytes.get(self.pos)?;
+        self.pos += 1;
+        match op {
+            b'.' => return None,
+            b'c' | b'i' => return self.text_global(op),
+            0x93 => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                self.stack.push(Item::Other);
+                return Some(match (module, name) {
+                    (Item::Str(m), Item::Str(n)) => Step::Global(m, n),
+                    _ => Step::Unresolved,
+                });
+            }
+            b'S' | b'V' => {
+                let line = self.line()?;
+                let text = String::from_utf8_lossy(line);
+                let item = if text.contains('\\') {
+                    Item::Escaped
+                } else if op == b'S' {
+                    Item::Str(text.trim_matches(|c| c == '\'' || c == '"').into())
+                } else {
+                    Item::Str(text.into())
+                };
+                self.stack.push(item);
+            }
+            // Binary strings: SHORT_BINUNICODE, BINUNICODE(8), BINSTRING.
+            0x8c | b'U' => self.string(1)?,
+            b'X' | b'T' => self.string(4)?,
+            0x8d => self.string(8)?,
+            _ => self.other(op)?,
+        }
+        Some(Step::Next)
+    }
+
+    /// `GLOBAL` or `INST`: module and name on two lines.
+    fn text_global(&mut self, op: u8) -> Option<Step> {
+        let module: Rc<str> = String::from_utf8_lossy(self.line()?).into();
+        let name: Rc<str> = String::from_utf8_lossy(self.line()?).into();
+        if op == b'i' {
+            self.pop_mark()?;
+        }
+        self.stack.push(Item::Other);
+        Some(Step::Global(module, name))
+    }
+
+    /// Every opcode that names no global: its argument skipped, its
+    /// effect on the stack and the memo followed.
+    fn other(&mut self, op: u8) -> Option<()> {
+        let (pops, pushes) = match op {
+            b'(' => {
+                self.stack.push(Item::Mark);
+                return Some(());
+            }
+            b'N' | b')' | b']' | b'}' | 0x88 | 0x89 | 0x8f | 0x97 => (0, 1),
+            b'I' | b'L' | b'F' | b'P' => {
+                self.line()?;
+                (0, 1)
+            }
+            b'K' | 0x82 => self.skip(1, (0, 1))?,
+            b'M' | 0x83 => self.skip(2, (0, 1))?,
+            b'J' | 0x84 => self.skip(4, (0, 1))?,
+            b'G' => self.skip(8, (0, 1))?,
+            0x80 => self.skip(1, (0, 0))?,
+            0x95 => self.skip(8, (0, 0))?,
+            0x8a | b'C' => self.sized(1, (0, 1))?,
+            0x8b | b'B' => self.sized(4, (0, 1))?,
+            0x8e | 0x96 => self.sized(8, (0, 1))?,
+            b'0' | b'a' | b'b' => (1, 0),
+            b's' => (2, 0),
+            b'Q' | 0x85 | 0x98 => (1, 1),
+            b'R' | 0x81 | 0x86 => (2, 1),
+            0x87 | 0x92 => (3, 1),
+            b'2' => {
+                let top = self.stack.last()?.clone();
+                self.stack.push(top);
+                return Some(());
+            }
+            b'1' | b'e' | b'u' | 0x90 => {
+                self.pop_mark()?;
+                return Some(());
+            }
+            b't' | b'l' | b'd' | b'o' | 0x91 => {
+                self.pop_mark()?;
+                (0, 1)
+            }
+            b'p' | b'q' | b'r' | 0x94 => return self.put(op),
+            b'g' | b'h' | b'j' => return self.get(op),
+            _ => return None,
+        };
+        for _ in 0..pops {
+            self.pop()?;
+        }
+        for _ in 0..pushes {
+            self.stack.push(Item::Other);
+        }
+        Some(())
+    }
+
+    fn put(&mut self, op: u8) -> Option<()> {
+        let key = match op {
+            b'p' => self.line_int()?,
+            b'q' => self.le(1)?,
+            b'r' => self.le(4)?,
+            _ => self.memo.len() as u64,
+        };
+        let top = match self.stack.last()? {
+            Item::Mark => return None,
+            item => item.clone(),
+        };
+        self.memo.insert(key, top);
+        Some(())
+    }
+
+    fn get(&mut self, op: u8) -> Option<()> {
+        let key = match op {
+            b'g' => self.line_int()?,
+            b'h' => self.le(1)?,
+            _ => self.le(4)?,
+        };
+        let item = self.memo.get(&key)?.clone();
+        self.stack.push(item);
+        Some(())
+    }
+
+    fn pop(&mut self) -> Option<Item> {
+        match self.stack.pop()? {
+            Item::Mark => None,
+            item => Some(item),
+        }
+    }
+
+    fn pop_mark(&mut self) -> Option<()> {
+        while !matches!(self.stack.pop()?, Item::Mark) {}
+        Some(())
+    }
+
+    /// A string whose length takes `len_bytes` bytes before it.
+    fn string(&mut self, len_bytes: usize) -> Option<()> {
+        let n = usize::try_from(self.le(len_bytes)?).ok()?;
+        let data = self.bytes.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        self.stack
+            .push(Item::Str(String::from_utf8_lossy(data).into()));
+        Some(())
+    }
+
+    /// Skips `n` bytes of argument; `effect` is (pops, pushes).
+    fn skip(&mut self, n: usize, effect: (usize, usize)) -> Option<(usize, usize)> {
+        self.bytes.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(effect)
+    }
+
+    /// Skips a length-prefixed argument.
+    fn sized(&mut self, len_bytes: usize, effect: (usize, usize)) -> Option<(usize, usize)> {
+        let n = usize::try_from(self.le(len_bytes)?).ok()?;
+        self.skip(n, effect)
+    }
+
+    /// A little-endian unsigned integer of `n` bytes, consumed.
+    fn le(&mut self, n: usize) -> Option<u64> {
+        let b = self.bytes.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(b.iter().rev().fold(0u64, |v, &x| (v << 8) | x as u64))
+    }
+
+    /// A text line, consumed with its newline.
+    fn line(&mut self) -> Option<&[u8]> {
+        let rest = self.bytes.get(self.pos..)?;
+        let end = rest.iter().position(|&b| b == b'\n')?;
+        self.pos += end + 1;
+        Some(&rest[..end])
+    }
+
+    fn line_int(&mut self) -> Option<u64> {
+        String::from_utf8_lossy(self.line()?).trim().parse().ok()
+    }
 }
 
 /// [`scan`] as the error that refuses the file: `entry` of `path` names
@@ -924,6 +1004,31 @@ mod tests {
         assert_eq!(scan(clean), None);
         assert_eq!(scan(b"\x80\x04\x8c\x05posix"), None);
         assert_eq!(scan(b""), None);
+        // Marks and containers are followed: `posix`, then a mark and an
+        // empty tuple popped back off, then `system`.
+        let marked = b"\x80\x04\x8c\x05posix(1\x8c\x06system\x93.";
+        assert_eq!(
+            scan(marked).map(|(_, g)| g),
+            Some("posix.system".to_owned())
+        );
+        let tupled = b"\x80\x04\x8c\x05posix(K\x01t0\x8c\x06system\x93.";
+        assert_eq!(
+            scan(tupled).map(|(_, g)| g),
+            Some("posix.system".to_owned())
+        );
+        // A text string with escapes is not taken at its word.
+        let escaped = b"S'\\x70osix'\nS'system'\n\x93.";
+        assert!(
+            scan(escaped).unwrap().1.contains("computed"),
+            "{:?}",
+            scan(escaped)
+        );
+        // A long string recalled a million times costs nothing.
+        let mut recalled = b"\x80\x04\x8d\x00\x00\x10\x00\x00\x00\x00\x00".to_vec();
+        recalled.extend(std::iter::repeat_n(b'a', 1 << 20));
+        recalled.push(0x94);
+        recalled.extend(std::iter::repeat_n(*b"h\x000", 1 << 20).flatten());
+        assert_eq!(scan(&recalled), None);
     }
 
     #[test]

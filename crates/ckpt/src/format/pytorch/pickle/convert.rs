@@ -104,6 +104,8 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
         let cost = match &self.unpickled.arena[id] {
             Obj::Str(s) => s.len(),
             Obj::Bytes(b) => b.len(),
+            Obj::Global(m, n) => m.len() + n.len() + 1,
+            Obj::NpDtype { code, .. } => code.len(),
             Obj::Tensor(t) | Obj::QTensor(t, _) => t.shape.len() * 8,
             Obj::Dict(pairs) => pairs.len() * std::mem::size_of::<(Key, Value)>(),
             Obj::List(items) | Obj::Tuple(items) => items.len() * std::mem::size_of::<Value>(),
@@ -168,6 +170,7 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
     #[inline(never)]
     fn dict(&mut self, pairs: &[(Id, Id)], depth: usize) -> Result<Value> {
         let arena = &self.unpickled.arena;
+        self.check_sibling_names(pairs)?;
         let mut dict = Dict::with_capacity(pairs.len());
         for &(k, v) in pairs {
             let key = match &arena[k] {
@@ -191,6 +194,35 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
             dict.insert(key, value);
         }
         Ok(Value::Dict(dict))
+    }
+
+    /// Refuses a dict in which a quantized tensor's scale, zero point or
+    /// axis would take the name of an entry it already has.
+    fn check_sibling_names(&self, pairs: &[(Id, Id)]) -> Result<()> {
+        let arena = &self.unpickled.arena;
+        let quantized = pairs
+            .iter()
+            .filter(|&&(_, v)| matches!(arena[v], Obj::QTensor(..)));
+        let name = |k: Id| match &arena[k] {
+            Obj::Str(s) => Some(s.clone()),
+            Obj::Int(i) => Some(i.to_string()),
+            _ => None,
+        };
+        let mut taken: Option<std::collections::HashSet<String>> = None;
+        for &(k, _) in quantized {
+            let taken =
+                taken.get_or_insert_with(|| pairs.iter().filter_map(|&(k, _)| name(k)).collect());
+            let Some(base) = name(k) else { continue };
+            if ["_scale", "_zero_point", "_axis"]
+                .iter()
+                .any(|suffix| taken.contains(&format!("{base}{suffix}")))
+            {
+                return Err(self.err(
+                    "a quantized tensor's scale or zero point would take the name of another entry of its dict",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn any_quantized(&self, items: &[Id]) -> bool {

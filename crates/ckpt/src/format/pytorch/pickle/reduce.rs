@@ -23,6 +23,8 @@ impl Machine<'_> {
         let Some((module, name)) = self.global_name(callable) else {
             return Err(self.err("REDUCE of something that is not a global"));
         };
+        // Every copy of a memoised name costs its bytes.
+        self.charge(module.len() + name.len())?;
         let (module, name) = (module.to_owned(), name.to_owned());
         let args_id = args;
         let args = self.tuple(args)?;
@@ -102,16 +104,18 @@ impl Machine<'_> {
             ("numpy.core.numeric" | "numpy._core.numeric", "_frombuffer") => {
                 self.frombuffer(&args, module, name, args_id)
             }
-            ("numpy", "dtype") => Obj::NpDtype {
-                code: self
-                    .as_str(
-                        *args
-                            .first()
-                            .ok_or_else(|| self.err("numpy.dtype without a type code"))?,
-                    )?
-                    .to_owned(),
-                big_endian: false,
-            },
+            ("numpy", "dtype") => {
+                let code = self.as_str(
+                    *args
+                        .first()
+                        .ok_or_else(|| self.err("numpy.dtype without a type code"))?,
+                )?;
+                self.charge(code.len())?;
+                Obj::NpDtype {
+                    code: code.to_owned(),
+                    big_endian: false,
+                }
+            }
             ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => {
                 match self.np_scalar(&args)? {
                     Some(obj) => obj,
