@@ -19,7 +19,7 @@ pub(crate) fn open(path: &Path, mmap: bool) -> Result<Arc<Buffer>> {
     if is_url(path) {
         return Ok(Arc::new(Buffer::Heap(read_url(path)?)));
     }
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = open_file(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if !mmap || len == 0 {
         // A zero-length file cannot be mapped; there is nothing to share.
@@ -36,6 +36,52 @@ pub(crate) fn open(path: &Path, mmap: bool) -> Result<Arc<Buffer>> {
     // leaves existing maps of the old file intact).
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
     Ok(Arc::new(Buffer::Map(map)))
+}
+
+/// Opens a regular file for reading; a FIFO, device, socket or folder
+/// (directly or through a symlink) is an error naming what it is, and
+/// opening never blocks (a FIFO with no writer would wait forever).
+pub(crate) fn open_file(path: &Path) -> std::io::Result<File> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path)?;
+    let kind = file.metadata()?.file_type();
+    if kind.is_file() {
+        return Ok(file);
+    }
+    let what = if kind.is_dir() {
+        "a folder"
+    } else {
+        special_kind(&kind)
+    };
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("not a regular file but {what}; ckpt reads only regular files"),
+    ))
+}
+
+#[cfg(unix)]
+fn special_kind(kind: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+fn special_kind(_: &fs::FileType) -> &'static str {
+    "a special file"
 }
 
 /// Replaces `path` atomically with what `write` produces: the bytes go to a

@@ -127,10 +127,10 @@ pub(crate) fn choose(dir: &Path) -> Result<PathBuf> {
 /// The folder's `config.json`, when it has a readable one (at most 1 MiB).
 fn config(dir: &Path) -> Option<serde_json::Map<String, Json>> {
     let path = dir.join("config.json");
-    if std::fs::metadata(&path).ok()?.len() > 1 << 20 {
-        return None;
-    }
-    match serde_json::from_slice(&std::fs::read(path).ok()?).ok()? {
+    let mut file = crate::io::open_file(&path).ok()?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, 1 << 20), &mut bytes).ok()?;
+    match serde_json::from_slice(&bytes).ok()? {
         Json::Object(map) => Some(map),
         _ => None,
     }

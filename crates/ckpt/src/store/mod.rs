@@ -591,7 +591,13 @@ impl Shared {
             let read = |hash: &str| {
                 let name = incremental::blob_name(hash);
                 match self.storage.local_path(&name) {
-                    Some(local) => std::fs::read(&local).map_err(|e| Error::io(&local, e)),
+                    Some(local) => {
+                        let mut bytes = Vec::new();
+                        crate::io::open_file(&local)
+                            .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut bytes))
+                            .map_err(|e| Error::io(&local, e))?;
+                        Ok(bytes)
+                    }
                     None => self.io(&name, self.storage.read(&name)),
                 }
             };
@@ -619,7 +625,7 @@ impl Shared {
 /// Reads a whole file, hashing it on the way when `hash` is set.
 fn read_hashed(path: &Path, hash: bool) -> std::io::Result<(Vec<u8>, Option<String>)> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
+    let mut file = crate::io::open_file(path)?;
     let len = usize::try_from(file.metadata()?.len()).unwrap_or(0);
     let mut bytes = vec![0u8; len];
     let mut hasher = hash.then(StreamHasher::new);

@@ -5,7 +5,7 @@
 
 use std::any::Any;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The operations the store needs, on names relative to the run's root
@@ -187,12 +187,14 @@ impl Storage for LocalStorage {
     }
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
-        fs::read(self.path(name))
+        let mut bytes = Vec::new();
+        crate::io::open_file(&self.path(name))?.read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 
     fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> io::Result<Vec<u8>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = File::open(self.path(name))?;
+        use std::io::{Seek, SeekFrom};
+        let mut file = crate::io::open_file(&self.path(name))?;
         file.seek(SeekFrom::Start(range.start))?;
         let mut bytes = Vec::new();
         file.take(range.end.saturating_sub(range.start))
