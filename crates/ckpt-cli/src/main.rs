@@ -55,7 +55,7 @@ enum Command {
     /// to a run that had that many epochs from the start.
     Demo {
         /// Epochs to train (in total, counting those already done).
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 30, value_parser = at_least_one::<u64>)]
         epochs: u64,
         /// The run directory.
         #[arg(long, default_value = "runs/demo")]
@@ -93,7 +93,7 @@ enum Command {
         #[arg(long, default_value_t = 17)]
         opset: i64,
         /// Fix the batch dimension to N instead of leaving it dynamic.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
         static_batch: Option<usize>,
         /// The graph input's name.
         #[arg(long, default_value = "input")]
@@ -212,7 +212,7 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Samples per batch.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = at_least_one::<usize>)]
         batch_size: usize,
     },
 
@@ -328,10 +328,10 @@ enum Command {
         /// The run directory.
         dir: PathBuf,
         /// Keep the newest N steps.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
         keep_last: Option<usize>,
         /// Keep the best K steps by --metric.
-        #[arg(long, value_name = "K", requires = "metric")]
+        #[arg(long, value_name = "K", requires = "metric", value_parser = at_least_one::<usize>)]
         keep_best: Option<usize>,
         /// The metric --keep-best ranks by.
         #[arg(long)]
@@ -340,7 +340,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "min")]
         mode: Mode,
         /// Keep every step whose number is a multiple of N.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = at_least_one::<u64>)]
         keep_every: Option<u64>,
         /// Only say what would be deleted.
         #[arg(long)]
@@ -374,10 +374,10 @@ enum Command {
         /// The second file (B).
         b: PathBuf,
         /// Absolute tolerance.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, value_parser = tolerance)]
         atol: f64,
         /// Relative tolerance.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, value_parser = tolerance)]
         rtol: f64,
         /// Print JSON for programs instead of text.
         #[arg(long)]
@@ -600,6 +600,24 @@ fn main() -> ExitCode {
             output::error(&err);
             ExitCode::from(2)
         }
+    }
+}
+
+/// A count that must be at least 1 (`--batch-size 0` runs nothing; torch
+/// refuses it too).
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+    match text.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        Ok(_) => Err("must be at least 1".to_owned()),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
+
+/// A tolerance: a finite number, 0 or more.
+fn tolerance(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!("{text:?} is not a finite number of at least 0")),
     }
 }
 

@@ -1512,3 +1512,51 @@ fn convert_format_writes_that_format_whatever_the_name() {
         ckpt::load(fixture("mlp.safetensors")).unwrap()
     );
 }
+
+#[test]
+fn counts_of_zero_and_tolerances_that_are_not_numbers_are_argument_errors() {
+    for (args, needle) in [
+        (
+            &[
+                "run",
+                "m.pth",
+                "--input",
+                "x.npy",
+                "--output",
+                "y.npy",
+                "--batch-size",
+                "0",
+            ][..],
+            "--batch-size",
+        ),
+        (&["gc", "runs/x", "--keep-last", "0"][..], "--keep-last"),
+        (&["demo", "--epochs", "0"][..], "--epochs"),
+        (&["diff", "a.pth", "b.pth", "--atol", "nan"][..], "--atol"),
+        (&["diff", "a.pth", "b.pth", "--rtol=-1"][..], "--rtol"),
+    ] {
+        let out = ckpt(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    use std::process::Stdio;
+    let files: Vec<String> = (0..2000)
+        .map(|_| fixture("mlp.safetensors").to_str().unwrap().to_owned())
+        .collect();
+    let mut args = vec!["verify".to_owned()];
+    args.extend(files);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `ckpt verify … | head -0`: the reader closes before the first line.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
