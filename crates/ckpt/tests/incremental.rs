@@ -185,3 +185,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_index_claiming_a_huge_tensor_and_chunk_allocates_nothing_it_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = CheckpointManager::open(dir.path(), options().verify(false)).unwrap();
+    let mut model = StateDict::new();
+    model.insert("w".into(), tensor(1000, 1.0));
+    m.save(1, &TrainingCheckpoint::new(model), &[]).unwrap();
+    let path = dir.path().join("step-00000001/checkpoint.index.json");
+    let index = std::fs::read_to_string(&path).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&index).unwrap();
+    // One chunk of 2^63 + 1 bytes standing for 2^61 float32s (8 EiB).
+    json["chunk"] = serde_json::json!(9_223_372_036_854_775_809u64);
+    json["tensors"][0]["shape"] = serde_json::json!([2_305_843_009_213_693_952u64]);
+    std::fs::write(&path, json.to_string()).unwrap();
+    let err = m.load(1).unwrap_err().to_string();
+    assert!(err.contains("bytes where"), "{err}");
+}

@@ -256,7 +256,10 @@ pub(crate) fn assemble(
     let mut tensors = IndexMap::with_capacity(index.entries.len());
     for e in &index.entries {
         let len = byte_len(e.dtype, &e.shape).expect("checked by parse") as usize;
-        let mut bytes = Vec::with_capacity(len.min(e.chunks.len().saturating_mul(index.chunk)));
+        // The shape is only a claim until the chunks are read: reserve no
+        // more than one chunk (at most 64 MiB) up front and grow as real
+        // bytes arrive, so an index claiming terabytes allocates nothing.
+        let mut bytes = Vec::with_capacity(len.min(index.chunk).min(64 << 20));
         for (i, hash) in e.chunks.iter().enumerate() {
             let chunk = read(hash)?;
             let expected = (len - i * index.chunk).min(index.chunk);
