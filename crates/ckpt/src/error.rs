@@ -330,6 +330,18 @@ pub enum Error {
         dtype: DType,
     },
 
+    /// A tensor name that would escape the output's namespace (a zip member
+    /// extracted outside its folder) or hold control characters.
+    #[error("{}: tensor name {name:?} {problem}: a file member may not be named so (rename it: --strip-prefix, or a key rule)", path.display())]
+    UnsafeName {
+        /// The output path.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+
     /// NumPy has no such dtype (bfloat16, float8).
     #[error("{}: NumPy has no {dtype}; cast first (ckpt convert --dtype float32)", path.display())]
     NumpyDType {

@@ -169,3 +169,52 @@ fn a_folder_with_a_file_and_a_stale_index_reads_the_file_as_transformers_does() 
         ckpt::load(fixture("mlp.safetensors")).unwrap()
     );
 }
+
+#[test]
+fn npz_members_never_escape_the_archive_and_ambiguous_files_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = ckpt::TensorData::from_f32(&[1], &[1.0]).unwrap();
+    for name in [
+        "../../../x",
+        "/etc/passwd",
+        "a/../../b",
+        "C:evil",
+        "a\\..\\b",
+        "bad\u{1b}[2K",
+    ] {
+        let mut sd = ckpt::StateDict::new();
+        sd.insert(name.to_owned(), t.clone());
+        let out = dir.path().join("out.npz");
+        let err = ckpt::save(&out, &sd.into()).unwrap_err();
+        assert!(matches!(err, Error::UnsafeName { .. }), "{name}: {err}");
+        assert!(!out.exists(), "{name}");
+    }
+    // A .npy header naming a key twice (numpy takes the last).
+    let mut npy = std::fs::read(fixture("numpy/f32.npy")).unwrap();
+    let header_end = 10 + u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let header = String::from_utf8(npy[10..header_end].to_vec()).unwrap();
+    let doubled = header.replacen("'shape'", "'fortran_order': True, 'shape'", 1);
+    let doubled = format!("{:<width$}", doubled.trim_end(), width = header.len());
+    assert_eq!(doubled.len(), header.len(), "{doubled}");
+    npy.splice(10..header_end, doubled.into_bytes());
+    let path = dir.path().join("twice.npy");
+    std::fs::write(&path, &npy).unwrap();
+    let err = read(&path).unwrap_err();
+    assert!(err.to_string().contains("names a key twice"), "{err}");
+    // A zip with two entries of one name (torch takes the last).
+    use ckpt::format::pytorch::zip::ZipWriter;
+    let mut w = ZipWriter::new(Vec::new());
+    w.entry(
+        "a/x.npy",
+        &[&std::fs::read(fixture("numpy/f32.npy")).unwrap()],
+    )
+    .unwrap();
+    w.entry(
+        "a/x.npy",
+        &[&std::fs::read(fixture("numpy/f64.npy")).unwrap()],
+    )
+    .unwrap();
+    let bytes = w.finish().unwrap();
+    let err = ckpt::read_bytes(Format::Npz, bytes, Path::new("twice.npz")).unwrap_err();
+    assert!(err.to_string().contains("same name"), "{err}");
+}

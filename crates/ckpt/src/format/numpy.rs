@@ -65,6 +65,13 @@ fn parse_header(bytes: &[u8], path: &Path, name: &str) -> Result<ArrayHeader> {
         .get(start..start + len)
         .ok_or_else(|| bad(path, name, "the header runs past the end of the data"))?;
     let text = std::str::from_utf8(text).map_err(|_| bad(path, name, "the header is not text"))?;
+    // numpy's parser takes the last of a repeated key: ambiguity is an error.
+    if ["descr", "fortran_order", "shape"]
+        .iter()
+        .any(|key| text.matches(&format!("'{key}'")).count() > 1)
+    {
+        return Err(bad(path, name, "the header names a key twice"));
+    }
     let descr =
         dict_value(text, "descr").ok_or_else(|| bad(path, name, "the header has no 'descr'"))?;
     let descr = descr
@@ -301,9 +308,43 @@ impl Plan {
         };
         let arrays = tensors
             .into_iter()
-            .map(|(name, t)| Ok((format!("{name}.npy"), header(&t, path)?, t)))
+            .map(|(name, t)| {
+                if format == Format::Npz {
+                    check_member_name(&name, path)?;
+                }
+                Ok((format!("{name}.npy"), header(&t, path)?, t))
+            })
             .collect::<Result<_>>()?;
         Ok(Plan { arrays, format })
+    }
+}
+
+/// A tensor name becomes a zip member name (`NAME.npy`): one that whoever
+/// extracts the archive would write outside its folder (`..`, an absolute
+/// path, a drive or backslash path) or that holds NUL or control
+/// characters is refused, naming it.
+fn check_member_name(name: &str, path: &Path) -> Result<()> {
+    let problem = if name.chars().any(char::is_control) {
+        Some("holds control characters")
+    } else if name.starts_with('/') || name.contains('\\') || name.as_bytes().get(1) == Some(&b':')
+    {
+        Some("is an absolute or drive path")
+    } else if !name.is_empty()
+        && name
+            .split('/')
+            .any(|part| part == ".." || part == "." || part.is_empty())
+    {
+        Some("has an empty, '.' or '..' path component")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(Error::UnsafeName {
+            path: path.to_owned(),
+            name: name.to_owned(),
+            problem,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -182,7 +182,11 @@ impl ZipArchive {
         }
         let mut by_name = HashMap::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
-            by_name.entry(e.name.clone()).or_insert(i);
+            // Readers disagree on which of two same-named entries counts
+            // (torch takes the last): ambiguity is an error.
+            if by_name.insert(e.name.clone(), i).is_some() {
+                return Err(bad(path, e.data.start, "two entries have the same name"));
+            }
         }
         Ok(ZipArchive { entries, by_name })
     }
