@@ -184,7 +184,7 @@ pub fn run(options: &Options, out: &mut dyn Write) -> Result<()> {
     match run.restore_latest()? {
         Some(restored) if options.resume => {
             for (step, why) in &restored.skipped {
-                eprintln!("ckpt: warning: skipped damaged epoch {step}: {why}");
+                crate::output::warning(&format!("skipped damaged epoch {step}: {why}"));
             }
             let parts = Training { model: model.store(), optimizer: &mut opt, scheduler: Some(&mut sched), rng: Some(&mut rng) };
             restore(&restored.checkpoint, &LoadRules::default(), parts)

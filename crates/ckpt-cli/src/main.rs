@@ -423,7 +423,8 @@ enum Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut stdout = io::stdout().lock();
+    // Everything printed for people passes through one escaping writer.
+    let mut stdout = output::Printable::new(io::stdout().lock());
     let result = match cli.command {
         Command::Inspect { file, json, tree } => {
             inspect::run(&file, json, tree, &mut stdout).map(|()| 0)

@@ -17,7 +17,109 @@ pub fn error(err: &anyhow::Error) {
             line.push_str(&cause);
         }
     }
-    let _ = writeln!(io::stderr(), "ckpt: error: {line}");
+    let _ = writeln!(io::stderr(), "ckpt: error: {}", printable(&line));
+}
+
+/// Prints a warning line on stderr, control characters escaped.
+pub fn warning(text: &str) {
+    let _ = writeln!(io::stderr(), "ckpt: warning: {}", printable(text));
+}
+
+/// `text` with every control character but newline and tab written as an
+/// escape (`\x1b`, `\u{9b}`), so that names, metadata and values from a
+/// file cannot move the cursor, erase lines or fake output on a terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            out.push_str(&escaped(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+fn is_unsafe(c: char) -> bool {
+    c.is_control() && c != '\n' && c != '\t'
+}
+
+fn escaped(c: char) -> String {
+    match u32::from(c) {
+        n @ 0..=0x7f => format!("\\x{n:02x}"),
+        n => format!("\\u{{{n:x}}}"),
+    }
+}
+
+/// A writer that escapes control characters (as [`printable`]) in what
+/// passes through: the command's human-readable output, which shows names,
+/// metadata and values taken from files. JSON output passes unchanged (its
+/// strings are already escaped).
+pub struct Printable<W: Write> {
+    inner: W,
+    /// The first byte of a two-byte UTF-8 sequence cut by a write boundary.
+    pending: Option<u8>,
+}
+
+impl<W: Write> Printable<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        Printable {
+            inner,
+            pending: None,
+        }
+    }
+}
+
+impl<W: Write> Write for Printable<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut start = 0;
+        let mut i = 0;
+        if let (Some(lead), Some(&next)) = (self.pending.take(), buf.first()) {
+            if lead == 0xc2 && (0x80..=0x9f).contains(&next) {
+                self.inner.write_all(escaped(char::from(next)).as_bytes())?;
+                start = 1;
+                i = 1;
+            } else {
+                self.inner.write_all(&[lead])?;
+            }
+        }
+        while i < buf.len() {
+            let b = buf[i];
+            let c0 = (b < 0x20 && b != b'\n' && b != b'\t') || b == 0x7f;
+            let c1 = b == 0xc2 && buf.get(i + 1).is_some_and(|n| (0x80..=0x9f).contains(n));
+            if b == 0xc2 && i + 1 == buf.len() {
+                self.inner.write_all(&buf[start..i])?;
+                self.pending = Some(b);
+                return Ok(buf.len());
+            }
+            if c0 || c1 {
+                self.inner.write_all(&buf[start..i])?;
+                let c = if c1 {
+                    char::from(buf[i + 1])
+                } else {
+                    char::from(b)
+                };
+                self.inner.write_all(escaped(c).as_bytes())?;
+                i += if c1 { 2 } else { 1 };
+                start = i;
+            } else {
+                i += 1;
+            }
+        }
+        self.inner.write_all(&buf[start..])?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(lead) = self.pending.take() {
+            self.inner.write_all(&[lead])?;
+        }
+        self.inner.flush()
+    }
 }
 
 /// Draws a one-line progress bar on stderr for writes of 64 MiB or more
@@ -148,6 +250,29 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_in_text_and_through_the_writer() {
+        let hostile = "w\x1b[2K\r\x1b[1Ack\u{9b}31m ok\n";
+        assert_eq!(
+            printable(hostile),
+            "w\\x1b[2K\\x0d\\x1b[1Ack\\u{9b}31m ok\n"
+        );
+        assert_eq!(
+            printable("plain ünïcode\tand tab"),
+            "plain ünïcode\tand tab"
+        );
+        // Through the writer, in pieces that cut a two-byte sequence.
+        let mut out = Printable::new(Vec::new());
+        let bytes = hostile.as_bytes();
+        let cut = bytes.iter().position(|&b| b == 0xc2).unwrap() + 1;
+        out.write_all(&bytes[..cut]).unwrap();
+        out.write_all(&bytes[cut..]).unwrap();
+        out.write_all("é".as_bytes()).unwrap();
+        out.flush().unwrap();
+        let text = String::from_utf8(out.inner).unwrap();
+        assert_eq!(text, format!("{}é", printable(hostile)));
+    }
 
     #[test]
     fn thousands_groups_digits() {

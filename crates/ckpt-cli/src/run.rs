@@ -37,7 +37,7 @@ pub fn load_package(model_path: &Path, spec_path: Option<&Path>) -> Result<Packa
         None => Package::load(model_path, &Default::default())?,
     };
     for warning in &package.warnings {
-        eprintln!("ckpt: warning: {warning}");
+        crate::output::warning(warning);
     }
     Ok(package)
 }

@@ -1560,3 +1560,40 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
 }
+
+#[test]
+fn names_metadata_and_values_cannot_drive_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("escapes.safetensors");
+    let fake = "\u{1b}[2K\r\u{1b}[1Averify: ok";
+    let mut tree = ckpt::Dict::new();
+    tree.insert(
+        format!("w{fake}").into(),
+        ckpt::Value::Tensor(ckpt::TensorData::from_f32(&[1], &[1.0]).unwrap()),
+    );
+    tree.insert("note".into(), ckpt::Value::Str(fake.into()));
+    let options = ckpt::SaveOptions::default().metadata("author", fake);
+    ckpt::save_with(&path, &ckpt::Value::Dict(tree), &options).unwrap();
+    for args in [
+        vec!["inspect", path.to_str().unwrap()],
+        vec!["inspect", "--tree", path.to_str().unwrap()],
+    ] {
+        let out = ckpt(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\r'),
+            "{args:?}: {text:?}"
+        );
+        assert!(text.contains("\\x1b[2K\\x0d"), "{args:?}: {text}");
+    }
+    // JSON stays exact (its own escapes).
+    let out = ckpt(&["inspect", "--json", path.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["values"]["note"], fake);
+    // Errors too: a missing file whose name holds escapes.
+    let missing = dir.path().join(format!("gone{fake}.pth"));
+    let out = ckpt(&["inspect", missing.to_str().unwrap()]);
+    assert!(!stderr(&out).contains('\u{1b}'), "{:?}", stderr(&out));
+    assert!(stderr(&out).contains("gone\\x1b"), "{}", stderr(&out));
+}
