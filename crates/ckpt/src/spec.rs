@@ -348,6 +348,7 @@ impl ModelSpec {
     /// The shape of one sample's output, checking every layer against the
     /// shape it receives.
     pub fn output_shape(&self) -> Result<Vec<usize>> {
+        check_activation(&self.input_shape, "input_shape", "a sample")?;
         let mut shape = self.input_shape.clone();
         for layer in &self.layers {
             shape = layer_output(layer, &shape, &layer.name)?;
@@ -703,8 +704,14 @@ fn pooled(
     dilation: usize,
     at: &str,
 ) -> Result<usize> {
+    if stride == 0 {
+        return Err(bad(at, "stride must be positive"));
+    }
+    if dilation == 0 {
+        return Err(bad(at, "dilation must be positive"));
+    }
     let span = dilation * (kernel - 1) + 1;
-    if stride == 0 || size + 2 * pad < span {
+    if size + 2 * pad < span {
         return Err(bad(
             at,
             format!("a window of {span} with padding {pad} does not fit an input of {size}"),
@@ -713,8 +720,33 @@ fn pooled(
     Ok((size + 2 * pad - span) / stride + 1)
 }
 
-/// One sample's output shape of `layer` given one sample's input shape.
+/// The most elements one sample's input or any layer's output may have:
+/// 2^28, 1 GiB of float32 per sample, well past real models (ResNet-50's
+/// largest activation has 0.8 million), so that a spec of a few bytes
+/// cannot ask for a run or an export of gigabytes.
+pub const MAX_ACTIVATION: usize = 1 << 28;
+
+/// Refuses a shape past [`MAX_ACTIVATION`] elements.
+fn check_activation(shape: &[usize], at: &str, what: &str) -> Result<()> {
+    let n = elements(shape, at)?;
+    if n > MAX_ACTIVATION {
+        return Err(bad(
+            at,
+            format!("{what} of shape {shape:?} holds {n} elements per sample; ckpt accepts at most 2^28"),
+        ));
+    }
+    Ok(())
+}
+
+/// One sample's output shape of `layer` given one sample's input shape,
+/// within the activation budget.
 pub(crate) fn layer_output(layer: &Layer, shape: &[usize], at: &str) -> Result<Vec<usize>> {
+    let out = shape_after(layer, shape, at)?;
+    check_activation(&out, at, "the output")?;
+    Ok(out)
+}
+
+fn shape_after(layer: &Layer, shape: &[usize], at: &str) -> Result<Vec<usize>> {
     let need_rank = |rank: usize, what: &str| -> Result<()> {
         if shape.len() != rank {
             return Err(bad(
@@ -1003,6 +1035,57 @@ fn layer_params(layer: &Layer, prefix: &str, out: &mut Vec<Param>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_torch_refuses_and_specs_that_ask_for_the_moon_are_errors() {
+        let conv = |extra: &str| {
+            format!(
+                r#"{{"name": "c", "type": "Conv2d", "in_channels": 2, "out_channels": 2, "kernel_size": 3{extra}}}"#
+            )
+        };
+        for (layers, input, needle) in [
+            (
+                conv(r#", "dilation": 0"#),
+                "[2, 8, 8]",
+                "dilation must be positive",
+            ),
+            (
+                conv(r#", "stride": 0"#),
+                "[2, 8, 8]",
+                "stride must be positive",
+            ),
+            (
+                conv(r#", "groups": 3"#),
+                "[2, 8, 8]",
+                "groups 3 must divide",
+            ),
+            (
+                conv(r#", "kernel_size": 0"#),
+                "[2, 8, 8]",
+                "kernel_size must be positive",
+            ),
+            (
+                r#"{"name": "p", "type": "MaxPool2d", "kernel_size": 2, "stride": 0}"#.into(),
+                "[2, 8, 8]",
+                "stride must be positive",
+            ),
+            (
+                r#"{"name": "a", "type": "AdaptiveAvgPool2d", "output_size": [16384, 16384]}"#
+                    .into(),
+                "[3, 8, 8]",
+                "at most 2^28",
+            ),
+            (
+                r#"{"name": "r", "type": "ReLU"}"#.into(),
+                "[4096, 4096, 64]",
+                "at most 2^28",
+            ),
+        ] {
+            let err = spec(&layers, input).unwrap_err().to_string();
+            assert!(err.contains(needle), "{layers}: {err}");
+        }
+        assert!(spec(&conv(""), "[2, 8, 8]").is_ok());
+    }
 
     fn spec(layers: &str, input: &str) -> Result<ModelSpec> {
         ModelSpec::from_json(&format!(

@@ -84,6 +84,10 @@ pub struct OnnxReport {
     pub external: Option<(std::path::PathBuf, u64)>,
 }
 
+/// The most output cells an uneven AdaptiveAvgPool2d is exported with
+/// (five nodes each).
+const MAX_UNEVEN_CELLS: usize = 4096;
+
 fn unsupported(layer: &str, reason: impl Into<String>) -> Error {
     Error::Unsupported {
         layer: layer.to_owned(),
@@ -623,6 +627,13 @@ fn lower(
             } else {
                 // Uneven windows: each output cell is the mean of its own
                 // slice (PyTorch's floor/ceil bounds), concatenated back.
+                let cells = output_size[0] * output_size[1];
+                if cells > MAX_UNEVEN_CELLS {
+                    return Err(unsupported(
+                        name,
+                        format!("an uneven AdaptiveAvgPool2d to {output_size:?} needs {cells} slices (at most {MAX_UNEVEN_CELLS}); choose an output size that divides the input {:?}", [h, w_]),
+                    ));
+                }
                 let mut rows = Vec::new();
                 for r in 0..output_size[0] {
                     let (h0, h1) = (
@@ -765,4 +776,27 @@ pub fn export(
         bytes: bytes.len() as u64,
         external,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_uneven_adaptive_pool_of_millions_of_cells_is_refused_not_built() {
+        let spec = ModelSpec::from_json(
+            r#"{"name": "p", "input_shape": [3, 7, 7], "layers": [
+                {"name": "a", "type": "AdaptiveAvgPool2d", "output_size": [4096, 4096]}]}"#,
+        )
+        .unwrap();
+        let err = to_bytes(&spec, StateDict::new(), &OnnxOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("16777216 slices"), "{err}");
+        // Small uneven pools still export.
+        let small = ModelSpec::from_json(
+            r#"{"name": "p", "input_shape": [3, 7, 7], "layers": [
+                {"name": "a", "type": "AdaptiveAvgPool2d", "output_size": [3, 2]}]}"#,
+        )
+        .unwrap();
+        assert!(to_bytes(&small, StateDict::new(), &OnnxOptions::default()).is_ok());
+    }
 }
