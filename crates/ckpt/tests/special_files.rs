@@ -118,3 +118,26 @@ fn a_run_whose_step_file_is_a_symlink_to_a_device_fails_to_load_not_hangs() {
     let err = result.unwrap_err();
     assert!(err.contains("a device"), "{err}");
 }
+
+#[test]
+fn a_step_that_is_a_symlink_out_of_the_run_is_not_followed() {
+    use ckpt::store::{CheckpointManager, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut manager = CheckpointManager::open(&run, StoreOptions::default()).unwrap();
+    let checkpoint =
+        ckpt::TrainingCheckpoint::new(ckpt::load_state_dict(fixture("mlp.safetensors")).unwrap());
+    manager.save(1, &checkpoint, &[]).unwrap();
+    manager.save(2, &checkpoint, &[]).unwrap();
+    drop(manager);
+    // step 1 moved elsewhere and linked back: an intact copy, outside.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::rename(run.join("step-00000001"), &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, run.join("step-00000001")).unwrap();
+    let manager = CheckpointManager::open(&run, StoreOptions::default()).unwrap();
+    let err = manager.load(1).map(|_| ()).unwrap_err().to_string();
+    assert!(err.contains("symbolic link"), "{err}");
+    assert!(manager.load(2).is_ok());
+    // ckpt's own gc or retention never deletes through the link.
+    assert!(elsewhere.join("meta.json").exists());
+}

@@ -100,6 +100,28 @@ impl LocalStorage {
             self.root.join(name)
         }
     }
+
+    /// The path of `name` for reading, refused when any part of it below
+    /// the root is a symbolic link: ckpt never makes one in a run, and one
+    /// could lead a reader (and `verify`'s "ok") outside the run.
+    fn inside(&self, name: &str) -> io::Result<PathBuf> {
+        let mut path = self.root.clone();
+        for part in name.split('/').filter(|p| !p.is_empty()) {
+            path.push(part);
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.file_type().is_symlink() => return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is a symbolic link: a run never holds one, and ckpt does not follow it",
+                        path.display()
+                    ),
+                )),
+                // A missing part is reported by whoever opens the path.
+                _ => {}
+            }
+        }
+        Ok(path)
+    }
 }
 
 impl Storage for LocalStorage {
@@ -173,7 +195,7 @@ impl Storage for LocalStorage {
 
     fn list_in(&self, dir: &str) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
-        let entries = match fs::read_dir(self.path(dir)) {
+        let entries = match fs::read_dir(self.inside(dir)?) {
             Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.is_empty() => return Ok(names),
             other => other?,
         };
@@ -188,13 +210,13 @@ impl Storage for LocalStorage {
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         let mut bytes = Vec::new();
-        crate::io::open_file(&self.path(name))?.read_to_end(&mut bytes)?;
+        crate::io::open_file(&self.inside(name)?)?.read_to_end(&mut bytes)?;
         Ok(bytes)
     }
 
     fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> io::Result<Vec<u8>> {
         use std::io::{Seek, SeekFrom};
-        let mut file = crate::io::open_file(&self.path(name))?;
+        let mut file = crate::io::open_file(&self.inside(name)?)?;
         file.seek(SeekFrom::Start(range.start))?;
         let mut bytes = Vec::new();
         file.take(range.end.saturating_sub(range.start))
@@ -203,6 +225,7 @@ impl Storage for LocalStorage {
     }
 
     fn local_path(&self, name: &str) -> Option<PathBuf> {
-        Some(self.path(name))
+        // Through a symbolic link: none; `read` says why.
+        self.inside(name).ok()
     }
 }
