@@ -179,7 +179,7 @@ pub enum Error {
     },
 
     /// Bytes handed to [`TensorData`](crate::TensorData) do not match its dtype and shape.
-    #[error("tensor of {dtype} with shape {shape:?} needs {} bytes, got {actual}", expected.map_or_else(|| "more than 2^64".to_owned(), |n| n.to_string()))]
+    #[error("tensor of {dtype} with shape {shape:?} needs {} bytes, got {actual}", expected.map_or_else(|| "impossibly many (a dimension past 2^63 - 1, or more than 2^64)".to_owned(), |n| n.to_string()))]
     TensorSize {
         /// The dtype.
         dtype: DType,

@@ -39,6 +39,8 @@ impl Buffer {
 /// assert_eq!(t.bytes().len(), 16);
 /// // The byte length must agree with dtype × shape.
 /// assert!(TensorData::new(DType::F32, vec![3], vec![0u8; 8]).is_err());
+/// // No reader can index a dimension past i64::MAX, even of an empty tensor.
+/// assert!(TensorData::new(DType::F32, vec![0, 1 << 63], vec![]).is_err());
 /// ```
 #[derive(Clone)]
 pub struct TensorData {
@@ -49,8 +51,13 @@ pub struct TensorData {
 }
 
 /// The number of bytes a tensor of `dtype` and `shape` holds, or `None` when
-/// that does not fit in a `u64`.
+/// that does not fit in a `u64` or a dimension is past `i64::MAX`.
 pub fn byte_len(dtype: DType, shape: &[usize]) -> Option<u64> {
+    // torch, NumPy and safetensors' readers index with i64: a dimension
+    // past i64::MAX (even of an empty tensor) is one nobody can load.
+    if shape.iter().any(|&d| d as u64 > i64::MAX as u64) {
+        return None;
+    }
     shape
         .iter()
         .try_fold(dtype.size() as u64, |acc, &dim| acc.checked_mul(dim as u64))

@@ -191,7 +191,8 @@ fn decode_node(
                     Value::Dict(dict)
                 }
                 ("tensor", Json::String(name)) => {
-                    Value::Tensor(tensors.shift_remove(name).ok_or_else(|| {
+                    // swap_remove: O(1), so a tree naming n tensors decodes in O(n).
+                    Value::Tensor(tensors.swap_remove(name).ok_or_else(|| {
                         bad(
                             file,
                             at,

@@ -328,7 +328,8 @@ pub fn match_state_dict(
         if !rules.wanted(&want.name) {
             continue;
         }
-        let Some(tensor) = found.shift_remove(&want.name) else {
+        // swap_remove: O(1); what is left is sorted below.
+        let Some(tensor) = found.swap_remove(&want.name) else {
             report.missing.push(want.name.clone());
             continue;
         };

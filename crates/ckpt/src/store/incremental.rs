@@ -102,7 +102,7 @@ pub(crate) fn chunk(value: &Value, cache: &HashCache) -> Result<(Chunked, HashCa
     let mut chunks = Vec::new();
     for (name, t) in tensors.iter() {
         let key = cache_key(t);
-        let hashes = match (fresh.shift_remove(name.as_str()), cache.get(&key)) {
+        let hashes = match (fresh.swap_remove(name.as_str()), cache.get(&key)) {
             (Some(h), _) => h,
             (None, Some((_, h))) => h.clone(),
             (None, None) => Vec::new(), // an empty tensor has no chunks

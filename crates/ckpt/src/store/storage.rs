@@ -109,13 +109,15 @@ impl LocalStorage {
         for part in name.split('/').filter(|p| !p.is_empty()) {
             path.push(part);
             match fs::symlink_metadata(&path) {
-                Ok(meta) if meta.file_type().is_symlink() => return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
                         "{} is a symbolic link: a run never holds one, and ckpt does not follow it",
                         path.display()
                     ),
-                )),
+                    ))
+                }
                 // A missing part is reported by whoever opens the path.
                 _ => {}
             }
