@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use ckpt::store::{CheckpointManager, StoreOptions};
 use common::*;
 
 /// Runs `f` on a thread and fails the test if it takes over 10 s.
@@ -87,16 +88,22 @@ fn a_model_folder_whose_config_is_a_fifo_still_opens() {
     assert!(loaded.is_ok(), "{:?}", loaded.err());
 }
 
-#[test]
-fn a_run_whose_step_file_links_to_a_device_fails_to_load_not_hangs() {
-    use ckpt::store::{CheckpointManager, StoreOptions};
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
+/// A run at `dir/run` with steps 1..=`steps` of the MLP fixture.
+fn run_with_steps(dir: &Path, steps: u64) -> std::path::PathBuf {
+    let run = dir.join("run");
     let mut manager = CheckpointManager::open(&run, StoreOptions::default()).unwrap();
     let checkpoint =
         ckpt::TrainingCheckpoint::new(ckpt::load_state_dict(fixture("mlp.safetensors")).unwrap());
-    manager.save(1, &checkpoint, &[]).unwrap();
-    drop(manager);
+    for step in 1..=steps {
+        manager.save(step, &checkpoint, &[]).unwrap();
+    }
+    run
+}
+
+#[test]
+fn a_run_whose_step_file_links_to_a_device_fails_to_load_not_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_with_steps(dir.path(), 1);
     let step = std::fs::read_dir(&run)
         .unwrap()
         .flatten()
@@ -122,15 +129,8 @@ fn a_run_whose_step_file_links_to_a_device_fails_to_load_not_hangs() {
 
 #[test]
 fn a_step_that_is_a_symlink_out_of_the_run_is_not_followed() {
-    use ckpt::store::{CheckpointManager, StoreOptions};
     let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let mut manager = CheckpointManager::open(&run, StoreOptions::default()).unwrap();
-    let checkpoint =
-        ckpt::TrainingCheckpoint::new(ckpt::load_state_dict(fixture("mlp.safetensors")).unwrap());
-    manager.save(1, &checkpoint, &[]).unwrap();
-    manager.save(2, &checkpoint, &[]).unwrap();
-    drop(manager);
+    let run = run_with_steps(dir.path(), 2);
     // step 1 moved elsewhere and linked back: an intact copy, outside.
     let elsewhere = dir.path().join("elsewhere");
     std::fs::rename(run.join("step-00000001"), &elsewhere).unwrap();
