@@ -199,3 +199,37 @@ fn gaps_overlaps_and_bad_ranks_are_refused() {
     };
     assert!(save_part(dir.path(), 0, 2, &[bad]).is_err());
 }
+
+#[test]
+fn an_index_whose_pieces_are_out_of_order_or_overlap_is_refused_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    let part = |r: std::ops::Range<usize>| Part {
+        name: "bias".into(),
+        shape: vec![7],
+        rows: r.clone(),
+        data: rows(&m["bias"], r),
+    };
+    save_part(dir.path(), 0, 2, &[part(0..4)]).unwrap();
+    save_part(dir.path(), 1, 2, &[part(4..7)]).unwrap();
+    commit(dir.path(), 2).unwrap();
+    let index = dir.path().join(INDEX);
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    assert!(Distributed::open(dir.path()).is_ok());
+    // Pieces swapped: readers that go in file order and readers that sort
+    // would read different tensors.
+    let mut swapped = good.clone();
+    let pieces = swapped["tensors"][0]["pieces"].as_array_mut().unwrap();
+    pieces.swap(0, 1);
+    std::fs::write(&index, swapped.to_string()).unwrap();
+    let err = Distributed::open(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("out of order"), "{err}");
+    assert!(ckpt::load_state_dict(&index).is_err());
+    // The second piece claiming rows the first already covers.
+    let mut overlapping = good;
+    overlapping["tensors"][0]["pieces"][1]["rows"] = serde_json::json!([3, 6]);
+    std::fs::write(&index, overlapping.to_string()).unwrap();
+    let err = Distributed::open(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("saved twice"), "{err}");
+}

@@ -211,6 +211,31 @@ fn parse_entry(e: &Json, path: &Path) -> Result<(String, DType, Vec<usize>, Piec
     Ok((name, dtype, shape, piece))
 }
 
+/// Checks that `e`'s pieces, in row order, cover its rows exactly once:
+/// at commit (after sorting) and again when an index is read, where pieces
+/// out of order or overlapping would be read differently by different
+/// readers.
+fn check_pieces(name: &str, e: &Entry, at: &Path) -> Result<()> {
+    let rows = e.shape.first().copied().unwrap_or(1);
+    let mut next = 0;
+    for p in &e.pieces {
+        if p.rows.start != next {
+            return Err(bad(
+                at,
+                format!(
+                    "{name}: rows {next}..{} are missing, saved twice or out of order",
+                    p.rows.start.max(next)
+                ),
+            ));
+        }
+        next = p.rows.end;
+    }
+    if next != rows {
+        return Err(bad(at, format!("{name}: rows {next}..{rows} are missing")));
+    }
+    Ok(())
+}
+
 /// Commits the checkpoint in `dir` when all `world` parts are there:
 /// checks that the pieces of every tensor cover its rows exactly once,
 /// then writes the index. Any rank may run it; until it succeeds, no
@@ -272,23 +297,7 @@ pub fn commit(dir: &Path, world: usize) -> Result<()> {
     for name in &order {
         let e = tensors.get_mut(name).expect("inserted");
         e.pieces.sort_by_key(|p| p.rows.start);
-        let rows = e.shape.first().copied().unwrap_or(1);
-        let mut next = 0;
-        for p in &e.pieces {
-            if p.rows.start != next {
-                return Err(bad(
-                    dir,
-                    format!(
-                        "{name}: rows {next}..{} are missing or saved twice",
-                        p.rows.start.max(next)
-                    ),
-                ));
-            }
-            next = p.rows.end;
-        }
-        if next != rows {
-            return Err(bad(dir, format!("{name}: rows {next}..{rows} are missing")));
-        }
+        check_pieces(name, e, dir)?;
         let pieces: Vec<Json> = e
             .pieces
             .iter()
@@ -374,14 +383,15 @@ impl Distributed {
                 .and_then(Json::as_str)
                 .ok_or_else(|| bad(&path, "name"))?;
             order.push(name.to_owned());
-            tensors.insert(
-                name.to_owned(),
-                Entry {
-                    dtype,
-                    shape,
-                    pieces,
-                },
-            );
+            let entry = Entry {
+                dtype,
+                shape,
+                pieces,
+            };
+            check_pieces(name, &entry, &path)?;
+            if tensors.insert(name.to_owned(), entry).is_some() {
+                return Err(bad(&path, format!("{name}: named twice")));
+            }
         }
         Ok(Distributed {
             dir: dir.to_owned(),
