@@ -233,3 +233,13 @@ fn an_index_whose_pieces_are_out_of_order_or_overlap_is_refused_on_read() {
     let err = Distributed::open(dir.path()).err().unwrap().to_string();
     assert!(err.contains("saved twice"), "{err}");
 }
+
+#[test]
+fn an_index_whose_piece_is_not_an_object_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = r#"{"format": "ckpt-distributed", "world": 1, "tensors": [
+        {"name": "w", "dtype": "F32", "shape": [1], "pieces": [7]}]}"#;
+    std::fs::write(dir.path().join(INDEX), index).unwrap();
+    let err = Distributed::open(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("not an object"), "{err}");
+}

@@ -364,6 +364,9 @@ impl Distributed {
                 .and_then(Json::as_array)
                 .ok_or_else(|| bad(&path, "no pieces"))?
             {
+                if !p.is_object() {
+                    return Err(bad(&path, "a piece is not an object"));
+                }
                 let mut e = p.clone();
                 for k in ["name", "dtype", "shape"] {
                     e[k] = t[k].clone();
