@@ -173,16 +173,21 @@ fn a_rank_killed_before_its_part_leaves_nothing_committed() {
     );
 }
 
-#[test]
-fn gaps_overlaps_and_bad_ranks_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = model();
-    let part = |r: std::ops::Range<usize>| Part {
+/// Rows `r` of the model's 7-row `bias`.
+fn bias_part(m: &StateDict, r: std::ops::Range<usize>) -> Part {
+    Part {
         name: "bias".into(),
         shape: vec![7],
         rows: r.clone(),
         data: rows(&m["bias"], r),
-    };
+    }
+}
+
+#[test]
+fn gaps_overlaps_and_bad_ranks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    let part = |r| bias_part(&m, r);
     save_part(dir.path(), 0, 2, &[part(0..4)]).unwrap();
     save_part(dir.path(), 1, 2, &[part(3..7)]).unwrap();
     let err = commit(dir.path(), 2).unwrap_err().to_string();
@@ -204,12 +209,7 @@ fn gaps_overlaps_and_bad_ranks_are_refused() {
 fn an_index_whose_pieces_are_out_of_order_or_overlap_is_refused_on_read() {
     let dir = tempfile::tempdir().unwrap();
     let m = model();
-    let part = |r: std::ops::Range<usize>| Part {
-        name: "bias".into(),
-        shape: vec![7],
-        rows: r.clone(),
-        data: rows(&m["bias"], r),
-    };
+    let part = |r| bias_part(&m, r);
     save_part(dir.path(), 0, 2, &[part(0..4)]).unwrap();
     save_part(dir.path(), 1, 2, &[part(4..7)]).unwrap();
     commit(dir.path(), 2).unwrap();
