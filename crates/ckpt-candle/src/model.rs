@@ -465,6 +465,19 @@ fn dim(d: i64, rank: usize) -> usize {
     }
 }
 
+/// The `[out, n]` matrix whose row `i` averages PyTorch's adaptive window
+/// `floor(i n / out) .. ceil((i + 1) n / out)`, in `like`'s dtype and
+/// device.
+fn averaging(n: usize, out: usize, like: &Tensor) -> Result<Tensor> {
+    let mut m = vec![0f32; out * n];
+    for i in 0..out {
+        let (start, end) = (i * n / out, ((i + 1) * n).div_ceil(out));
+        let weight = 1.0 / (end - start) as f32;
+        m[i * n + start..i * n + end].fill(weight);
+    }
+    Ok(Tensor::from_vec(m, (out, n), like.device())?.to_dtype(like.dtype())?)
+}
+
 /// Pads dims 2 and 3 with `value`.
 fn pad2d(x: &Tensor, pad: [usize; 2], value: f64) -> Result<Tensor> {
     if pad == [0, 0] {
@@ -604,19 +617,14 @@ fn apply(layer: &Built, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
             pad2d(x, *p, 0.0)?.avg_pool2d_with_stride((k[0], k[1]), (s[0], s[1]))?
         }
         Built::AdaptiveAvgPool([oh, ow]) => {
+            // Two products with averaging matrices: work in proportion
+            // to the cells, not one tensor operation per cell.
             let (_, _, h, w) = x.dims4()?;
-            let mut rows = Vec::with_capacity(*oh);
-            for i in 0..*oh {
-                let (h0, h1) = (i * h / oh, ((i + 1) * h).div_ceil(*oh));
-                let mut cols = Vec::with_capacity(*ow);
-                for j in 0..*ow {
-                    let (w0, w1) = (j * w / ow, ((j + 1) * w).div_ceil(*ow));
-                    let cell = x.narrow(2, h0, h1 - h0)?.narrow(3, w0, w1 - w0)?;
-                    cols.push(cell.mean_keepdim(3)?.mean_keepdim(2)?);
-                }
-                rows.push(Tensor::cat(&cols, 3)?);
-            }
-            Tensor::cat(&rows, 2)?
+            let cols = x.broadcast_matmul(&averaging(w, *ow, x)?.t()?)?;
+            let rows = cols.transpose(2, 3)?.contiguous()?;
+            rows.broadcast_matmul(&averaging(h, *oh, x)?.t()?)?
+                .transpose(2, 3)?
+                .contiguous()?
         }
         Built::Residual(inner) => (x + run(inner, x, rng)?)?,
     })

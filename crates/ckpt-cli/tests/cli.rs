@@ -102,27 +102,6 @@ fn inspect_shows_the_values_of_a_nested_checkpoint() {
 }
 
 #[test]
-fn every_hostile_file_gives_one_error_line_and_exit_2() {
-    let dir = fixture("hostile");
-    let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let out = ckpt(&["inspect", path.to_str().unwrap()]);
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(2), "{}: {err}", path.display());
-        assert!(!err.contains("panicked"), "{err}");
-        assert_eq!(err.lines().count(), 1, "{err}");
-        assert!(
-            err.starts_with("ckpt: error: ")
-                && err.contains(path.file_name().unwrap().to_str().unwrap()),
-            "{err}"
-        );
-        seen += 1;
-    }
-    assert!(seen >= 10);
-}
-
-#[test]
 fn missing_and_unrecognised_files_are_clear_errors() {
     let out = ckpt(&["inspect", "/no/such/file.safetensors"]);
     assert_eq!(out.status.code(), Some(2));

@@ -223,6 +223,17 @@ pub enum Error {
         key: String,
     },
 
+    /// The file's data needs more memory than is left (a tensor that
+    /// really inflates this large, under an address-space limit): the
+    /// allocation failed cleanly instead of aborting.
+    #[error("{}: needs {bytes} bytes of memory for its data, more than is available", path.display())]
+    OutOfMemory {
+        /// The path.
+        path: PathBuf,
+        /// The bytes asked for.
+        bytes: u64,
+    },
+
     /// A zip archive's structure is broken.
     #[error("{}: bad zip archive at byte {offset}: {problem}", path.display())]
     BadZip {

@@ -42,6 +42,7 @@ mod error;
 pub mod export;
 pub mod format;
 mod io;
+mod json;
 mod load;
 pub mod package;
 mod parallel;

@@ -290,7 +290,7 @@ impl ModelSpec {
     /// together are errors naming the layer.
     pub fn from_json(text: &str) -> Result<ModelSpec> {
         let json: Json =
-            serde_json::from_str(text).map_err(|e| bad("spec", format!("not JSON ({e})")))?;
+            crate::json::parse_str(text).map_err(|e| bad("spec", format!("not JSON ({e})")))?;
         ModelSpec::from_json_value(&json)
     }
 
@@ -329,8 +329,15 @@ impl ModelSpec {
         };
         elements(&spec.input_shape, "input_shape")?;
         spec.output_shape()?;
+        let mut total: u128 = 0;
         for p in spec.parameters() {
-            elements(&p.shape, &p.name)?;
+            total += elements(&p.shape, &p.name)? as u128;
+            if total > MAX_PARAMETERS {
+                return Err(bad(
+                    &p.name,
+                    format!("the model's parameters pass 2^32 elements here ({total}); ckpt accepts at most 2^32"),
+                ));
+            }
         }
         Ok(spec)
     }
@@ -726,6 +733,49 @@ fn pooled(
 /// cannot ask for a run or an export of gigabytes.
 pub const MAX_ACTIVATION: usize = 1 << 28;
 
+/// The most parameter and buffer elements a spec may declare: 2^32,
+/// 16 GiB of float32, past every model the spec's layer kinds build.
+pub const MAX_PARAMETERS: u128 = 1 << 32;
+
+/// The most multiply-adds one layer may take per sample: 2^36, about
+/// 15 times ResNet-50's whole forward pass, so that a spec of a few bytes
+/// cannot ask a run for hours of work.
+pub const MAX_WORK: u128 = 1 << 36;
+
+/// Refuses a layer whose work per sample passes [`MAX_WORK`].
+fn check_work(layer: &Layer, input: &[usize], output: &[usize], at: &str) -> Result<()> {
+    let n = |shape: &[usize]| shape.iter().map(|&d| d as u128).product::<u128>();
+    let (inputs, outputs) = (n(input), n(output));
+    let work = match &layer.kind {
+        LayerKind::Linear { in_features, .. } => outputs * *in_features as u128,
+        LayerKind::Conv2d {
+            in_channels,
+            kernel_size,
+            groups,
+            ..
+        } => outputs * (in_channels / groups.max(&1)) as u128 * n(kernel_size),
+        LayerKind::MaxPool2d { kernel_size, .. } | LayerKind::AvgPool2d { kernel_size, .. } => {
+            outputs * n(kernel_size)
+        }
+        // Each cell averages at most ceil(H / h) + 1 by ceil(W / w) + 1 inputs.
+        LayerKind::AdaptiveAvgPool2d { output_size } => {
+            let window = |i: usize, o: usize| (i.div_ceil(o) + 1) as u128;
+            outputs * window(input[1], output_size[0]) * window(input[2], output_size[1])
+        }
+        _ => inputs.max(outputs),
+    };
+    if work > MAX_WORK {
+        return Err(bad(
+            at,
+            format!(
+                "{} takes {work} multiply-adds per sample; ckpt accepts at most 2^36 per layer",
+                layer.kind.type_name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Refuses a shape past [`MAX_ACTIVATION`] elements.
 fn check_activation(shape: &[usize], at: &str, what: &str) -> Result<()> {
     let n = elements(shape, at)?;
@@ -743,6 +793,7 @@ fn check_activation(shape: &[usize], at: &str, what: &str) -> Result<()> {
 pub(crate) fn layer_output(layer: &Layer, shape: &[usize], at: &str) -> Result<Vec<usize>> {
     let out = shape_after(layer, shape, at)?;
     check_activation(&out, at, "the output")?;
+    check_work(layer, shape, &out, at)?;
     Ok(out)
 }
 
@@ -1060,7 +1111,7 @@ mod tests {
                 "groups 3 must divide",
             ),
             (
-                conv(r#", "kernel_size": 0"#),
+                conv("").replace(r#""kernel_size": 3"#, r#""kernel_size": 0"#),
                 "[2, 8, 8]",
                 "kernel_size must be positive",
             ),
@@ -1079,6 +1130,16 @@ mod tests {
                 r#"{"name": "r", "type": "ReLU"}"#.into(),
                 "[4096, 4096, 64]",
                 "at most 2^28",
+            ),
+            (
+                r#"{"name": "w", "type": "Conv2d", "in_channels": 64, "out_channels": 64, "kernel_size": 31, "padding": 15}"#.into(),
+                "[64, 256, 256]",
+                "w: Conv2d takes 257966473216 multiply-adds per sample; ckpt accepts at most 2^36",
+            ),
+            (
+                r#"{"name": "l", "type": "Linear", "in_features": 65536, "out_features": 65536}"#.into(),
+                "[65536]",
+                "l.bias: the model's parameters pass 2^32",
             ),
         ] {
             let err = spec(&layers, input).unwrap_err().to_string();

@@ -93,7 +93,7 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
 fn shard_files(index: &Path) -> Result<BTreeSet<std::path::PathBuf>> {
     let bytes = crate::io::open(index, false)?;
     let json: serde_json::Value =
-        serde_json::from_slice(bytes.as_slice()).map_err(|source| crate::Error::HeaderJson {
+        crate::json::parse(bytes.as_slice()).map_err(|source| crate::Error::HeaderJson {
             path: index.to_owned(),
             source,
         })?;

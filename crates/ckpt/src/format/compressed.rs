@@ -31,16 +31,13 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use serde_json::{json, Value as Json};
 
+use super::inflate;
 use super::safetensors::{flatten, rebuild, MAX_HEADER_LEN, RESERVED_PREFIX};
 use crate::tensor::Buffer;
 use crate::{byte_len, DType, Error, Format, Loaded, Result, TensorData, Value};
 
 /// The first bytes of every `.ckptz` file.
 pub const MAGIC: [u8; 8] = *b"CKPTZ\0\0\x01";
-
-/// Deflate cannot expand data more than 1032 times; a blob claiming more
-/// is refused before anything is allocated.
-const MAX_RATIO: u64 = 1032;
 
 /// The elements each codec is tried on.
 const SAMPLE: usize = 64 << 10;
@@ -153,51 +150,24 @@ fn best(t: &TensorData) -> (Codec, Vec<u8>) {
         .into_iter()
         .min_by_key(|(_, blob)| blob.len())
         .expect("zlib is always a candidate");
-    if sample.len() == bytes.len() {
+    let (codec, blob) = if sample.len() == bytes.len() {
         (codec, blob)
     } else {
         (codec, compress(codec, bytes, size))
-    }
-}
-
-/// Inflates `blob` into exactly `out.len()` bytes.
-fn inflate(blob: &[u8], out: &mut [u8], path: &Path, name: &str, offset: u64) -> Result<()> {
-    use miniz_oxide::inflate::TINFLStatus;
-    match miniz_oxide::inflate::decompress_slice_iter_to_slice(
-        out,
-        std::iter::once(blob),
-        true,
-        false,
-    ) {
-        Ok(n) if n == out.len() => Ok(()),
-        Ok(n) => Err(corrupt(
-            path,
-            name,
-            offset,
-            format!("{n} bytes where {} were expected", out.len()),
-        )),
-        Err(TINFLStatus::HasMoreOutput) => Err(corrupt(
-            path,
-            name,
-            offset,
-            format!("more than the {} bytes expected", out.len()),
-        )),
-        Err(TINFLStatus::Adler32Mismatch) => Err(corrupt(
-            path,
-            name,
-            offset,
-            "checksum mismatch (the data is damaged)",
-        )),
-        Err(status) => Err(corrupt(
-            path,
-            name,
-            offset,
-            format!("does not inflate ({status:?})"),
-        )),
+    };
+    // A sparse blob of a nearly empty tensor can be smaller than deflate's
+    // ratio allows, which readers refuse as a bomb: zlib it instead.
+    if inflate::could_hold(blob.len(), bytes.len() as u64) {
+        (codec, blob)
+    } else {
+        (Codec::Zlib, compress(Codec::Zlib, bytes, size))
     }
 }
 
 /// Decodes one tensor's blob, which starts at byte `offset` of the file.
+/// A tensor never decodes to more than deflate's ratio allows of its blob
+/// (the writer never chooses a codec that would), so a small file cannot
+/// claim a huge tensor; its buffers are allocated fallibly.
 fn decode(
     entry: &IndexEntry,
     dtype: DType,
@@ -211,54 +181,24 @@ fn decode(
         tensor: name.to_owned(),
         shape: entry.shape.iter().map(|&d| d as u64).collect(),
     })?;
-    let size = dtype.size();
-    let n = raw / size as u64;
-    let bitmap = n.div_ceil(8);
-    // What the stream must inflate to; refused before allocating when
-    // the blob could never hold it.
-    let inflated = match entry.codec {
-        Codec::Sparse => bitmap,
-        Codec::Zlib | Codec::Planes => raw,
-    };
-    if inflated > (blob.len() as u64).saturating_mul(MAX_RATIO) + 64 {
-        return Err(corrupt(
-            path,
-            name,
-            offset,
-            format!(
-                "{} bytes cannot inflate to the {inflated} the header claims",
-                blob.len()
-            ),
-        ));
+    let fail = |f: inflate::Failure| f.into_error(path, |p| corrupt(path, name, offset, p));
+    if !inflate::could_hold(blob.len(), raw) {
+        return Err(fail(inflate::Failure::Impossible(blob.len() as u64, raw)));
     }
-    let raw = raw as usize;
+    let size = dtype.size();
     match entry.codec {
-        Codec::Zlib => {
-            let mut out = vec![0u8; raw];
-            inflate(blob, &mut out, path, name, offset)?;
-            Ok(out)
-        }
+        Codec::Zlib => inflate::exact(blob, true, raw).map_err(fail),
         Codec::Planes => {
-            let mut planes = vec![0u8; raw];
-            inflate(blob, &mut planes, path, name, offset)?;
-            let mut out = vec![0u8; raw];
+            let planes = inflate::exact(blob, true, raw).map_err(fail)?;
+            let mut out = inflate::zeroed(raw).map_err(fail)?;
             from_planes(&planes, size, &mut out);
             Ok(out)
         }
         Codec::Sparse => {
+            let n = raw / size as u64;
+            let bitmap = n.div_ceil(8);
             // The bitmap first, to learn how many values follow.
-            let all = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(
-                blob,
-                bitmap as usize + raw,
-            )
-            .map_err(|e| {
-                corrupt(
-                    path,
-                    name,
-                    offset,
-                    format!("does not inflate ({:?})", e.status),
-                )
-            })?;
+            let all = inflate::at_most(blob, true, bitmap + raw).map_err(fail)?;
             let Some((bits, values)) = all.split_at_checked(bitmap as usize) else {
                 return Err(corrupt(path, name, offset, "the bitmap is cut short"));
             };
@@ -282,9 +222,9 @@ fn decode(
                     ),
                 ));
             }
-            let mut dense = vec![0u8; values.len()];
+            let mut dense = inflate::zeroed(values.len() as u64).map_err(fail)?;
             from_planes(values, size, &mut dense);
-            let mut out = vec![0u8; raw];
+            let mut out = inflate::zeroed(raw).map_err(fail)?;
             let mut next = dense.chunks_exact(size);
             for i in 0..n as usize {
                 if bits[i / 8] & (1 << (i % 8)) != 0 {
@@ -323,19 +263,9 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         return Err(truncated(16, "the index", index_len));
     }
     let data_start = 16 + index_len as usize;
-    let json = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(
-        &bytes[16..data_start],
-        MAX_HEADER_LEN as usize,
-    )
-    .map_err(|e| {
-        corrupt(
-            path,
-            "",
-            16,
-            format!("the index does not inflate ({:?})", e.status),
-        )
-    })?;
-    let index: Json = serde_json::from_slice(&json).map_err(|source| Error::HeaderJson {
+    let json = inflate::parse_buffer(&bytes[16..data_start], true, MAX_HEADER_LEN)
+        .map_err(|f| f.into_error(path, |p| corrupt(path, "", 16, format!("the index {p}"))))?;
+    let index: Json = crate::json::parse(&json).map_err(|source| Error::HeaderJson {
         path: path.to_owned(),
         source,
     })?;

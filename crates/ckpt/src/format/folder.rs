@@ -130,7 +130,7 @@ fn config(dir: &Path) -> Option<serde_json::Map<String, Json>> {
     let mut file = crate::io::open_file(&path).ok()?;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, 1 << 20), &mut bytes).ok()?;
-    match serde_json::from_slice(&bytes).ok()? {
+    match crate::json::parse(&bytes).ok()? {
         Json::Object(map) => Some(map),
         _ => None,
     }

@@ -8,6 +8,7 @@
 
 pub mod compressed;
 pub(crate) mod folder;
+pub(crate) mod inflate;
 pub mod numpy;
 pub mod pytorch;
 pub mod safetensors;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use indexmap::IndexMap;
 
-use super::pytorch::zip::{Contents, ZipArchive, ZipWriter};
+use super::pytorch::zip::{Contents, Purpose, ZipArchive, ZipWriter};
 use crate::tensor::Buffer;
 use crate::{DType, Dict, Error, Format, Key, Loaded, Result, StateDict, TensorData, Value};
 
@@ -227,7 +227,7 @@ pub(crate) fn read(format: Format, buffer: Arc<Buffer>, path: &Path) -> Result<L
         let mut dict = Dict::with_capacity(zip.entries.len());
         for entry in &zip.entries {
             let name = entry.name.strip_suffix(".npy").unwrap_or(&entry.name);
-            let tensor = match entry.contents(buffer.as_slice(), path)? {
+            let tensor = match entry.contents(buffer.as_slice(), path, Purpose::Tensor)? {
                 Contents::Stored(range) => read_array(&buffer, range, path, name)?,
                 Contents::Inflated(bytes) => {
                     let len = bytes.len();

@@ -23,6 +23,7 @@ use indexmap::IndexMap;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value as Json};
 
+use crate::json::UniqueMap;
 use crate::state_dict::is_plain_state_dict;
 use crate::tensor::{byte_len, Buffer};
 use crate::{DType, Error, Format, Loaded, Result, StateDict, TensorData, Value};
@@ -104,25 +105,27 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<Header> {
     let data_start = 8 + header_len as usize;
     // Each entry stays raw text until it is checked on its own, so a huge
     // hostile header never becomes one huge tree of JSON values.
-    let map: IndexMap<String, Box<RawValue>> = serde_json::from_slice(&bytes[8..data_start])
+    let map = serde_json::from_slice::<UniqueMap<Box<RawValue>>>(&bytes[8..data_start])
         .map_err(|source| Error::HeaderJson {
             path: path.to_owned(),
             source,
-        })?;
+        })?
+        .0;
 
     let data_len = (bytes.len() - data_start) as u64;
     let mut metadata = IndexMap::new();
     let mut entries = Vec::with_capacity(map.len());
     for (name, raw) in &map {
         if name == METADATA_KEY {
-            metadata = serde_json::from_str(raw.get())
+            metadata = serde_json::from_str::<UniqueMap<String>>(raw.get())
+                .map(|m| m.0)
                 .map_err(|_| entry_error(path, METADATA_KEY, "must be an object of strings"))?;
         } else {
             if raw.get().len() > MAX_ENTRY_LEN {
                 return Err(entry_error(path, name, "the entry is longer than 64 KiB"));
             }
             let info: Json =
-                serde_json::from_str(raw.get()).map_err(|source| Error::HeaderJson {
+                crate::json::parse_str(raw.get()).map_err(|source| Error::HeaderJson {
                     path: path.to_owned(),
                     source,
                 })?;
@@ -282,7 +285,7 @@ pub(crate) fn rebuild(
 ) -> Result<Value> {
     match metadata.shift_remove(TREE_KEY) {
         Some(tree) => {
-            let json: Json = serde_json::from_str(&tree).map_err(|source| Error::HeaderJson {
+            let json: Json = crate::json::parse_str(&tree).map_err(|source| Error::HeaderJson {
                 path: path.to_owned(),
                 source,
             })?;

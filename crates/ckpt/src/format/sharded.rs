@@ -40,7 +40,7 @@ fn bad(path: &Path, entry: &str, problem: &'static str) -> Error {
 
 /// Reads the index in `bytes` (the file at `path`) and every shard it names.
 pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Loaded> {
-    let json: Json = serde_json::from_slice(bytes).map_err(|source| Error::HeaderJson {
+    let json: Json = crate::json::parse(bytes).map_err(|source| Error::HeaderJson {
         path: path.to_owned(),
         source,
     })?;

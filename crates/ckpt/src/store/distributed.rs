@@ -257,7 +257,7 @@ pub fn commit(dir: &Path, world: usize) -> Result<()> {
         };
         let path = dir.join(&name);
         let meta: Json =
-            serde_json::from_slice(&bytes).map_err(|e| bad(&path, format!("not JSON ({e})")))?;
+            crate::json::parse(&bytes).map_err(|e| bad(&path, format!("not JSON ({e})")))?;
         if meta.get("world").and_then(Json::as_u64) != Some(world as u64)
             || meta.get("rank").and_then(Json::as_u64) != Some(rank as u64)
         {
@@ -345,7 +345,7 @@ impl Distributed {
     ) -> Result<Distributed> {
         let path = dir.join(INDEX);
         let json: Json =
-            serde_json::from_slice(bytes).map_err(|e| bad(&path, format!("not JSON ({e})")))?;
+            crate::json::parse(bytes).map_err(|e| bad(&path, format!("not JSON ({e})")))?;
         if json.get("format").and_then(Json::as_str) != Some("ckpt-distributed") {
             return Err(bad(&path, "not a ckpt-distributed index"));
         }

@@ -168,7 +168,7 @@ pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Index> {
         reason,
     };
     let json: Json =
-        serde_json::from_slice(bytes).map_err(|e| bad(format!("index is not JSON ({e})")))?;
+        crate::json::parse(bytes).map_err(|e| bad(format!("index is not JSON ({e})")))?;
     if json.get("format").and_then(Json::as_str) != Some("ckpt-incremental")
         || json.get("version").and_then(Json::as_u64) != Some(1)
     {

@@ -149,7 +149,7 @@ fn sealed(mut body: Map<String, Json>) -> Vec<u8> {
 /// Parses a file written by [`sealed`], checking the version and checksum.
 fn unseal(bytes: &[u8]) -> Result<Map<String, Json>, String> {
     let Json::Object(mut body) =
-        serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({e})"))?
+        crate::json::parse(bytes).map_err(|e| format!("not JSON ({e})"))?
     else {
         return Err("not a JSON object".into());
     };
@@ -214,7 +214,7 @@ pub(crate) fn history_line(info: &StepInfo) -> Vec<u8> {
 pub(crate) fn parse_history(bytes: &[u8]) -> Vec<StepInfo> {
     let mut by_step = std::collections::BTreeMap::new();
     for line in bytes.split(|&b| b == b'\n') {
-        let Ok(v) = serde_json::from_slice::<Json>(line) else {
+        let Ok(v) = crate::json::parse(line) else {
             continue;
         };
         if let Ok(info) = parse_info(&v, String::new()) {

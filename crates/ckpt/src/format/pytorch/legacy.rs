@@ -64,7 +64,7 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         .arena
         .iter()
         .filter_map(|o| match o {
-            Obj::Storage(s) => Some((s.key.as_str(), s)),
+            Obj::Storage(s) => Some((s.key.as_str(), &**s)),
             _ => None,
         })
         .collect();

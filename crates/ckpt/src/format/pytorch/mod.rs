@@ -25,7 +25,7 @@ pub(crate) use write::Plan;
 use crate::tensor::Buffer;
 use crate::{DType, Dict, Error, Format, Key, Loaded, Result, TensorData, Value};
 use pickle::{Converter, StorageRef, TensorRef};
-use zip::{Contents, ZipArchive};
+use zip::{Contents, Purpose, ZipArchive};
 
 /// The legacy storage classes (`torch.FloatStorage`) and their dtypes; the
 /// other dtypes use `torch.storage.UntypedStorage` and `_rebuild_tensor_v3`.
@@ -186,11 +186,11 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
             offset: 0,
             problem: "the archive has no data.pkl",
         })?;
-    let pickle_bytes = entry_bytes(&buffer, pickle_entry, path)?;
+    let pickle_bytes = entry_bytes(&buffer, pickle_entry, path, Purpose::Parse)?;
     let unpickled = pickle::unpickle(pickle_bytes.as_slice(), path, "data.pkl")?;
     safety::refuse_other_pickles(&zip, &buffer, path, &pickle_entry.name)?;
     let big_endian = match zip.get(&format!("{prefix}/byteorder")) {
-        Some(entry) => entry_bytes(&buffer, entry, path)?.as_slice() == b"big",
+        Some(entry) => entry_bytes(&buffer, entry, path, Purpose::Parse)?.as_slice() == b"big",
         None => false,
     };
     let storage = |s: &StorageRef| -> Result<Shared> {
@@ -198,7 +198,7 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
             .get(&format!("{prefix}/data/{}", s.key))
             .ok_or_else(|| bad_storage(path, s, "the archive has no data for it"))?;
         check_storage_len(s, entry.size, path)?;
-        entry_bytes(&buffer, entry, path)
+        entry_bytes(&buffer, entry, path, Purpose::Tensor)
     };
     let format = if zip.get(&format!("{prefix}/constants.pkl")).is_some() {
         Format::TorchScript
@@ -337,8 +337,13 @@ impl Shared {
     }
 }
 
-fn entry_bytes(buffer: &Arc<Buffer>, entry: &zip::ZipEntry, path: &Path) -> Result<Shared> {
-    Ok(match entry.contents(buffer.as_slice(), path)? {
+fn entry_bytes(
+    buffer: &Arc<Buffer>,
+    entry: &zip::ZipEntry,
+    path: &Path,
+    purpose: Purpose,
+) -> Result<Shared> {
+    Ok(match entry.contents(buffer.as_slice(), path, purpose)? {
         Contents::Stored(range) => Shared {
             buffer: buffer.clone(),
             range,

@@ -69,13 +69,15 @@ pub(crate) enum Obj {
     List(Vec<Id>),
     Tuple(Vec<Id>),
     Dict(Vec<(Id, Id)>),
-    Global(String, String),
+    /// A global's module and name (boxed, as the larger variants are, to
+    /// keep every object small: the budget charges each one).
+    Global(Box<(String, String)>),
     Dtype(DType),
-    Storage(StorageRef),
-    Tensor(TensorRef),
+    Storage(Box<StorageRef>),
+    Tensor(Box<TensorRef>),
     /// `torch._utils._rebuild_qtensor(...)`: a quantized tensor, its
     /// integer values and how they map to floats.
-    QTensor(TensorRef, QScheme),
+    QTensor(Box<TensorRef>, Box<QScheme>),
     /// `numpy.dtype(code)`, with the byte order its `BUILD` state gives.
     NpDtype {
         code: String,
@@ -89,7 +91,7 @@ pub(crate) enum Obj {
     /// An instance of any other class (or a call of any other function),
     /// never constructed: the class, the call's arguments, the state.
     Object {
-        class: (String, String),
+        class: Box<(String, String)>,
         args: Option<Id>,
         state: Option<Id>,
     },
@@ -192,8 +194,17 @@ struct Machine<'a> {
     /// Where the current opcode starts.
     op_start: usize,
     budget: Budget,
+    /// The most bytes of objects, stack and memo the stream may build.
+    max_footprint: usize,
     globals: BTreeSet<String>,
 }
+
+/// How many bytes of objects, stack and memo a pickle may build per byte
+/// of stream, besides [`FOOTPRINT_SLACK`]: a state dict builds about 10,
+/// a list of small integers 20; a stream of one-byte `None`s 56.
+const FOOTPRINT_PER_BYTE: usize = 32;
+/// Bytes of objects every stream may build whatever its length.
+const FOOTPRINT_SLACK: usize = 16 << 20;
 
 /// Runs the pickle stream in `bytes` (the zip entry `entry` of `path`).
 pub(crate) fn unpickle(bytes: &[u8], path: &Path, entry: &str) -> Result<Unpickled> {
@@ -207,6 +218,10 @@ pub(crate) fn unpickle(bytes: &[u8], path: &Path, entry: &str) -> Result<Unpickl
         memo: HashMap::new(),
         op_start: 0,
         budget: Budget::for_stream(bytes.len()),
+        max_footprint: bytes
+            .len()
+            .saturating_mul(FOOTPRINT_PER_BYTE)
+            .saturating_add(FOOTPRINT_SLACK),
         globals: BTreeSet::new(),
     };
     let root = match m.run() {
@@ -378,8 +393,20 @@ impl Machine<'_> {
         }
     }
 
+    /// Bytes of objects, stack and memo built so far (memo entries with
+    /// their hash table's overhead).
+    fn footprint(&self) -> usize {
+        self.arena.len() * std::mem::size_of::<Obj>()
+            + self.stack.len() * std::mem::size_of::<Item>()
+            + self.memo.len() * 32
+    }
+
     fn run(&mut self) -> Result<Id> {
         loop {
+            if self.footprint() > self.max_footprint {
+                return Err(self
+                    .err("the stream builds far more objects than its length warrants (a bomb?)"));
+            }
             self.op_start = self.pos;
             let op = self
                 .u8()
@@ -561,7 +588,7 @@ impl Machine<'_> {
                 b'Q' => {
                     let pid = self.pop()?;
                     let storage = self.persistent_id(pid)?;
-                    self.push(Obj::Storage(storage));
+                    self.push(Obj::Storage(Box::new(storage)));
                 }
                 b'R' => {
                     let args = self.pop()?;
@@ -599,7 +626,7 @@ impl Machine<'_> {
 
     fn global_name(&self, id: Id) -> Option<(&str, &str)> {
         match &self.arena[id] {
-            Obj::Global(m, n) => Some((m, n)),
+            Obj::Global(g) => Some((&g.0, &g.1)),
             _ => None,
         }
     }
@@ -633,7 +660,7 @@ impl Machine<'_> {
         let module = safety::python3_module(&module).to_owned();
         Ok(match DType::from_torch(&name) {
             Some(dtype) if module == "torch" => Obj::Dtype(dtype),
-            _ => Obj::Global(module, name),
+            _ => Obj::Global(Box::new((module, name))),
         })
     }
 
@@ -642,7 +669,7 @@ impl Machine<'_> {
             .global_name(class)
             .ok_or_else(|| self.err("NEWOBJ of something that is not a class"))?;
         self.charge(m.len() + n.len())?;
-        let class = (m.to_owned(), n.to_owned());
+        let class = Box::new((m.to_owned(), n.to_owned()));
         self.push(Obj::Object {
             class,
             args: Some(args),

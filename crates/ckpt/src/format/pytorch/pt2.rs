@@ -20,7 +20,7 @@ use indexmap::IndexMap;
 use serde_json::Value as Json;
 
 use super::pickle::{StorageRef, TensorRef};
-use super::zip::{Contents, ZipArchive};
+use super::zip::{Contents, Purpose, ZipArchive};
 use super::{entry_bytes, materialise, safety, PickleReport, Shared, EXPANSION_ALLOWANCE};
 use crate::tensor::Buffer;
 use crate::{DType, Dict, Error, Format, Key, Loaded, Result, Value};
@@ -62,7 +62,7 @@ pub(crate) fn is_pt2(zip: &ZipArchive, bytes: &[u8], path: &Path) -> bool {
             .is_some_and(|(_, rest)| rest == "archive_format");
         named
             && e.size <= 16
-            && match e.contents(bytes, path) {
+            && match e.contents(bytes, path, Purpose::Parse) {
                 Ok(Contents::Stored(range)) => bytes.get(range) == Some(b"pt2".as_slice()),
                 Ok(Contents::Inflated(data)) => data == b"pt2",
                 Err(_) => false,
@@ -205,8 +205,8 @@ impl Archive<'_> {
         if entry.size > MAX_CONFIG {
             return Err(bad(self.path, config, "the config is larger than 64 MiB"));
         }
-        let bytes = entry_bytes(self.buffer, entry, self.path)?;
-        let json: Json = serde_json::from_slice(bytes.as_slice())
+        let bytes = entry_bytes(self.buffer, entry, self.path, Purpose::Parse)?;
+        let json: Json = crate::json::parse(bytes.as_slice())
             .map_err(|e| bad(self.path, config, format!("not JSON: {e}")))?;
         let Some(Json::Object(items)) = json.get("config") else {
             return Err(bad(self.path, config, "no \"config\" object"));
@@ -307,7 +307,7 @@ impl Archive<'_> {
             if self.raw.contains(&entry.name) || entry.name.ends_with(".json") {
                 continue;
             }
-            let bytes = entry_bytes(self.buffer, entry, self.path)?;
+            let bytes = entry_bytes(self.buffer, entry, self.path, Purpose::Parse)?;
             let bytes = bytes.as_slice();
             if bytes.starts_with(b"PK\x03\x04") {
                 // A nested torch.save file; one torch could not open is harmless.
@@ -331,7 +331,7 @@ impl Archive<'_> {
             .zip
             .get(entry)
             .ok_or_else(|| bad(self.path, entry, "missing from the archive"))?;
-        let bytes = entry_bytes(self.buffer, zip_entry, self.path)?;
+        let bytes = entry_bytes(self.buffer, zip_entry, self.path, Purpose::Tensor)?;
         self.entries.insert(entry.to_owned(), bytes.clone());
         Ok(bytes)
     }

@@ -855,7 +855,7 @@ pub(crate) fn refuse_other_pickles(
 ) -> crate::Result<()> {
     for entry in &zip.entries {
         if entry.name.ends_with(".pkl") && entry.name != read {
-            let bytes = super::entry_bytes(buffer, entry, path)?;
+            let bytes = super::entry_bytes(buffer, entry, path, super::zip::Purpose::Parse)?;
             let leaf = entry.name.split_once('/').map_or(&*entry.name, |(_, l)| l);
             if let Some(e) = refuse(bytes.as_slice(), path, leaf) {
                 return Err(e);

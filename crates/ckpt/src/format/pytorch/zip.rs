@@ -11,6 +11,7 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::path::Path;
 
+use crate::format::inflate;
 use crate::{Error, Result};
 
 const LOCAL_SIG: u32 = 0x0403_4b50;
@@ -207,8 +208,8 @@ impl ZipArchive {
     }
 }
 
-/// The entry's contents: a borrowed range when stored, inflated bytes (at
-/// most the declared size) when deflated.
+/// The entry's contents: a borrowed range when stored, inflated bytes
+/// (exactly the declared size) when deflated.
 pub enum Contents {
     /// Stored uncompressed at this range of the file.
     Stored(Range<usize>),
@@ -216,47 +217,68 @@ pub enum Contents {
     Inflated(Vec<u8>),
 }
 
+/// What an entry's bytes are for, which bounds how far it may inflate
+/// (see [`crate::format::inflate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Tensor bytes: exactly the declared size, allocated only when the
+    /// compressed bytes could hold it.
+    Tensor,
+    /// A pickle, JSON or a marker to parse: a bounded multiple of its
+    /// compressed size.
+    Parse,
+}
+
 impl ZipEntry {
     /// True when the entry's contents match the CRC-32 the directory
-    /// records. Readers do not check it (torch does not); `verify` does.
+    /// records. Readers do not check it (torch does not); `verify` does,
+    /// inflating deflated entries through a small window, not a copy.
     pub fn crc_matches(&self, bytes: &[u8], path: &Path) -> Result<bool> {
-        let crc = match self.contents(bytes, path)? {
-            Contents::Stored(range) => crc32fast::hash(&bytes[range]),
-            Contents::Inflated(data) => crc32fast::hash(&data),
+        let data = &bytes[self.data.clone()];
+        let crc = match self.method {
+            0 => crc32fast::hash(data),
+            _ => {
+                let (crc, len) = inflate::crc32(data, self.size)
+                    .map_err(|f| f.into_error(path, |p| self.bad(path, p)))?;
+                if len != self.size {
+                    return Ok(false);
+                }
+                crc
+            }
         };
         Ok(crc == self.crc32)
     }
 
     /// Reads the entry's contents from the archive's bytes.
-    pub fn contents(&self, bytes: &[u8], path: &Path) -> Result<Contents> {
-        match self.method {
-            0 => Ok(Contents::Stored(self.data.clone())),
-            8 => {
-                let limit = to_usize(self.size, path, self.data.start)?;
-                let data = &bytes[self.data.clone()];
-                let out = miniz_oxide::inflate::decompress_to_vec_with_limit(data, limit).map_err(
-                    |_| {
-                        bad(
-                            path,
-                            self.data.start,
-                            "a deflated entry is corrupt or larger than it declares",
-                        )
-                    },
-                )?;
-                if out.len() != limit {
-                    return Err(bad(
-                        path,
-                        self.data.start,
-                        "a deflated entry is shorter than it declares",
-                    ));
+    pub fn contents(&self, bytes: &[u8], path: &Path, purpose: Purpose) -> Result<Contents> {
+        let data = &bytes[self.data.clone()];
+        let inflated = match (self.method, purpose) {
+            (0, _) => return Ok(Contents::Stored(self.data.clone())),
+            (8, Purpose::Tensor) => inflate::exact(data, false, self.size),
+            (8, Purpose::Parse) => inflate::parse_buffer(data, false, self.size).and_then(|out| {
+                match out.len() as u64 == self.size {
+                    true => Ok(out),
+                    false => Err(inflate::Failure::Shorter(out.len() as u64, self.size)),
                 }
-                Ok(Contents::Inflated(out))
+            }),
+            _ => {
+                return Err(bad(
+                    path,
+                    self.data.start,
+                    "an entry uses a compression method other than stored or deflate",
+                ))
             }
-            _ => Err(bad(
-                path,
-                self.data.start,
-                "an entry uses a compression method other than stored or deflate",
-            )),
+        };
+        inflated
+            .map(Contents::Inflated)
+            .map_err(|f| f.into_error(path, |p| self.bad(path, p)))
+    }
+
+    fn bad(&self, path: &Path, problem: String) -> Error {
+        Error::BadArchive {
+            path: path.to_owned(),
+            entry: self.name.clone(),
+            problem: format!("the deflated entry {problem}"),
         }
     }
 }

@@ -104,7 +104,7 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
         let cost = match &self.unpickled.arena[id] {
             Obj::Str(s) => s.len(),
             Obj::Bytes(b) => b.len(),
-            Obj::Global(m, n) => m.len() + n.len() + 1,
+            Obj::Global(g) => g.0.len() + g.1.len() + 1,
             Obj::NpDtype { code, .. } => code.len(),
             Obj::Tensor(t) | Obj::QTensor(t, _) => t.shape.len() * 8,
             Obj::Dict(pairs) => pairs.len() * std::mem::size_of::<(Key, Value)>(),
@@ -127,7 +127,7 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
             Obj::Dtype(d) => Value::Str(d.torch_name().to_owned()),
             // A class or function named as a value (a defaultdict's
             // factory, an activation function): its name.
-            Obj::Global(m, n) => Value::Str(format!("{m}.{n}")),
+            Obj::Global(g) => Value::Str(format!("{}.{}", g.0, g.1)),
             Obj::NpDtype { code, .. } => Value::Str(
                 numpy_dtype(code).map_or_else(|| code.clone(), |d| d.torch_name().to_owned()),
             ),
@@ -267,7 +267,7 @@ impl<'a, F: FnMut(&TensorRef) -> Result<TensorData>> Converter<'a, F> {
             }
         };
         let scalar = |dtype, bytes: Vec<u8>| TensorData::new(dtype, Vec::new(), bytes);
-        let (scale, zero_point, axis) = match *scheme {
+        let (scale, zero_point, axis) = match **scheme {
             QScheme::PerTensor { scale, zero_point } => (
                 scalar(DType::F32, (scale as f32).to_le_bytes().to_vec())?,
                 scalar(DType::I64, zero_point.to_le_bytes().to_vec())?,

@@ -40,14 +40,14 @@ impl Machine<'_> {
             },
             ("collections", "deque") => Obj::List(self.sequence(args.first().copied())?),
             ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-                Obj::Tensor(self.rebuild_tensor(&args, None)?)
+                Obj::Tensor(Box::new(self.rebuild_tensor(&args, None)?))
             }
             ("torch._utils", "_rebuild_tensor_v3") => {
                 let dtype = match args.get(6).map(|&d| &self.arena[d]) {
                     Some(Obj::Dtype(d)) => *d,
                     _ => return Err(self.err("_rebuild_tensor_v3 without a dtype")),
                 };
-                Obj::Tensor(self.rebuild_tensor(&args, Some(dtype))?)
+                Obj::Tensor(Box::new(self.rebuild_tensor(&args, Some(dtype))?))
             }
             ("torch._utils", "_rebuild_qtensor") => self.rebuild_qtensor(&args)?,
             ("torch._utils", "_rebuild_parameter")
@@ -92,7 +92,7 @@ impl Machine<'_> {
                     .ok_or_else(|| self.err("_reconstructor of something that is not a class"))?;
                 self.charge(m.len() + n.len())?;
                 Obj::Object {
-                    class: (m.to_owned(), n.to_owned()),
+                    class: Box::new((m.to_owned(), n.to_owned())),
                     args: None,
                     state: None,
                 }
@@ -139,7 +139,7 @@ impl Machine<'_> {
 
     fn object(&self, module: String, name: String, args: Id) -> Obj {
         Obj::Object {
-            class: (module, name),
+            class: Box::new((module, name)),
             args: Some(args),
             state: None,
         }
@@ -302,7 +302,7 @@ impl Machine<'_> {
         }
         self.charge(storage.key.len())?;
         Ok(TensorRef {
-            storage: storage.clone(),
+            storage: super::StorageRef::clone(storage),
             dtype,
             offset,
             shape,
@@ -385,7 +385,7 @@ impl Machine<'_> {
                 ))
             }
         };
-        Ok(Obj::QTensor(int, scheme))
+        Ok(Obj::QTensor(Box::new(int), Box::new(scheme)))
     }
 }
 
