@@ -8,7 +8,14 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+
+#[global_allocator]
+static ALLOC: common::Counting = common::Counting;
+
 fuzz_target!(|data: &[u8]| {
-    let origin = Path::new("/nonexistent-ckpt-fuzz/ckpt.index.json");
-    let _ = ckpt::read_bytes(ckpt::Format::ShardedIndex, data.to_vec(), origin);
+    common::bounded(data.len(), || {
+        let origin = Path::new("/nonexistent-ckpt-fuzz/ckpt.index.json");
+        let _ = ckpt::read_bytes(ckpt::Format::ShardedIndex, data.to_vec(), origin);
+    });
 });

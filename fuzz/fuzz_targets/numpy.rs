@@ -6,7 +6,14 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+
+#[global_allocator]
+static ALLOC: common::Counting = common::Counting;
+
 fuzz_target!(|data: &[u8]| {
-    let _ = ckpt::read_bytes(ckpt::Format::Npy, data.to_vec(), Path::new("fuzz.npy"));
-    let _ = ckpt::read_bytes(ckpt::Format::Npz, data.to_vec(), Path::new("fuzz.npz"));
+    common::bounded(data.len(), || {
+        let _ = ckpt::read_bytes(ckpt::Format::Npy, data.to_vec(), Path::new("fuzz.npy"));
+        let _ = ckpt::read_bytes(ckpt::Format::Npz, data.to_vec(), Path::new("fuzz.npz"));
+    });
 });

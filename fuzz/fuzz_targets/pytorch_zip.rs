@@ -8,8 +8,15 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+
+#[global_allocator]
+static ALLOC: common::Counting = common::Counting;
+
 fuzz_target!(|data: &[u8]| {
-    let _ = ckpt::Format::detect(data, Path::new("fuzz"));
-    let _ = ckpt::read_bytes(ckpt::Format::PyTorch, data.to_vec(), Path::new("fuzz.pth"));
-    let _ = ckpt::read_bytes(ckpt::Format::ExportedProgram, data.to_vec(), Path::new("fuzz.pt2"));
+    common::bounded(data.len(), || {
+        let _ = ckpt::Format::detect(data, Path::new("fuzz"));
+        let _ = ckpt::read_bytes(ckpt::Format::PyTorch, data.to_vec(), Path::new("fuzz.pth"));
+        let _ = ckpt::read_bytes(ckpt::Format::ExportedProgram, data.to_vec(), Path::new("fuzz.pt2"));
+    });
 });

@@ -7,9 +7,16 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+
+#[global_allocator]
+static ALLOC: common::Counting = common::Counting;
+
 fuzz_target!(|data: &[u8]| {
-    let origin = Path::new("fuzz.safetensors");
-    if let Ok(loaded) = ckpt::read_bytes(ckpt::Format::Safetensors, data.to_vec(), origin) {
-        let _ = ckpt::StateDict::flatten(&loaded.value);
-    }
+    common::bounded(data.len(), || {
+        let origin = Path::new("fuzz.safetensors");
+        if let Ok(loaded) = ckpt::read_bytes(ckpt::Format::Safetensors, data.to_vec(), origin) {
+            let _ = ckpt::StateDict::flatten(&loaded.value);
+        }
+    });
 });

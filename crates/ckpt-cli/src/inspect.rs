@@ -13,6 +13,29 @@ use crate::values::{collect_values, object_classes, repr, to_json, write_tree};
 
 /// Prints the tensors, values and metadata of `file`, or with `tree` its
 /// nested structure.
+/// What `inspect --json` prints, serialised straight from borrowed data (a
+/// million tensors as `serde_json::Value`s would take gigabytes).
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    format: &'static str,
+    tensors: Vec<JsonTensor<'a>>,
+    values: serde_json::Map<String, serde_json::Value>,
+    metadata: &'a indexmap::IndexMap<String, String>,
+    objects: BTreeSet<String>,
+    python: Option<serde_json::Value>,
+    total_params: u64,
+    total_bytes: u64,
+}
+
+/// One tensor's line of [`JsonReport`].
+#[derive(serde::Serialize)]
+struct JsonTensor<'a> {
+    name: &'a str,
+    dtype: &'static str,
+    shape: &'a [usize],
+    bytes: usize,
+}
+
 pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Result<()> {
     if file.is_dir() && file.join("manifest.json").is_file() {
         // A run directory: its latest step.
@@ -49,27 +72,39 @@ pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
     let verdict = loaded.pickle.as_ref().map(ckpt::PickleReport::verdict);
 
     if as_json {
-        let report = json!({
-            "format": loaded.format.id(),
-            "tensors": tensors.iter().map(|(name, t)| json!({
-                "name": name,
-                "dtype": t.dtype().torch_name(),
-                "shape": t.shape(),
-                "bytes": t.bytes().len(),
-            })).collect::<Vec<_>>(),
-            "values": values.iter().map(|(path, v)| (path.clone(), to_json(v))).collect::<serde_json::Map<_, _>>(),
-            "metadata": loaded.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            "objects": classes,
-            "python": loaded.pickle.as_ref().map(|p| json!({
-                "weights_only": p.needs_weights_only_false.is_empty(),
-                "needs_weights_only_false": p.needs_weights_only_false,
-                "verdict": verdict,
-            })),
-            "total_params": tensors.total_params(),
-            "total_bytes": tensors.total_bytes(),
-        });
-        serde_json::to_writer_pretty(&mut *out, &report)?;
-        writeln!(out)?;
+        let report = JsonReport {
+            format: loaded.format.id(),
+            tensors: tensors
+                .iter()
+                .map(|(name, t)| JsonTensor {
+                    name,
+                    dtype: t.dtype().torch_name(),
+                    shape: t.shape(),
+                    bytes: t.bytes().len(),
+                })
+                .collect(),
+            values: values
+                .iter()
+                .map(|(path, v)| (path.clone(), to_json(v)))
+                .collect(),
+            metadata: &loaded.metadata,
+            objects: classes,
+            python: loaded.pickle.as_ref().map(|p| {
+                json!({
+                    "weights_only": p.needs_weights_only_false.is_empty(),
+                    "needs_weights_only_false": p.needs_weights_only_false,
+                    "verdict": verdict,
+                })
+            }),
+            total_params: tensors.total_params(),
+            total_bytes: tensors.total_bytes(),
+        };
+        // Large writes: the terminal's line buffering would make one
+        // system call per line of a million-tensor listing.
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
+        serde_json::to_writer_pretty(&mut buffered, &report)?;
+        writeln!(buffered)?;
+        buffered.flush()?;
         return Ok(());
     }
 

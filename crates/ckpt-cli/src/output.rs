@@ -211,13 +211,23 @@ impl Table {
         }
     }
 
-    /// Adds a row.
+    /// Adds a row, its cells escaped as [`printable`] so that columns are
+    /// measured as they will print.
     pub fn row(&mut self, cells: Vec<String>) {
+        let cells = cells
+            .into_iter()
+            .map(|c| match printable(&c) {
+                std::borrow::Cow::Borrowed(_) => c,
+                escaped => escaped.into_owned(),
+            })
+            .collect();
         self.rows.push(cells);
     }
 
-    /// Writes the table, columns padded to their widest cell.
+    /// Writes the table, columns padded to their widest cell, in large
+    /// writes (not one system call per line).
     pub fn write(&self, out: &mut dyn Write) -> io::Result<()> {
+        let mut out = io::BufWriter::with_capacity(1 << 20, out);
         let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {
             for (w, cell) in widths.iter_mut().zip(row) {
@@ -243,7 +253,7 @@ impl Table {
             }
             writeln!(out, "{line}")?;
         }
-        Ok(())
+        out.flush()
     }
 }
 
@@ -272,6 +282,17 @@ mod tests {
         out.flush().unwrap();
         let text = String::from_utf8(out.inner).unwrap();
         assert_eq!(text, format!("{}é", printable(hostile)));
+    }
+
+    #[test]
+    fn tables_align_escaped_cells_as_they_print() {
+        let mut table = Table::new(vec!["name", "n"], vec![false, true]);
+        table.row(vec!["a\u{0}b".into(), "1".into()]);
+        table.row(vec!["plain".into(), "22".into()]);
+        let mut out = Vec::new();
+        table.write(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, "name     n\na\\x00b   1\nplain   22\n");
     }
 
     #[test]

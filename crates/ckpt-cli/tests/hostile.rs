@@ -101,6 +101,15 @@ fn hostile() -> Vec<PathBuf> {
     files
 }
 
+/// The hostile fixture `name`, as a path string.
+fn hostile_file(name: &str) -> String {
+    let path = hostile().into_iter().find(|f| f.ends_with(name));
+    path.unwrap_or_else(|| panic!("no hostile fixture {name}"))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// A `.npy` of one float32 sample of shape [1, 8, 8].
 fn input(dir: &Path) -> PathBuf {
     let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1, 8, 8), }";
@@ -140,13 +149,7 @@ fn commands(f: &str, input: &str) -> Vec<Vec<String>> {
 fn every_hostile_fixture_through_every_command_within_memory_and_time() {
     let files = hostile();
     assert!(files.len() >= 45, "only {} hostile fixtures", files.len());
-    let no_tensors = files
-        .iter()
-        .find(|f| f.ends_with("no_tensors.safetensors"))
-        .expect("no_tensors.safetensors")
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let no_tensors = hostile_file("no_tensors.safetensors");
     let mut runs = 0;
     for file in &files {
         let work = tempfile::tempdir().unwrap();
@@ -212,15 +215,6 @@ fn every_hostile_fixture_through_every_command_within_memory_and_time() {
 #[test]
 fn bombs_are_refused_by_name_not_by_running_out_of_memory() {
     let work = tempfile::tempdir().unwrap();
-    let by_name = |name: &str| {
-        hostile()
-            .into_iter()
-            .find(|f| f.ends_with(name))
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned()
-    };
     for (name, needle) in [
         (
             "bomb_pickle.pth",
@@ -248,7 +242,7 @@ fn bombs_are_refused_by_name_not_by_running_out_of_memory() {
         ("shape_overflow.safetensors", "whose size overflows"),
     ] {
         for command in ["inspect", "verify"] {
-            let path = by_name(name);
+            let path = hostile_file(name);
             let run = limited(work.path(), &[command, &path]);
             assert_eq!(run.code, Some(2), "{name}: {}", run.stderr);
             assert!(run.stderr.contains(needle), "{name}: {}", run.stderr);
@@ -260,10 +254,7 @@ fn bombs_are_refused_by_name_not_by_running_out_of_memory() {
 fn specs_past_the_budgets_are_refused_naming_the_layer() {
     let work = tempfile::tempdir().unwrap();
     let input = input(work.path());
-    let no_tensors = hostile()
-        .into_iter()
-        .find(|f| f.ends_with("no_tensors.safetensors"))
-        .unwrap();
+    let no_tensors = hostile_file("no_tensors.safetensors");
     for (name, needle) in [
         (
             "moon_input.spec.json",
@@ -276,12 +267,12 @@ fn specs_past_the_budgets_are_refused_naming_the_layer() {
             "0: groups 2 must divide 3 and 4 channels",
         ),
     ] {
-        let spec = hostile().into_iter().find(|f| f.ends_with(name)).unwrap();
+        let spec = hostile_file(name);
         let args = [
             "run",
-            no_tensors.to_str().unwrap(),
+            &no_tensors,
             "--spec",
-            spec.to_str().unwrap(),
+            &spec,
             "--input",
             input.to_str().unwrap(),
             "--output",

@@ -37,7 +37,7 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
     let bytes = buffer.as_slice();
     let mut pos = MAGIC.len();
     let next = |pos: &mut usize| -> Result<pickle::Unpickled> {
-        let u = pickle::unpickle(&bytes[*pos..], path, ENTRY)?;
+        let u = pickle::unpickle(&bytes[*pos..], bytes.len() - *pos, path, ENTRY)?;
         *pos += u.end;
         Ok(u)
     };

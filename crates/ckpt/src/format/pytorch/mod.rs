@@ -166,9 +166,11 @@ fn storage_dtype(class: &str) -> Option<DType> {
         .map(|(d, _)| *d)
 }
 
-/// Materialised strided views may allocate at most this much beyond the
-/// file's own size in total (expanded tensors are views of small storages).
-const EXPANSION_ALLOWANCE: u64 = 256 << 20;
+/// Materialised strided views may allocate at most twice the file's own
+/// size plus this much in total: a gathered copy of every storage, and as
+/// much again for expanded tensors (views of small storages), so that a
+/// small file cannot expand into a huge one.
+const EXPANSION_ALLOWANCE: u64 = 16 << 20;
 
 /// Reads a whole `torch.save` file held in `buffer`: the zip format, or the
 /// legacy (pre-1.6) one.
@@ -187,7 +189,8 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
             problem: "the archive has no data.pkl",
         })?;
     let pickle_bytes = entry_bytes(&buffer, pickle_entry, path, Purpose::Parse)?;
-    let unpickled = pickle::unpickle(pickle_bytes.as_slice(), path, "data.pkl")?;
+    let stored = pickle_entry.data.len();
+    let unpickled = pickle::unpickle(pickle_bytes.as_slice(), stored, path, "data.pkl")?;
     safety::refuse_other_pickles(&zip, &buffer, path, &pickle_entry.name)?;
     let big_endian = match zip.get(&format!("{prefix}/byteorder")) {
         Some(entry) => entry_bytes(&buffer, entry, path, Purpose::Parse)?.as_slice() == b"big",
@@ -222,7 +225,7 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
 /// refused as the deny-list says.
 pub(crate) fn read_pickle(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
     const ENTRY: &str = "the pickle";
-    let unpickled = pickle::unpickle(buffer.as_slice(), path, ENTRY)?;
+    let unpickled = pickle::unpickle(buffer.as_slice(), buffer.as_slice().len(), path, ENTRY)?;
     let storage = |s: &StorageRef| -> Result<Shared> {
         Err(bad_storage(path, s, "a bare pickle has no storages"))
     };
@@ -271,7 +274,9 @@ fn build(
 ) -> Result<Loaded> {
     let torchscript = format == Format::TorchScript;
     let mut storages: HashMap<String, (StorageRef, Shared)> = HashMap::new();
-    let mut allowance = file_len.saturating_add(EXPANSION_ALLOWANCE);
+    let mut allowance = file_len
+        .saturating_mul(2)
+        .saturating_add(EXPANSION_ALLOWANCE);
     let mut converter = Converter::new(unpickled, path, entry, |t: &TensorRef| {
         let shared = match storages.get(&t.storage.key) {
             // One storage is one dtype and one length everywhere it is used.

@@ -171,7 +171,7 @@ mod tests {
     fn a_module_that_contains_itself_is_an_error_not_a_hang() {
         // m = M(); m.__dict__ = {'_parameters': {}, '_modules': {'a': m, 'b': m}}
         let bytes = b"\x80\x02c__main__\nM\n)\x81q\x00}(X\x0b\x00\x00\x00_parameters}X\x08\x00\x00\x00_modules}(X\x01\x00\x00\x00ah\x00X\x01\x00\x00\x00bh\x00uub.";
-        let u = unpickle(bytes, Path::new("m.pth"), "data.pkl").unwrap();
+        let u = unpickle(bytes, bytes.len(), Path::new("m.pth"), "data.pkl").unwrap();
         let err = match weights(&u, false, Path::new("m.pth"), "data.pkl") {
             Err(e) => e,
             Ok(_) => panic!("a self-containing module was walked"),

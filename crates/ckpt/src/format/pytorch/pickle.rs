@@ -143,7 +143,7 @@ pub(crate) struct Budget(std::cell::Cell<usize>);
 impl Budget {
     fn for_stream(len: usize) -> Budget {
         Budget(std::cell::Cell::new(
-            len.saturating_mul(16).saturating_add(16 << 20),
+            len.saturating_mul(16).saturating_add(1 << 20),
         ))
     }
 
@@ -201,13 +201,17 @@ struct Machine<'a> {
 
 /// How many bytes of objects, stack and memo a pickle may build per byte
 /// of stream, besides [`FOOTPRINT_SLACK`]: a state dict builds about 10,
-/// a list of small integers 20; a stream of one-byte `None`s 56.
+/// a list of small integers 20; a stream of one-byte `None`s 56. Measured
+/// against the bytes the stream takes in the file, so a deflated pickle
+/// builds no more than a stored one of its compressed size.
 const FOOTPRINT_PER_BYTE: usize = 32;
 /// Bytes of objects every stream may build whatever its length.
-const FOOTPRINT_SLACK: usize = 16 << 20;
+const FOOTPRINT_SLACK: usize = 1 << 20;
 
-/// Runs the pickle stream in `bytes` (the zip entry `entry` of `path`).
-pub(crate) fn unpickle(bytes: &[u8], path: &Path, entry: &str) -> Result<Unpickled> {
+/// Runs the pickle stream in `bytes` (the zip entry `entry` of `path`),
+/// which takes `stored` bytes of the file (fewer than `bytes` when it was
+/// deflated): what it may build is a multiple of those.
+pub(crate) fn unpickle(bytes: &[u8], stored: usize, path: &Path, entry: &str) -> Result<Unpickled> {
     let mut m = Machine {
         bytes,
         pos: 0,
@@ -217,9 +221,8 @@ pub(crate) fn unpickle(bytes: &[u8], path: &Path, entry: &str) -> Result<Unpickl
         stack: Vec::new(),
         memo: HashMap::new(),
         op_start: 0,
-        budget: Budget::for_stream(bytes.len()),
-        max_footprint: bytes
-            .len()
+        budget: Budget::for_stream(stored),
+        max_footprint: stored
             .saturating_mul(FOOTPRINT_PER_BYTE)
             .saturating_add(FOOTPRINT_SLACK),
         globals: BTreeSet::new(),
@@ -806,7 +809,7 @@ mod tests {
     use crate::{Dict, Key, Value};
 
     fn run(bytes: &[u8]) -> Result<Value> {
-        let u = unpickle(bytes, Path::new("t.pth"), "data.pkl")?;
+        let u = unpickle(bytes, bytes.len(), Path::new("t.pth"), "data.pkl")?;
         Converter::new(&u, Path::new("t.pth"), "data.pkl", |_| unreachable!()).root()
     }
 
@@ -1027,7 +1030,7 @@ mod tests {
     #[test]
     fn old_storage_views_are_refused() {
         let bytes = b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04(X\x01\x00\x00\x001K\x01K\x02ttQ.";
-        let err = match unpickle(bytes, Path::new("t.pth"), "data.pkl") {
+        let err = match unpickle(bytes, bytes.len(), Path::new("t.pth"), "data.pkl") {
             Err(e) => e,
             Ok(_) => panic!("a storage view was accepted"),
         };

@@ -86,7 +86,9 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         zip: &zip,
         buffer: &buffer,
         path,
-        allowance: (buffer.as_slice().len() as u64).saturating_add(EXPANSION_ALLOWANCE),
+        allowance: (buffer.as_slice().len() as u64)
+            .saturating_mul(2)
+            .saturating_add(EXPANSION_ALLOWANCE),
         report: PickleReport::default(),
         pickled_any: false,
         skipped: Vec::new(),
