@@ -465,17 +465,25 @@ fn dim(d: i64, rank: usize) -> usize {
     }
 }
 
-/// The `[out, n]` matrix whose row `i` averages PyTorch's adaptive window
-/// `floor(i n / out) .. ceil((i + 1) n / out)`, in `like`'s dtype and
-/// device.
-fn averaging(n: usize, out: usize, like: &Tensor) -> Result<Tensor> {
-    let mut m = vec![0f32; out * n];
-    for i in 0..out {
-        let (start, end) = (i * n / out, ((i + 1) * n).div_ceil(out));
-        let weight = 1.0 / (end - start) as f32;
-        m[i * n + start..i * n + end].fill(weight);
+/// PyTorch's adaptive average of dimension `d` into `out` windows
+/// (`floor(i n / out) .. ceil((i + 1) n / out)`): one reshape when they
+/// divide evenly, else one mean per window — never a product with zeros,
+/// so an inf or NaN stays in its own windows as in torch.
+fn pool_axis(x: &Tensor, d: usize, out: usize) -> Result<Tensor> {
+    let n = x.dim(d)?;
+    if n % out == 0 {
+        let mut shape = x.dims().to_vec();
+        shape[d] = out;
+        shape.insert(d + 1, n / out);
+        return Ok(x.reshape(shape)?.mean(d + 1)?);
     }
-    Ok(Tensor::from_vec(m, (out, n), like.device())?.to_dtype(like.dtype())?)
+    let windows = (0..out)
+        .map(|i| {
+            let (start, end) = (i * n / out, ((i + 1) * n).div_ceil(out));
+            x.narrow(d, start, end - start)?.mean_keepdim(d)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&windows, d)?)
 }
 
 /// Pads dims 2 and 3 with `value`.
@@ -617,14 +625,14 @@ fn apply(layer: &Built, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
             pad2d(x, *p, 0.0)?.avg_pool2d_with_stride((k[0], k[1]), (s[0], s[1]))?
         }
         Built::AdaptiveAvgPool([oh, ow]) => {
-            // Two products with averaging matrices: work in proportion
-            // to the cells, not one tensor operation per cell.
-            let (_, _, h, w) = x.dims4()?;
-            let cols = x.broadcast_matmul(&averaging(w, *ow, x)?.t()?)?;
-            let rows = cols.transpose(2, 3)?.contiguous()?;
-            rows.broadcast_matmul(&averaging(h, *oh, x)?.t()?)?
-                .transpose(2, 3)?
-                .contiguous()?
+            // One axis, then the other, the smaller intermediate first: it
+            // holds no more than the larger of input and output.
+            let (_, c, h, w) = x.dims4()?;
+            if c * h * ow <= c * oh * w {
+                pool_axis(&pool_axis(x, 3, *ow)?, 2, *oh)?
+            } else {
+                pool_axis(&pool_axis(x, 2, *oh)?, 3, *ow)?
+            }
         }
         Built::Residual(inner) => (x + run(inner, x, rng)?)?,
     })

@@ -211,14 +211,15 @@ impl Table {
         }
     }
 
-    /// Adds a row, its cells escaped as [`printable`] so that columns are
+    /// Adds a row, its cells escaped as [`printable`] (newlines and tabs
+    /// too, which would make rows of their own) so that columns are
     /// measured as they will print.
     pub fn row(&mut self, cells: Vec<String>) {
         let cells = cells
             .into_iter()
             .map(|c| match printable(&c) {
-                std::borrow::Cow::Borrowed(_) => c,
-                escaped => escaped.into_owned(),
+                std::borrow::Cow::Borrowed(_) if !c.contains(['\n', '\t']) => c,
+                escaped => escaped.replace('\n', "\\x0a").replace('\t', "\\x09"),
             })
             .collect();
         self.rows.push(cells);
@@ -289,10 +290,14 @@ mod tests {
         let mut table = Table::new(vec!["name", "n"], vec![false, true]);
         table.row(vec!["a\u{0}b".into(), "1".into()]);
         table.row(vec!["plain".into(), "22".into()]);
+        table.row(vec!["fake\nrow".into(), "3".into()]);
         let mut out = Vec::new();
         table.write(&mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(text, "name     n\na\\x00b   1\nplain   22\n");
+        assert_eq!(
+            text,
+            "name          n\na\\x00b        1\nplain        22\nfake\\x0arow   3\n"
+        );
     }
 
     #[test]

@@ -72,6 +72,9 @@ fn runs_save_retain_restore_and_fall_back_on_object_storage() {
             CheckpointManager::open(&run, options.clone()),
             Err(Error::StoreLocked { .. })
         ));
+        // A reader sees the writer by looking at its lock, not taking it.
+        let check = RunReader::open(&run).unwrap().check(|_, _| {}).unwrap();
+        assert!(check.writer_active);
         drop(m);
 
         // Readers see only committed steps; the listing is the manifest's.
@@ -84,6 +87,8 @@ fn runs_save_retain_restore_and_fall_back_on_object_storage() {
                 && !names.contains(&"step-00000003".to_owned()),
             "{names:?}"
         );
+        assert!(!reader.check(|_, _| {}).unwrap().writer_active);
+        assert!(!storage.list().unwrap().contains(&".lock".to_owned()));
 
         // Damage the newest checkpoint: loads fall back to step 4.
         let file = format!("step-00000005/checkpoint.{}", format.extension());

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ckpt::store::{
     AsyncPolicy, AsyncSave, CheckpointManager, KeepBest, LocalStorage, MetricMode, MissingMetric,
-    Retention, Storage, StoreOptions,
+    Retention, RunReader, Storage, StoreOptions,
 };
 use ckpt::{Format, StateDict, TensorData, TrainingCheckpoint};
 
@@ -128,6 +128,68 @@ fn a_second_writer_is_refused_in_this_process_and_another() {
     assert!(out.contains("refused: "), "{out}");
     drop(store);
     open(dir.path()); // released with the manager
+}
+
+/// Every file under `dir` with its length and modification time.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            out.extend(snapshot(&entry.path()));
+        } else {
+            out.push((entry.path(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_reader_writes_nothing_takes_no_lock_and_never_blocks_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    store.save(1, &checkpoint(1, 4), &[]).unwrap();
+    let check = RunReader::open(dir.path())
+        .unwrap()
+        .check(|_, _| {})
+        .unwrap();
+    assert!(check.writer_active, "the writer holds the lock");
+    drop(store);
+
+    // A run without its lock file (copied, or on read-only media): a
+    // reader creates nothing and changes nothing.
+    std::fs::remove_file(dir.path().join(".lock")).unwrap();
+    let before = snapshot(dir.path());
+    let reader = RunReader::open(dir.path()).unwrap();
+    let check = reader.check(|_, _| {}).unwrap();
+    assert!(
+        !check.writer_active && check.leftovers.is_empty(),
+        "{check:?}"
+    );
+    assert_eq!(snapshot(dir.path()), before);
+
+    // Readers checking without pause never make a writer see a lock.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers = {
+        let (stop, dir) = (stop.clone(), dir.path().to_owned());
+        std::thread::spawn(move || {
+            let reader = RunReader::open(&dir).unwrap();
+            let mut checks = 0;
+            while !stop.load(Ordering::Relaxed) {
+                reader.check(|_, _| {}).unwrap();
+                checks += 1;
+            }
+            checks
+        })
+    };
+    for step in 2..12 {
+        let mut store = open(dir.path());
+        store.save(step, &checkpoint(step, 4), &[]).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(readers.join().unwrap() > 0);
 }
 
 #[test]
@@ -248,6 +310,9 @@ impl Storage for Faulty {
     }
     fn lock(&self) -> io::Result<Option<Box<dyn std::any::Any + Send + Sync>>> {
         self.inner.lock()
+    }
+    fn writer_active(&self) -> io::Result<bool> {
+        self.inner.writer_active()
     }
     fn create_dir(&self, name: &str) -> io::Result<()> {
         self.op();

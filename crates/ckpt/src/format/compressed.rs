@@ -416,7 +416,12 @@ impl Plan {
             blobs.push(blob);
         }
         let json = json!({"metadata": meta, "tensors": entries}).to_string();
-        let index = miniz_oxide::deflate::compress_to_vec_zlib(json.as_bytes(), LEVEL);
+        let mut index = miniz_oxide::deflate::compress_to_vec_zlib(json.as_bytes(), LEVEL);
+        // An index compressed past what readers inflate (repetitive
+        // metadata) is stored instead, so every file written reads back.
+        if json.len() as u64 > inflate::parse_limit(index.len()) {
+            index = miniz_oxide::deflate::compress_to_vec_zlib(json.as_bytes(), 0);
+        }
         let mut head = Vec::with_capacity(16 + index.len());
         head.extend_from_slice(&MAGIC);
         head.extend_from_slice(&(index.len() as u64).to_le_bytes());
@@ -443,7 +448,7 @@ impl super::WritePlan for Plan {
 mod tests {
     use super::*;
     use crate::format::WritePlan;
-    use crate::StateDict;
+    use crate::{Key, StateDict};
 
     fn file(value: &Value) -> Vec<u8> {
         let plan = Plan::new(value, &IndexMap::new()).unwrap();
@@ -488,6 +493,21 @@ mod tests {
         sd.insert("empty".into(), TensorData::from_f32(&[0, 3], &[]).unwrap());
         sd.insert("scalar".into(), TensorData::from_f32(&[], &[2.5]).unwrap());
         sd
+    }
+
+    #[test]
+    fn what_the_writer_compresses_past_the_readers_bounds_still_reads_back() {
+        // Metadata that deflates far past 64:1, and an all-zero tensor
+        // whose sparse bitmap would pass deflate's 1032:1.
+        let metadata: IndexMap<String, String> = [("notes".to_owned(), "=".repeat(4 << 20))].into();
+        let zeros = TensorData::new(DType::F64, vec![1 << 22], vec![0u8; 8 << 22]).unwrap();
+        let value = Value::Dict([(Key::from("w"), Value::Tensor(zeros.clone()))].into());
+        let plan = Plan::new(&value, &metadata).unwrap();
+        let mut bytes = Vec::new();
+        plan.write_to(&mut bytes).unwrap();
+        let loaded = read_bytes(bytes).unwrap();
+        assert_eq!(loaded.metadata["notes"].len(), 4 << 20);
+        assert_eq!(StateDict::flatten(&loaded.value).unwrap()["w"], zeros);
     }
 
     #[test]

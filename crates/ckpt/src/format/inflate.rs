@@ -141,8 +141,13 @@ pub(crate) fn parse_buffer(data: &[u8], zlib: bool, limit: u64) -> Result<Vec<u8
 pub(crate) fn at_most(data: &[u8], zlib: bool, limit: u64) -> Result<Vec<u8>, Failure> {
     let mut out: Vec<u8> = Vec::new();
     stream(data, zlib, limit, |chunk| {
-        out.try_reserve(chunk.len())
-            .map_err(|_| Failure::NoMemory(out.len() as u64 + chunk.len() as u64))?;
+        let need = out.len() + chunk.len();
+        if need > out.capacity() {
+            // Doubling, but never past the limit (the stream stops there).
+            let want = need.max(out.len() * 2).min(limit.max(need as u64) as usize);
+            out.try_reserve_exact(want - out.len())
+                .map_err(|_| Failure::NoMemory(want as u64))?;
+        }
         out.extend_from_slice(chunk);
         Ok(())
     })?;

@@ -1176,9 +1176,8 @@ impl RunReader {
         check.writer_active = self
             .shared
             .storage
-            .lock()
-            .map_err(|e| Error::io(self.shared.path(".lock"), e))?
-            .is_none();
+            .writer_active()
+            .map_err(|e| Error::io(self.shared.path(".lock"), e))?;
         Ok(check)
     }
 }

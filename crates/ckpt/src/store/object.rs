@@ -346,6 +346,14 @@ impl Storage for ObjectStorage {
         Ok(None)
     }
 
+    fn writer_active(&self) -> io::Result<bool> {
+        match self.get(".lock") {
+            Ok(text) => Ok(!stale(&String::from_utf8_lossy(&text))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn create_dir(&self, _: &str) -> io::Result<()> {
         Ok(())
     }

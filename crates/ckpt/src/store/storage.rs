@@ -22,6 +22,13 @@ pub trait Storage: Send + Sync + 'static {
     /// `Ok(None)` means another live process holds it.
     fn lock(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>>;
 
+    /// Whether a writer holds the lock now, asked without writing
+    /// anything (readers need no write permission). The default takes
+    /// the lock and releases it; the storages here look without taking it.
+    fn writer_active(&self) -> io::Result<bool> {
+        Ok(self.lock()?.is_none())
+    }
+
     /// Whether [`Storage::rename`] is atomic. When it is not (object
     /// storage), the store writes a step's files in place and commits with
     /// the manifest alone.
@@ -126,6 +133,10 @@ impl LocalStorage {
     }
 }
 
+/// How many times a writer tries the lock, 10 ms apart, before it says
+/// another process holds it.
+const LOCK_TRIES: usize = 10;
+
 impl Storage for LocalStorage {
     fn root(&self) -> &Path {
         &self.root
@@ -141,11 +152,32 @@ impl Storage for LocalStorage {
             .truncate(false)
             .write(true)
             .open(self.path(".lock"))?;
-        match file.try_lock() {
-            // The lock lives with the open file; dropping the guard (or
-            // the process dying) releases it.
-            Ok(()) => Ok(Some(Box::new(file))),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        // A reader looking (`writer_active`) holds a shared lock for an
+        // instant: a writer waits that out rather than report a writer.
+        for _ in 0..LOCK_TRIES {
+            match file.try_lock() {
+                // The lock lives with the open file; dropping the guard (or
+                // the process dying) releases it.
+                Ok(()) => return Ok(Some(Box::new(file))),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    fn writer_active(&self) -> io::Result<bool> {
+        // Opened read-only and never created: a reader writes nothing.
+        let file = match crate::io::open_file(&self.path(".lock")) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(false), // released as the file closes
+            Err(std::fs::TryLockError::WouldBlock) => Ok(true),
             Err(std::fs::TryLockError::Error(e)) => Err(e),
         }
     }

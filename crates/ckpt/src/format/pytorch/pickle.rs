@@ -200,11 +200,15 @@ struct Machine<'a> {
 }
 
 /// How many bytes of objects, stack and memo a pickle may build per byte
-/// of stream, besides [`FOOTPRINT_SLACK`]: a state dict builds about 10,
-/// a list of small integers 20; a stream of one-byte `None`s 56. Measured
-/// against the bytes the stream takes in the file, so a deflated pickle
-/// builds no more than a stored one of its compressed size.
-const FOOTPRINT_PER_BYTE: usize = 32;
+/// of stream, besides [`FOOTPRINT_SLACK`]: a state dict builds about 7, a
+/// list of `True`s about 40, no stream more than 56 (an object and a
+/// stack slot per one-byte opcode). A deflated stream is measured by
+/// [`FOOTPRINT_COMPRESSION`] bytes per byte it takes in the file at most,
+/// so that a pickle compressed past what real ones reach cannot build
+/// more than a stored one of the same length could.
+const FOOTPRINT_PER_BYTE: usize = 64;
+/// How much a real pickle compresses at most, for [`FOOTPRINT_PER_BYTE`].
+const FOOTPRINT_COMPRESSION: usize = 8;
 /// Bytes of objects every stream may build whatever its length.
 const FOOTPRINT_SLACK: usize = 1 << 20;
 
@@ -212,6 +216,7 @@ const FOOTPRINT_SLACK: usize = 1 << 20;
 /// which takes `stored` bytes of the file (fewer than `bytes` when it was
 /// deflated): what it may build is a multiple of those.
 pub(crate) fn unpickle(bytes: &[u8], stored: usize, path: &Path, entry: &str) -> Result<Unpickled> {
+    let measured = stored.max(bytes.len() / FOOTPRINT_COMPRESSION);
     let mut m = Machine {
         bytes,
         pos: 0,
@@ -221,8 +226,8 @@ pub(crate) fn unpickle(bytes: &[u8], stored: usize, path: &Path, entry: &str) ->
         stack: Vec::new(),
         memo: HashMap::new(),
         op_start: 0,
-        budget: Budget::for_stream(stored),
-        max_footprint: stored
+        budget: Budget::for_stream(measured),
+        max_footprint: measured
             .saturating_mul(FOOTPRINT_PER_BYTE)
             .saturating_add(FOOTPRINT_SLACK),
         globals: BTreeSet::new(),
@@ -814,6 +819,22 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_compressed_past_real_pickles_cannot_build_more_than_its_file_size_allows() {
+        let mut bytes = b"\x80\x02(".to_vec();
+        bytes.extend(std::iter::repeat_n(b'N', 1 << 20));
+        bytes.extend(b"l.");
+        // Stored, a million Nones are a list.
+        assert!(unpickle(&bytes, bytes.len(), Path::new("t.pth"), "data.pkl").is_ok());
+        // The same stream deflated into 4 KB: refused before it builds
+        // more than 64 bytes per eighth of its length.
+        let err = match unpickle(&bytes, 4096, Path::new("t.pth"), "data.pkl") {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(err.contains("builds far more objects"), "{err}");
+    }
+
+    #[test]
     fn plain_data_round_trips_through_the_machine() {
         // {'a': [1, 2.5, None, True], 3: ('x',)} as protocol 2 writes it.
         let bytes = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01]q\x02(K\x01G@\x04\x00\x00\x00\x00\x00\x00N\x88eK\x03X\x01\x00\x00\x00x\x85u.";
@@ -907,8 +928,13 @@ mod tests {
             bytes.extend_from_slice(&[b']', b'q', i + 1, b'h', i, b'a', b'h', i, b'a']);
         }
         bytes.push(b'.');
-        let err = run(&bytes).unwrap_err();
-        assert!(err.to_string().contains("too many values"), "{err}");
+        // Refused by the copy budget or the node budget, whichever is
+        // spent first.
+        let err = run(&bytes).unwrap_err().to_string();
+        assert!(
+            err.contains("too many values") || err.contains("copies shared values"),
+            "{err}"
+        );
     }
 
     /// Objects nested `n` deep, each holding the next in its state:

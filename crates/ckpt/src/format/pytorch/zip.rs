@@ -218,7 +218,7 @@ pub enum Contents {
 }
 
 /// What an entry's bytes are for, which bounds how far it may inflate
-/// (see [`crate::format::inflate`]).
+/// (deflate's ratio for tensors, a small multiple for parse buffers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
     /// Tensor bytes: exactly the declared size, allocated only when the
@@ -237,7 +237,7 @@ impl ZipEntry {
         let data = &bytes[self.data.clone()];
         let crc = match self.method {
             0 => crc32fast::hash(data),
-            _ => {
+            8 => {
                 let (crc, len) = inflate::crc32(data, self.size)
                     .map_err(|f| f.into_error(path, |p| self.bad(path, p)))?;
                 if len != self.size {
@@ -245,6 +245,7 @@ impl ZipEntry {
                 }
                 crc
             }
+            _ => return Err(self.unknown_method(path)),
         };
         Ok(crc == self.crc32)
     }
@@ -261,17 +262,19 @@ impl ZipEntry {
                     false => Err(inflate::Failure::Shorter(out.len() as u64, self.size)),
                 }
             }),
-            _ => {
-                return Err(bad(
-                    path,
-                    self.data.start,
-                    "an entry uses a compression method other than stored or deflate",
-                ))
-            }
+            _ => return Err(self.unknown_method(path)),
         };
         inflated
             .map(Contents::Inflated)
             .map_err(|f| f.into_error(path, |p| self.bad(path, p)))
+    }
+
+    fn unknown_method(&self, path: &Path) -> Error {
+        bad(
+            path,
+            self.data.start,
+            "an entry uses a compression method other than stored or deflate",
+        )
     }
 
     fn bad(&self, path: &Path, problem: String) -> Error {
