@@ -5,8 +5,8 @@
 //! terminal, or a file outside the output folder.
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
 use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,10 @@ fn limited(dir: &Path, args: &[&str]) -> Run {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    assert!(status.code().is_some(), "ckpt {args:?} was killed: {status:?}");
+    assert!(
+        status.code().is_some(),
+        "ckpt {args:?} was killed: {status:?}"
+    );
     let text = |p: &Path| String::from_utf8_lossy(&std::fs::read(p).unwrap()).into_owned();
     Run {
         code: status.code(),

@@ -146,8 +146,45 @@ fn sealed(mut body: Map<String, Json>) -> Vec<u8> {
     out
 }
 
+/// Why a manifest or a step's `meta.json` cannot be used.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ManifestError {
+    /// Written by a newer ckpt in a store format this one does not read:
+    /// never rebuilt over, which would lose what the newer writer recorded.
+    Newer {
+        /// The format the file was written in.
+        version: u64,
+    },
+    /// Damaged or malformed: what is wrong.
+    Damaged(String),
+}
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ManifestError::Newer { version } => write!(
+                f,
+                "written in store format {version} by a newer ckpt; this one reads format {FORMAT_VERSION}"
+            ),
+            ManifestError::Damaged(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl From<String> for ManifestError {
+    fn from(reason: String) -> Self {
+        ManifestError::Damaged(reason)
+    }
+}
+
+impl From<&str> for ManifestError {
+    fn from(reason: &str) -> Self {
+        ManifestError::Damaged(reason.to_owned())
+    }
+}
+
 /// Parses a file written by [`sealed`], checking the version and checksum.
-fn unseal(bytes: &[u8]) -> Result<Map<String, Json>, String> {
+fn unseal(bytes: &[u8]) -> Result<Map<String, Json>, ManifestError> {
     let Json::Object(mut body) =
         crate::json::parse(bytes).map_err(|e| format!("not JSON ({e})"))?
     else {
@@ -161,9 +198,7 @@ fn unseal(bytes: &[u8]) -> Result<Map<String, Json>, String> {
         .and_then(Json::as_u64)
         .ok_or("no format_version")?;
     if version > FORMAT_VERSION {
-        return Err(format!(
-            "written in store format {version} by a newer ckpt; this one reads format {FORMAT_VERSION}"
-        ));
+        return Err(ManifestError::Newer { version });
     }
     let text = Json::Object(body.clone()).to_string();
     if content_hash(text.as_bytes()) != checksum {
@@ -186,7 +221,7 @@ impl Meta {
         sealed(m)
     }
 
-    pub(crate) fn parse(bytes: &[u8]) -> Result<Meta, String> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Meta, ManifestError> {
         let body = unseal(bytes)?;
         let v = Json::Object(body);
         Ok(Meta {
@@ -252,7 +287,7 @@ impl Manifest {
         sealed(m)
     }
 
-    pub(crate) fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+    pub(crate) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         let body = unseal(bytes)?;
         let Some(Json::Array(entries)) = body.get("steps") else {
             return Err("no steps list".into());
@@ -324,7 +359,8 @@ mod tests {
         m.insert("format_version".into(), json!(99));
         m.insert("steps".into(), json!([]));
         let err = Manifest::parse(&sealed(m)).unwrap_err();
-        assert!(err.contains("newer ckpt"), "{err}");
+        assert_eq!(err, ManifestError::Newer { version: 99 });
+        assert!(err.to_string().contains("newer ckpt"), "{err}");
 
         let mut bad = info(1);
         bad.file = "../../etc/passwd".into();
@@ -335,6 +371,7 @@ mod tests {
         };
         assert!(Meta::parse(&meta.to_bytes())
             .unwrap_err()
+            .to_string()
             .contains("leaves its directory"));
     }
 }

@@ -67,7 +67,7 @@ use crate::format::Format;
 use crate::tensor::Buffer;
 use crate::{Error, Result, SaveOptions, TrainingCheckpoint};
 use hash::{content_hash, content_hash_reporting, HashingWriter, StreamHasher};
-use manifest::{step_dir, Manifest, Meta};
+use manifest::{step_dir, Manifest, ManifestError, Meta};
 use snapshot::SnapshotBuffer;
 
 const MANIFEST: &str = "manifest.json";
@@ -450,7 +450,7 @@ impl Shared {
             }
             Meta::parse(&meta).map_err(|reason| Error::BadStore {
                 path: self.path(&meta_name),
-                reason,
+                reason: reason.to_string(),
             })
         })();
         let meta = match written {
@@ -553,7 +553,7 @@ impl Shared {
         }
         let meta = Meta::parse(&meta_bytes).map_err(|reason| Error::BadStore {
             path: self.path(&meta_name),
-            reason,
+            reason: reason.to_string(),
         })?;
         let name = format!("{dir}/{}", meta.info.file);
         let path = self.path(&name);
@@ -708,13 +708,13 @@ impl CheckpointManager {
         let manifest = match shared.storage.read(MANIFEST) {
             Ok(bytes) => match Manifest::parse(&bytes) {
                 Ok(m) => m,
-                Err(reason) if reason.contains("newer ckpt") => {
+                Err(newer @ ManifestError::Newer { .. }) => {
                     return Err(Error::BadStore {
                         path: shared.path(MANIFEST),
-                        reason,
+                        reason: newer.to_string(),
                     })
                 }
-                Err(reason) => {
+                Err(ManifestError::Damaged(reason)) => {
                     let rebuilt = rebuild(&shared)?;
                     opened.rebuilt = Some(reason);
                     shared.write_manifest(&rebuilt).map_err(|(_, e)| e)?;
@@ -1096,7 +1096,7 @@ impl RunReader {
         };
         let manifest = Manifest::parse(&bytes).map_err(|reason| Error::BadStore {
             path: shared.path(MANIFEST),
-            reason,
+            reason: reason.to_string(),
         })?;
         let retention = manifest.retention.clone();
         *shared.manifest() = manifest;
