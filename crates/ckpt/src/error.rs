@@ -55,6 +55,16 @@ pub enum Error {
         problem: String,
     },
 
+    /// A run directory stores its checkpoints in one of the formats that
+    /// hold a whole training checkpoint, and this is not one.
+    #[error("{}: a run stores checkpoints as .safetensors, .pth or .ckptz, not {format}", dir.display())]
+    UnsupportedStoreFormat {
+        /// The run directory.
+        dir: PathBuf,
+        /// The format asked for.
+        format: crate::Format,
+    },
+
     /// ckpt reads this format but does not write it.
     #[error("{}: ckpt reads {format} files but does not write them; choose .safetensors, .pth, .npz, .ckptz or .index.json", path.display())]
     ReadOnlyFormat {

@@ -65,7 +65,7 @@ pub use load::rules::{
 };
 pub use load::{load, load_state_dict, read, read_bytes, LoadOptions, Loaded};
 pub use package::{Package, PackageInfo, PackageOptions};
-pub use save::{save, save_with, SaveOptions};
+pub use save::{save, save_with, Progress, SaveOptions};
 pub use spec::{Layer, LayerKind, LayerSummary, ModelSpec, Param};
 pub use state_dict::{StateDict, SEPARATOR};
 pub use tensor::{byte_len, TensorData};

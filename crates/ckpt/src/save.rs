@@ -67,7 +67,7 @@ impl SaveOptions {
     /// # let _ = options;
     /// ```
     pub fn on_progress(mut self, report: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
-        self.progress = Some(Progress(Arc::new(report)));
+        self.progress = Some(Progress::new(report));
         self
     }
 
@@ -168,9 +168,23 @@ pub(crate) fn write_plan(
     }
 }
 
-/// A progress callback (see [`SaveOptions::progress`]).
+/// A progress callback, given (bytes done, bytes in all) as work proceeds
+/// (see [`SaveOptions::progress`]).
+///
+/// ```
+/// let mut options = ckpt::SaveOptions::default();
+/// options.progress = Some(ckpt::Progress::new(|done, total| eprintln!("{done}/{total}")));
+/// # assert!(options.progress.is_some());
+/// ```
 #[derive(Clone)]
 pub struct Progress(pub(crate) Arc<dyn Fn(u64, u64) + Send + Sync>);
+
+impl Progress {
+    /// Wraps a callback.
+    pub fn new(report: impl Fn(u64, u64) + Send + Sync + 'static) -> Progress {
+        Progress(Arc::new(report))
+    }
+}
 
 impl fmt::Debug for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

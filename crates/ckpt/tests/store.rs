@@ -108,6 +108,25 @@ fn save_retain_and_restore_in_every_format() {
 }
 
 #[test]
+fn a_run_refuses_formats_that_cannot_hold_a_training_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in [Format::Npz, Format::ShardedIndex] {
+        let Err(err) = CheckpointManager::open(dir.path(), StoreOptions::default().format(format))
+        else {
+            panic!("a run accepted {format}");
+        };
+        assert!(
+            matches!(err, ckpt::Error::UnsupportedStoreFormat { format: f, .. } if f == format),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("a run stores checkpoints as"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn a_second_writer_is_refused_in_this_process_and_another() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());

@@ -110,7 +110,7 @@ pub struct StoreOptions {
     pub save: SaveOptions,
     /// Called with (bytes checked, total) while a load verifies a mapped
     /// checkpoint's hash.
-    pub load_progress: Option<crate::save::Progress>,
+    pub load_progress: Option<crate::Progress>,
     /// Store tensors by content in 4 MiB chunks (`blobs/`), writing only
     /// the chunks no kept step already holds; `format` is then unused (the
     /// step holds `checkpoint.index.json`).
@@ -172,7 +172,7 @@ impl StoreOptions {
 
     /// Sets [`StoreOptions::load_progress`].
     pub fn on_load_progress(mut self, report: impl Fn(u64, u64) + Send + Sync + 'static) -> Self {
-        self.load_progress = Some(crate::save::Progress(Arc::new(report)));
+        self.load_progress = Some(crate::Progress::new(report));
         self
     }
 
@@ -475,11 +475,11 @@ impl Shared {
         let mut not_durable = None;
         match self.write_manifest(&next) {
             Ok(()) => {}
-            Err((false, e)) => {
+            Err(ManifestWrite::NotCommitted(e)) => {
                 let _ = self.storage.remove(&dir);
                 return Err(e);
             }
-            Err((true, e)) => not_durable = Some(e),
+            Err(ManifestWrite::NotDurable(e)) => not_durable = Some(e),
         }
         *self.manifest() = next;
         let seconds = start.elapsed().as_secs_f64();
@@ -521,10 +521,10 @@ impl Shared {
         })
     }
 
-    /// Replaces the manifest atomically. On error, whether the new one
-    /// is already in place (the commit happened).
-    fn write_manifest(&self, manifest: &Manifest) -> Result<(), (bool, Error)> {
-        let before = |e| (false, e);
+    /// Replaces the manifest atomically. An error says whether the new
+    /// one is already in place (the commit happened).
+    fn write_manifest(&self, manifest: &Manifest) -> std::result::Result<(), ManifestWrite> {
+        let before = ManifestWrite::NotCommitted;
         if !self.storage.renames() {
             // One PUT replaces an object whole: that is the commit.
             return self
@@ -536,7 +536,7 @@ impl Shared {
         self.sync(MANIFEST_TMP).map_err(before)?;
         self.io(MANIFEST, self.storage.rename(MANIFEST_TMP, MANIFEST))
             .map_err(before)?;
-        self.sync("").map_err(|e| (true, e))
+        self.sync("").map_err(ManifestWrite::NotDurable)
     }
 
     fn load(&self, info: &StepInfo) -> Result<TrainingCheckpoint> {
@@ -673,10 +673,9 @@ impl CheckpointManager {
             options.format,
             Format::Safetensors | Format::PyTorch | Format::Compressed
         ) {
-            return Err(Error::UnknownExtension {
-                path: storage
-                    .root()
-                    .join(format!("checkpoint.{}", options.format.extension())),
+            return Err(Error::UnsupportedStoreFormat {
+                dir: storage.root().to_owned(),
+                format: options.format,
             });
         }
         let root = storage.root().to_owned();
@@ -717,7 +716,9 @@ impl CheckpointManager {
                 Err(ManifestError::Damaged(reason)) => {
                     let rebuilt = rebuild(&shared)?;
                     opened.rebuilt = Some(reason);
-                    shared.write_manifest(&rebuilt).map_err(|(_, e)| e)?;
+                    shared
+                        .write_manifest(&rebuilt)
+                        .map_err(ManifestWrite::into_error)?;
                     rebuilt
                 }
             },
@@ -995,7 +996,7 @@ impl CheckpointManager {
             .retain(|s| !dropped.iter().any(|d| d.step == s.step));
         // A failed sync after the manifest's rename still leaves the new
         // manifest in place; the deletions follow it.
-        if let Err((false, e)) = self.shared.write_manifest(&next) {
+        if let Err(ManifestWrite::NotCommitted(e)) = self.shared.write_manifest(&next) {
             return Err(e);
         }
         *self.shared.manifest() = next;
@@ -1179,6 +1180,22 @@ impl RunReader {
             .writer_active()
             .map_err(|e| Error::io(self.shared.path(".lock"), e))?;
         Ok(check)
+    }
+}
+
+/// Why replacing the manifest failed, and whether the commit happened.
+enum ManifestWrite {
+    /// Nothing changed: the old manifest is in place.
+    NotCommitted(Error),
+    /// The new manifest is in place, but making it durable failed.
+    NotDurable(Error),
+}
+
+impl ManifestWrite {
+    fn into_error(self) -> Error {
+        match self {
+            ManifestWrite::NotCommitted(e) | ManifestWrite::NotDurable(e) => e,
+        }
     }
 }
 
