@@ -10,6 +10,7 @@ use ckpt::compress::quantize::{self, Activations, Granularity};
 use ckpt::{Package, StateDict, TensorData, Value};
 use regex_lite::Regex;
 
+use crate::model_io::counts;
 use crate::output::{human_bytes, thousands, Table};
 
 /// `0.3` is a fraction, `5` a count.
@@ -56,19 +57,6 @@ fn selector(layers: Option<&str>, min_rank: usize) -> Result<impl Fn(&str, &Tens
     })
 }
 
-/// Elements and non-zeros of the model's tensors (quantization scales
-/// are not parameters).
-pub fn counts(sd: &StateDict) -> (u64, u64) {
-    let rows: Vec<_> = prune::sparsity(sd)
-        .into_iter()
-        .filter(|r| !r.name.ends_with(quantize::SCALE_SUFFIX))
-        .collect();
-    (
-        rows.iter().map(|r| r.elements).sum(),
-        rows.iter().map(|r| r.elements - r.zeros).sum(),
-    )
-}
-
 fn report(
     before: (&StateDict, &Path),
     after: (&StateDict, &Path),
@@ -78,12 +66,12 @@ fn report(
     if evaluate {
         // Both as packages, run: sizes, accuracy and time from `eval`.
         let mut header = vec![""];
-        header.extend(crate::eval::HEADER);
+        header.extend(crate::digits::HEADER);
         let mut table = Table::new(header, vec![false, false, true, true, true, true, true]);
         for (label, path) in [("before", before.1), ("after", after.1)] {
-            let (package, model) = crate::eval::load(path)?;
+            let (package, model) = crate::digits::load(path)?;
             let mut cells = vec![label.to_string()];
-            cells.extend(crate::eval::row(path, &package, &model)?);
+            cells.extend(crate::digits::row(path, &package, &model)?);
             table.row(cells);
         }
         table.write(out)?;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use ckpt::store::{
     CheckpointManager, KeepBest, MetricMode, MissingMetric, Retention, StoreOptions,
 };
@@ -19,17 +19,10 @@ use ckpt_candle::{
     capture, restore, Adam, AdamConfig, LrScheduler, Model, Optimizer, Rng, Training,
 };
 
+use crate::digits::{digits, evaluate, Split};
 use crate::output::{human_bytes, Table};
 
-/// The digits, as shipped by scikit-learn (data/README.md): 1,797 lines of
-/// 64 pixels (0–16) and a label.
-const DIGITS: &[u8] = include_bytes!("../../../data/digits.csv.gz");
-
 const BATCH: usize = 64;
-/// Held out for the final accuracy, and for validation each epoch.
-const TEST: usize = 270;
-const VALIDATION: usize = 270;
-
 /// The demo's model, as a spec: the same layers and names as a torch
 /// module with attributes fc1, act1, drop, fc2, act2, head.
 pub const SPEC: &str = r#"{"name": "digits-mlp", "input_shape": [64], "layers": [
@@ -47,91 +40,6 @@ pub struct Options {
     pub seed: u64,
     pub format: Format,
     pub resume: bool,
-}
-
-/// Samples as a `[n, 64]` float tensor (pixels / 16) and `[n]` labels.
-pub struct Split {
-    pub x: Tensor,
-    pub y: Tensor,
-}
-
-impl Split {
-    pub fn len(&self) -> usize {
-        self.x.dims()[0]
-    }
-}
-
-fn gunzip(gz: &[u8]) -> Result<Vec<u8>> {
-    if gz.len() < 18 || gz[..3] != [0x1f, 0x8b, 8] {
-        bail!("the embedded digits are not gzip");
-    }
-    let flags = gz[3];
-    let mut at = 10;
-    if flags & 4 != 0 {
-        at += 2 + usize::from(u16::from_le_bytes([gz[at], gz[at + 1]]));
-    }
-    for bit in [8, 16] {
-        if flags & bit != 0 {
-            at += gz[at..]
-                .iter()
-                .position(|&b| b == 0)
-                .context("a gzip header string without its end")?
-                + 1;
-        }
-    }
-    if flags & 2 != 0 {
-        at += 2;
-    }
-    miniz_oxide::inflate::decompress_to_vec(&gz[at..gz.len() - 8])
-        .map_err(|e| anyhow::anyhow!("the embedded digits do not inflate: {e:?}"))
-}
-
-/// Train, validation and test splits, the same for every seed.
-pub fn digits() -> Result<(Split, Split, Split)> {
-    let text = String::from_utf8(gunzip(DIGITS)?)?;
-    let mut rows: Vec<(Vec<f32>, u32)> = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        let values: Vec<f32> = line
-            .split(',')
-            .map(|v| v.trim().parse::<f32>())
-            .collect::<Result<_, _>>()?;
-        if values.len() != 65 {
-            bail!("a digits line with {} values", values.len());
-        }
-        rows.push((
-            values[..64].iter().map(|p| p / 16.0).collect(),
-            values[64] as u32,
-        ));
-    }
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    Rng::new(0x0d16_1750).shuffle(&mut order);
-    let take = |idx: &[usize]| -> Result<Split> {
-        let x: Vec<f32> = idx
-            .iter()
-            .flat_map(|&i| rows[i].0.iter().copied())
-            .collect();
-        let y: Vec<u32> = idx.iter().map(|&i| rows[i].1).collect();
-        Ok(Split {
-            x: Tensor::from_vec(x, (idx.len(), 64), &Device::Cpu)?,
-            y: Tensor::from_vec(y, idx.len(), &Device::Cpu)?,
-        })
-    };
-    let (test, rest) = order.split_at(TEST);
-    let (val, train) = rest.split_at(VALIDATION);
-    Ok((take(train)?, take(val)?, take(test)?))
-}
-
-/// Loss and accuracy of `model` (inference mode) on a split.
-pub fn evaluate(model: &Model, split: &Split) -> Result<(f64, f64)> {
-    let logits = model.forward(&split.x)?;
-    let loss = candle_nn::loss::cross_entropy(&logits, &split.y)?.to_scalar::<f32>()?;
-    let predicted = logits.argmax(1)?;
-    let correct = predicted
-        .eq(&split.y)?
-        .to_dtype(DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()?;
-    Ok((f64::from(loss), f64::from(correct) / split.len() as f64))
 }
 
 fn epoch_bar(epoch: u64, done: usize, total: usize) {

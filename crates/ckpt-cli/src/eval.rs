@@ -1,93 +1,14 @@
-//! `ckpt eval` and the `--eval` of `ckpt prune`/`ckpt quantize`: a model
-//! package's held-out accuracy on the demo's digits and its inference
-//! time, beside its size on disk.
+//! `ckpt eval`: model packages' held-out accuracy on the demo's digits and
+//! their inference time, beside their size on disk (the scoring itself is
+//! in `digits.rs`, shared with `--eval` of `ckpt prune`/`ckpt quantize`).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
-use anyhow::{bail, Result};
-use candle_core::Device;
-use ckpt::Package;
-use ckpt_candle::Model;
+use anyhow::Result;
 
-use crate::demo::{digits, evaluate};
-use crate::output::{human_bytes, thousands, Table};
-
-/// Forward passes timed per model (the median is reported).
-const RUNS: usize = 41;
-
-/// What `measure` found.
-pub struct Measured {
-    /// Held-out accuracy, 0–1.
-    pub accuracy: f64,
-    /// Median time of one forward pass over the 270 held-out digits.
-    pub seconds: f64,
-}
-
-/// Accuracy on the demo's 270 held-out digits and the median time of a
-/// forward pass over them; `name` is for the error when the model does
-/// not take digits.
-pub fn measure(model: &Model, name: &str) -> Result<Measured> {
-    let spec = model.spec();
-    if spec.input_shape != [64] || spec.output_shape()? != [10] {
-        bail!(
-            "{name}: --eval runs the demo's digits (input [64], 10 classes); this model takes {:?} and gives {:?}",
-            spec.input_shape,
-            spec.output_shape()?
-        );
-    }
-    let (_, _, test) = digits()?;
-    let (_, accuracy) = evaluate(model, &test)?;
-    let mut times: Vec<f64> = (0..RUNS)
-        .map(|_| {
-            let start = Instant::now();
-            model.forward(&test.x)?;
-            Ok(start.elapsed().as_secs_f64())
-        })
-        .collect::<Result<_>>()?;
-    times.sort_by(f64::total_cmp);
-    Ok(Measured {
-        accuracy,
-        seconds: times[RUNS / 2],
-    })
-}
-
-/// A model package from a file, run as its quantization record says.
-pub fn load(path: &Path) -> Result<(Package, Model)> {
-    let package = crate::run::load_package(path, None)?;
-    let model = Model::from_package(package.clone(), &Device::Cpu)?;
-    Ok((package, model))
-}
-
-/// The cells `ckpt eval` and `--eval` show for one model file.
-pub fn row(path: &Path, package: &Package, model: &Model) -> Result<Vec<String>> {
-    let m = measure(model, &path.display().to_string())?;
-    let (elements, nonzero) = crate::compress::counts(&package.weights);
-    let size = std::fs::metadata(path)?.len();
-    let kind = match &package.quantization {
-        Some(q) => format!("int8 {}", q.activations.name().replace('_', "-")),
-        None => "float".into(),
-    };
-    Ok(vec![
-        kind,
-        thousands(elements),
-        thousands(nonzero),
-        human_bytes(size),
-        format!("{:.1}%", m.accuracy * 100.0),
-        format!("{:.3} ms", m.seconds * 1e3),
-    ])
-}
-
-/// The header of [`row`]'s table, after the leading label column.
-pub const HEADER: [&str; 6] = [
-    "weights",
-    "parameters",
-    "non-zeros",
-    "on disk",
-    "accuracy",
-    "inference",
-];
+use crate::digits::{load, row, HEADER, RUNS};
+use crate::output::Table;
 
 /// `ckpt eval FILE...`: one row per model package, sizes relative to the
 /// first.

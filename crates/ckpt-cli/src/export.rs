@@ -25,7 +25,7 @@ pub struct Options<'a> {
 /// Exports and reports; returns the exit code (1 when the check finds a
 /// difference).
 pub fn run(model_path: &Path, output: &Path, o: &Options, out: &mut dyn Write) -> Result<u8> {
-    let package = crate::run::load_package(model_path, o.spec)?;
+    let package = crate::model_io::load_package(model_path, o.spec)?;
     let i = &package.info;
     let mut options = OnnxOptions::default();
     options.opset = o.opset;

@@ -8,11 +8,13 @@ mod compress;
 mod convert;
 mod demo;
 mod diff;
+mod digits;
 mod eval;
 mod export;
 mod gc;
 mod inspect;
 mod ls;
+mod model_io;
 mod output;
 #[cfg(feature = "plot")]
 mod plot;
@@ -175,8 +177,8 @@ enum Command {
         /// (int8 weights times activations quantized to uint8 per batch,
         /// like PyTorch's dynamic quantization) or `weight-only` (weights
         /// dequantized, float activations).
-        #[arg(long, default_value = "dynamic", value_parser = ["dynamic", "weight-only"])]
-        mode: String,
+        #[arg(long, value_enum, default_value_t = QuantMode::Dynamic)]
+        mode: QuantMode,
         /// Also run both models on the demo's held-out digits: accuracy
         /// and inference time (model packages of the digits' shape).
         #[arg(long = "eval")]
@@ -385,6 +387,14 @@ enum Command {
     },
 }
 
+/// How a quantized package's Linear layers compute, for
+/// `ckpt quantize --mode`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum QuantMode {
+    Dynamic,
+    WeightOnly,
+}
+
 /// A checkpoint format for `ckpt demo --format`.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum FileFormat {
@@ -523,10 +533,9 @@ fn main() -> ExitCode {
                 } else {
                     Granularity::PerChannel
                 },
-                activations: if mode == "dynamic" {
-                    Activations::Dynamic
-                } else {
-                    Activations::WeightOnly
+                activations: match mode {
+                    QuantMode::Dynamic => Activations::Dynamic,
+                    QuantMode::WeightOnly => Activations::WeightOnly,
                 },
                 layers: layers.as_deref(),
                 evaluate,

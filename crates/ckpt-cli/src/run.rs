@@ -4,43 +4,12 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
-use ckpt::{ModelSpec, Package, PackageInfo, Value};
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use ckpt::Value;
 use ckpt_candle::{from_candle, to_candle, Model};
 
-/// Where the model runs.
-pub fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0)
-            .context("no CUDA device (this ckpt may have been built without the `cuda` feature)"),
-        other => bail!("unknown device {other:?}: use cpu or cuda"),
-    }
-}
-
-/// A model package, or a plain state dict made into one with a spec file
-/// (as `ckpt run` and `ckpt export` take them); the package's warnings are
-/// printed.
-pub fn load_package(model_path: &Path, spec_path: Option<&Path>) -> Result<Package> {
-    let package = match spec_path {
-        Some(spec_path) => {
-            let text = std::fs::read_to_string(spec_path)
-                .with_context(|| spec_path.display().to_string())?;
-            let spec =
-                ModelSpec::from_json(&text).with_context(|| spec_path.display().to_string())?;
-            let weights = ckpt::load_state_dict(model_path)?;
-            let info = PackageInfo::new(&spec, "0.0.0");
-            Package::from_state_dict(spec, weights, info)
-                .with_context(|| model_path.display().to_string())?
-        }
-        None => Package::load(model_path, &Default::default())?,
-    };
-    for warning in &package.warnings {
-        crate::output::warning(warning);
-    }
-    Ok(package)
-}
+use crate::model_io::{device, load_package};
 
 /// Runs `model` (a package, or a state dict with `spec`) on every sample
 /// of `input` in batches and writes the outputs to `output` (float32).
