@@ -10,7 +10,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ckpt::store::{CheckpointManager, RunReader, Storage, StoreOptions};
+use ckpt::storage::Storage;
+use ckpt::store::{CheckpointManager, RunReader, StoreOptions};
 use libfuzzer_sys::fuzz_target;
 
 struct Mem(Mutex<BTreeMap<String, Vec<u8>>>);

@@ -147,7 +147,7 @@ fn main() {
                 }
                 _ => {
                     let reader = RunReader::open_with(
-                        std::sync::Arc::new(ckpt::store::LocalStorage::new(&run_dir)),
+                        std::sync::Arc::new(ckpt::storage::LocalStorage::new(&run_dir)),
                         StoreOptions::default()
                             .verify(op == 7 || op == 9)
                             .mmap(op < 8),

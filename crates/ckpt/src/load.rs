@@ -71,10 +71,10 @@ pub struct Loaded {
 /// ```
 pub fn read(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Loaded> {
     let path = path.as_ref();
-    if !crate::io::is_url(path) && path.is_dir() {
+    if crate::storage::Location::parse(path).is_local_dir() {
         return format::folder::read(path, options);
     }
-    let buffer = crate::io::open(path, options.mmap)?;
+    let buffer = crate::storage::open(path, options.mmap)?;
     let format = Format::detect(buffer.as_slice(), path)?;
     dispatch(format, buffer, path, options)
 }

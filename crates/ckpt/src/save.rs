@@ -112,7 +112,7 @@ pub fn save_with(path: impl AsRef<Path>, value: &Value, options: &SaveOptions) -
         return format::sharded::write(path, value, max, options);
     }
     let plan = plan(format, value, path, options)?;
-    crate::io::write_atomic(path, options.durable, |out| {
+    crate::storage::write_atomic(path, options.durable, |out| {
         write_plan(&*plan, out, options)
     })
 }

@@ -43,7 +43,7 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
     let loaded = crate::read(path, &LoadOptions::default())?;
     // A model folder is checked through the file it was read from.
     let chosen;
-    let path = if !crate::io::is_url(path) && path.is_dir() {
+    let path = if crate::storage::Location::parse(path).is_local_dir() {
         chosen = crate::format::folder::choose(path)?;
         chosen.as_path()
     } else {
@@ -67,7 +67,7 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
     };
     let (mut checksums, mut mismatches) = (0, Vec::new());
     for file in files {
-        let buffer = crate::io::open(&file, true)?;
+        let buffer = crate::storage::open(&file, true)?;
         let bytes = buffer.as_slice();
         if !bytes.starts_with(b"PK\x03\x04") {
             continue; // a legacy .pth or a safetensors shard: no checksums
@@ -91,7 +91,7 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
 
 /// The shard files an index names (already validated by reading it).
 fn shard_files(index: &Path) -> Result<BTreeSet<std::path::PathBuf>> {
-    let bytes = crate::io::open(index, false)?;
+    let bytes = crate::storage::open(index, false)?;
     let json: serde_json::Value =
         crate::json::parse(bytes.as_slice()).map_err(|source| crate::Error::HeaderJson {
             path: index.to_owned(),

@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ckpt::store::object::{ObjectOptions, ObjectStorage};
-use ckpt::store::{CheckpointManager, Retention, RunReader, Storage, StoreOptions};
+use ckpt::storage::s3::{ObjectOptions, ObjectStorage};
+use ckpt::storage::Storage;
+use ckpt::store::{CheckpointManager, Retention, RunReader, StoreOptions};
 use ckpt::{Error, Format, StateDict, TensorData, TrainingCheckpoint, Value};
 
 #[path = "../../../tests/interop/moto.rs"]

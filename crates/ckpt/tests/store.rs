@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ckpt::storage::{LocalStorage, Storage};
 use ckpt::store::{
-    AsyncPolicy, AsyncSave, CheckpointManager, KeepBest, LocalStorage, MetricMode, MissingMetric,
-    Retention, RunReader, Storage, StoreOptions,
+    AsyncPolicy, AsyncSave, CheckpointManager, KeepBest, MetricMode, MissingMetric, Retention,
+    RunReader, StoreOptions,
 };
 use ckpt::{Format, StateDict, TensorData, TrainingCheckpoint};
 

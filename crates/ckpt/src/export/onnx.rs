@@ -759,7 +759,7 @@ pub fn export(
             offset += bytes.len() as u64;
             blobs.push((pad, bytes));
         }
-        crate::io::write_atomic(&data_path, false, |out| {
+        crate::storage::write_atomic(&data_path, false, |out| {
             for (pad, bytes) in &blobs {
                 out.write_all(&vec![0u8; *pad as usize])?;
                 out.write_all(bytes)?;
@@ -769,7 +769,7 @@ pub fn export(
         external = Some((data_path, offset));
     }
     let bytes = model.encode_to_vec();
-    crate::io::write_atomic(path, false, |out| out.write_all(&bytes))?;
+    crate::storage::write_atomic(path, false, |out| out.write_all(&bytes))?;
     Ok(OnnxReport {
         operators,
         parameters: spec.parameter_count(),

@@ -127,7 +127,7 @@ pub(crate) fn choose(dir: &Path) -> Result<PathBuf> {
 /// The folder's `config.json`, when it has a readable one (at most 1 MiB).
 fn config(dir: &Path) -> Option<serde_json::Map<String, Json>> {
     let path = dir.join("config.json");
-    let mut file = crate::io::open_file(&path).ok()?;
+    let mut file = crate::storage::open_file(&path).ok()?;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, 1 << 20), &mut bytes).ok()?;
     match crate::json::parse(&bytes).ok()? {

@@ -47,7 +47,7 @@ pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<L
     if json.get("format").and_then(Json::as_str) == Some("ckpt-distributed") {
         // A multi-rank checkpoint of ckpt's store, as one state dict.
         let dir = path.parent().unwrap_or(Path::new("."));
-        let store = crate::store::storage_for(dir)?;
+        let store = crate::storage::Location::parse(dir).storage()?;
         let sd = crate::store::distributed::Distributed::from_index(bytes, dir, store)?.load()?;
         return Ok(Loaded {
             format: Format::ShardedIndex,
@@ -210,7 +210,7 @@ pub(crate) fn write(
                 path: index.clone(),
                 source,
             })?;
-    crate::io::write_atomic(&index, options.durable, |out| {
+    crate::storage::write_atomic(&index, options.durable, |out| {
         out.write_all(text.as_bytes())
     })
 }
@@ -218,14 +218,13 @@ pub(crate) fn write(
 /// A shard, read as the single file its contents show: never a folder and
 /// never another index (a shard that names itself would recurse forever).
 fn read_shard(path: &Path, options: &LoadOptions) -> Result<Loaded> {
-    let local = !crate::io::is_url(path);
-    if local && path.is_dir() {
+    if crate::storage::Location::parse(path).is_local_dir() {
         return Err(Error::Folder {
             path: path.to_owned(),
             problem: "is a folder, named as a shard by an index".to_owned(),
         });
     }
-    let buffer = crate::io::open(path, options.mmap)?;
+    let buffer = crate::storage::open(path, options.mmap)?;
     let format = Format::detect(buffer.as_slice(), path)?;
     if format == Format::ShardedIndex {
         return Err(Error::Folder {

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
 
-use super::storage::Storage;
+use crate::storage::Storage;
 use crate::{byte_len, DType, Error, Result, StateDict, TensorData};
 
 /// The commit file's name.
@@ -72,7 +72,7 @@ fn part_name(rank: usize, ext: &str) -> String {
 }
 
 fn storage(dir: &Path) -> Result<Arc<dyn Storage>> {
-    super::storage_for(dir)
+    crate::storage::Location::parse(dir).storage()
 }
 
 /// Bytes of one row of a tensor of `shape` (1 row for a 0-d tensor).
@@ -311,7 +311,7 @@ pub fn commit(dir: &Path, world: usize) -> Result<()> {
     let index =
         json!({"format": "ckpt-distributed", "version": 1, "world": world, "tensors": list})
             .to_string();
-    crate::io::write_atomic(&dir.join(INDEX), true, |out| {
+    crate::storage::write_atomic(&dir.join(INDEX), true, |out| {
         out.write_all(index.as_bytes())
     })
 }

@@ -6,7 +6,7 @@
 use indexmap::IndexMap;
 use serde_json::{json, Map, Value as Json};
 
-use super::hash::content_hash;
+use crate::storage::hash::content_hash;
 
 /// The store layout version this library writes and reads.
 pub(crate) const FORMAT_VERSION: u64 = 1;

@@ -40,19 +40,14 @@
 //! ```
 
 pub mod distributed;
-mod hash;
 mod incremental;
 mod manifest;
-#[cfg(feature = "s3")]
-pub mod object;
 mod retention;
 mod snapshot;
-mod storage;
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -61,19 +56,21 @@ use indexmap::IndexMap;
 
 pub use manifest::StepInfo;
 pub use retention::{KeepBest, KeepEvery, MetricMode, MissingMetric, Reason, Retention};
-pub use storage::{LocalStorage, Storage};
 
 use crate::format::Format;
+use crate::storage::hash::{content_hash, content_hash_reporting, HashingWriter, StreamHasher};
+use crate::storage::{ReplaceError, Storage};
 use crate::tensor::Buffer;
 use crate::{Error, Result, SaveOptions, TrainingCheckpoint};
-use hash::{content_hash, content_hash_reporting, HashingWriter, StreamHasher};
 use manifest::{step_dir, Manifest, ManifestError, Meta};
 use snapshot::SnapshotBuffer;
 
 const MANIFEST: &str = "manifest.json";
 const HISTORY: &str = "history.jsonl";
+/// The manifest's temporary name before the one atomic replace took over
+/// (ckpt 0.1 runs may hold it after a crash): removed as a leftover.
 const MANIFEST_TMP: &str = ".manifest.json.tmp";
-const TMP_PREFIX: &str = ".tmp-";
+use crate::storage::TMP_PREFIX;
 
 /// What to do when `save_async` is called while a save is still running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -327,7 +324,11 @@ impl Shared {
     }
 
     fn io<T>(&self, name: &str, r: std::io::Result<T>) -> Result<T> {
-        r.map_err(|e| Error::io(self.path(name), e))
+        r.map_err(|e| self.io_error(name, e))
+    }
+
+    fn io_error(&self, name: &str, e: std::io::Error) -> Error {
+        Error::io(self.path(name), e)
     }
 
     fn sync(&self, name: &str) -> Result<()> {
@@ -380,7 +381,11 @@ impl Shared {
         // the manifest written last is still the commit.
         let renames = self.storage.renames();
         let dir = step_dir(step);
-        let tmp = if renames { temp_name() } else { dir.clone() };
+        let tmp = if renames {
+            crate::storage::temp_name(&dir)
+        } else {
+            dir.clone()
+        };
         let written = (|| {
             let blob_bytes = match &chunked {
                 Some(c) => self.write_blobs(c)?,
@@ -524,19 +529,13 @@ impl Shared {
     /// Replaces the manifest atomically. An error says whether the new
     /// one is already in place (the commit happened).
     fn write_manifest(&self, manifest: &Manifest) -> std::result::Result<(), ManifestWrite> {
-        let before = ManifestWrite::NotCommitted;
-        if !self.storage.renames() {
-            // One PUT replaces an object whole: that is the commit.
-            return self
-                .write_small(MANIFEST, &manifest.to_bytes())
-                .map_err(before);
-        }
-        self.write_small(MANIFEST_TMP, &manifest.to_bytes())
-            .map_err(before)?;
-        self.sync(MANIFEST_TMP).map_err(before)?;
-        self.io(MANIFEST, self.storage.rename(MANIFEST_TMP, MANIFEST))
-            .map_err(before)?;
-        self.sync("").map_err(ManifestWrite::NotDurable)
+        let bytes = manifest.to_bytes();
+        let durable = self.options.durable;
+        let write = &mut |w: &mut dyn std::io::Write| w.write_all(&bytes);
+        crate::storage::replace(&*self.storage, MANIFEST, durable, write).map_err(|e| match e {
+            ReplaceError::NotReplaced(e) => ManifestWrite::NotCommitted(self.io_error(MANIFEST, e)),
+            ReplaceError::NotDurable(e) => ManifestWrite::NotDurable(self.io_error("", e)),
+        })
     }
 
     fn load(&self, info: &StepInfo) -> Result<TrainingCheckpoint> {
@@ -558,7 +557,7 @@ impl Shared {
         let name = format!("{dir}/{}", meta.info.file);
         let path = self.path(&name);
         let (buffer, hash) = match self.storage.local_path(&name) {
-            Some(local) if self.options.mmap => (crate::io::open(&local, true)?, None),
+            Some(local) if self.options.mmap => (crate::storage::open(&local, true)?, None),
             // Owned: hash each piece right after reading it, while it is
             // still in the cache, instead of a second pass over memory.
             Some(local) => {
@@ -593,7 +592,7 @@ impl Shared {
                 match self.storage.local_path(&name) {
                     Some(local) => {
                         let mut bytes = Vec::new();
-                        crate::io::open_file(&local)
+                        crate::storage::open_file(&local)
                             .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut bytes))
                             .map_err(|e| Error::io(&local, e))?;
                         Ok(bytes)
@@ -625,7 +624,7 @@ impl Shared {
 /// Reads a whole file, hashing it on the way when `hash` is set.
 fn read_hashed(path: &Path, hash: bool) -> std::io::Result<(Vec<u8>, Option<String>)> {
     use std::io::Read;
-    let mut file = crate::io::open_file(path)?;
+    let mut file = crate::storage::open_file(path)?;
     let len = usize::try_from(file.metadata()?.len()).unwrap_or(0);
     let mut bytes = vec![0u8; len];
     let mut hasher = hash.then(StreamHasher::new);
@@ -642,23 +641,14 @@ fn read_hashed(path: &Path, hash: bool) -> std::io::Result<(Vec<u8>, Option<Stri
     Ok((bytes, hasher.map(|h| h.finish().0)))
 }
 
-fn temp_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{TMP_PREFIX}{}-{nanos:08x}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 impl CheckpointManager {
     /// Opens (creating if needed) the run directory `dir` on the local
     /// filesystem.
     pub fn open(dir: impl AsRef<Path>, options: StoreOptions) -> Result<CheckpointManager> {
-        CheckpointManager::open_with(storage_for(dir.as_ref())?, options)
+        CheckpointManager::open_with(
+            crate::storage::Location::parse(dir.as_ref()).storage()?,
+            options,
+        )
     }
 
     /// Opens a run on any [`Storage`]: takes the writer lock (refusing a
@@ -1046,20 +1036,6 @@ pub struct RunCheck {
     pub writer_active: bool,
 }
 
-/// The storage a run path names: a local directory, or (with the `s3`
-/// feature) `s3://bucket/prefix`.
-pub(crate) fn storage_for(dir: &Path) -> Result<Arc<dyn Storage>> {
-    if crate::io::is_url(dir) {
-        #[cfg(feature = "s3")]
-        return Ok(Arc::new(
-            object::ObjectStorage::from_url(dir).map_err(|e| Error::io(dir, e))?,
-        ));
-        #[cfg(not(feature = "s3"))]
-        return Err(crate::io::no_s3(dir));
-    }
-    Ok(Arc::new(LocalStorage::new(dir)))
-}
-
 impl RunCheck {
     /// True when every step loads and nothing is torn.
     pub fn is_ok(&self) -> bool {
@@ -1072,7 +1048,10 @@ impl RunReader {
     /// Opens the run directory `dir` (or `s3://bucket/prefix`) for
     /// reading.
     pub fn open(dir: impl AsRef<Path>) -> Result<RunReader> {
-        RunReader::open_with(storage_for(dir.as_ref())?, StoreOptions::default())
+        RunReader::open_with(
+            crate::storage::Location::parse(dir.as_ref()).storage()?,
+            StoreOptions::default(),
+        )
     }
 
     /// Opens a run on any [`Storage`] for reading; `options.verify` says

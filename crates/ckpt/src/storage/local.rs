@@ -1,98 +1,17 @@
-//! Where a run lives: the small [`Storage`] trait the store writes through,
-//! and [`LocalStorage`], a directory on the local filesystem. Tests wrap it
-//! to inject failures; `object::ObjectStorage` (feature `s3`) puts a run
-//! on S3-compatible object storage.
+//! [`LocalStorage`]: a directory on the local filesystem as a [`Storage`].
 
 use std::any::Any;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-/// The operations the store needs, on names relative to the run's root
-/// (`manifest.json`, `step-00000010/meta.json`). Every write goes through
-/// [`Storage::write`]; nothing is durable until [`Storage::sync`].
-pub trait Storage: Send + Sync + 'static {
-    /// The root, for messages (a directory path or a URL).
-    fn root(&self) -> &Path;
-
-    /// Creates the root if it is missing.
-    fn create_root(&self) -> io::Result<()>;
-
-    /// Takes the run's writer lock, held until the returned guard drops.
-    /// `Ok(None)` means another live process holds it.
-    fn lock(&self) -> io::Result<Option<Box<dyn Any + Send + Sync>>>;
-
-    /// Whether a writer holds the lock now, asked without writing
-    /// anything (readers need no write permission). The default takes
-    /// the lock and releases it; the storages here look without taking it.
-    fn writer_active(&self) -> io::Result<bool> {
-        Ok(self.lock()?.is_none())
-    }
-
-    /// Whether [`Storage::rename`] is atomic. When it is not (object
-    /// storage), the store writes a step's files in place and commits with
-    /// the manifest alone.
-    fn renames(&self) -> bool {
-        true
-    }
-
-    /// Creates a directory.
-    fn create_dir(&self, name: &str) -> io::Result<()>;
-
-    /// Creates (or truncates) a file and fills it with what `write`
-    /// produces, buffered in large sequential writes.
-    fn write(
-        &self,
-        name: &str,
-        write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
-    ) -> io::Result<()>;
-
-    /// Appends bytes to a file, creating it if missing.
-    fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()>;
-
-    /// Makes a file, or a directory's entries (`""` is the root), durable.
-    fn sync(&self, name: &str) -> io::Result<()>;
-
-    /// Renames a file or directory, replacing a file of the new name.
-    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
-
-    /// Removes a file, or a directory and everything in it; a missing
-    /// name is not an error.
-    fn remove(&self, name: &str) -> io::Result<()>;
-
-    /// The names in the root.
-    fn list(&self) -> io::Result<Vec<String>> {
-        self.list_in("")
-    }
-
-    /// The names in directory `dir` (`""` is the root); a missing
-    /// directory has none.
-    fn list_in(&self, dir: &str) -> io::Result<Vec<String>>;
-
-    /// A whole (small) file.
-    fn read(&self, name: &str) -> io::Result<Vec<u8>>;
-
-    /// Bytes `range` of a file (fewer at its end).
-    fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> io::Result<Vec<u8>> {
-        let all = self.read(name)?;
-        let end = (range.end as usize).min(all.len());
-        Ok(all
-            .get(range.start as usize..end)
-            .unwrap_or_default()
-            .to_vec())
-    }
-
-    /// A local path for `name`, when the file can be memory-mapped.
-    fn local_path(&self, name: &str) -> Option<PathBuf>;
-}
+use super::{file::open_file, Storage, WRITE_BUFFER};
 
 /// A run directory on the local filesystem.
 #[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
 }
-
-const WRITE_BUFFER: usize = 4 << 20;
 
 impl LocalStorage {
     /// The run directory `root` (created on open if missing).
@@ -170,7 +89,7 @@ impl Storage for LocalStorage {
 
     fn writer_active(&self) -> io::Result<bool> {
         // Opened read-only and never created: a reader writes nothing.
-        let file = match crate::io::open_file(&self.path(".lock")) {
+        let file = match open_file(&self.path(".lock")) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
@@ -244,13 +163,13 @@ impl Storage for LocalStorage {
 
     fn read(&self, name: &str) -> io::Result<Vec<u8>> {
         let mut bytes = Vec::new();
-        crate::io::open_file(&self.inside(name)?)?.read_to_end(&mut bytes)?;
+        open_file(&self.inside(name)?)?.read_to_end(&mut bytes)?;
         Ok(bytes)
     }
 
     fn read_range(&self, name: &str, range: std::ops::Range<u64>) -> io::Result<Vec<u8>> {
         use std::io::{Seek, SeekFrom};
-        let mut file = crate::io::open_file(&self.inside(name)?)?;
+        let mut file = open_file(&self.inside(name)?)?;
         file.seek(SeekFrom::Start(range.start))?;
         let mut bytes = Vec::new();
         file.take(range.end.saturating_sub(range.start))

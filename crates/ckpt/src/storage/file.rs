@@ -1,23 +1,23 @@
-//! The file edge: mapping files for reading and the one atomic-write helper.
-//! Format code never opens files; it works on bytes.
+//! Whole files by path: mapping or reading one for a format to parse, and
+//! writing one atomically. Format code never opens files; it works on
+//! bytes.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 
+use super::{replace, Location};
 use crate::tensor::Buffer;
 use crate::{Error, Result};
 
-/// Writes smaller than this are gathered; larger ones go straight to the
-/// file, so big tensors are written with one call each and no copy.
-const WRITE_BUFFER: usize = 256 << 10;
-
-/// Maps `path` read-only, or reads it onto the heap when `mmap` is false.
+/// Maps `path` read-only, or reads it onto the heap when `mmap` is false;
+/// an `s3://` URL is fetched whole.
 pub(crate) fn open(path: &Path, mmap: bool) -> Result<Arc<Buffer>> {
-    if is_url(path) {
-        return Ok(Arc::new(Buffer::Heap(read_url(path)?)));
+    if let location @ Location::S3 { .. } = Location::parse(path) {
+        let (storage, name) = location.parent_and_name()?;
+        let bytes = storage.read(&name).map_err(|e| Error::io(path, e))?;
+        return Ok(Arc::new(Buffer::Heap(bytes)));
     }
     let mut file = open_file(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
@@ -84,66 +84,21 @@ fn special_kind(_: &fs::FileType) -> &'static str {
     "a special file"
 }
 
-/// Replaces `path` atomically with what `write` produces: the bytes go to a
-/// temporary file beside it, which is flushed (and, when `durable`, synced
-/// to disk), closed, and renamed over `path`; when `durable`, the parent
-/// directory is synced too so the rename itself survives a power cut. On
-/// any error the temporary file is removed and `path` is untouched, so a
-/// reader sees either the old file or the new one, never a part.
+/// Replaces the file (or object) `path` atomically with what `write`
+/// produces, through the one [`replace`]: a reader sees the old file or the
+/// new one, never a part, and on any error `path` is untouched.
 pub(crate) fn write_atomic(
     path: &Path,
     durable: bool,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
-    if is_url(path) {
-        return write_url(path, write);
-    }
-    let tmp = temp_path(path);
-    let result = (|| {
-        let file = File::create(&tmp)?;
-        let mut out = BufWriter::with_capacity(WRITE_BUFFER, file);
-        write(&mut out)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        if durable {
-            file.sync_all()?;
-        }
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    if durable {
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        File::open(parent)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| Error::io(parent, e))?;
-    }
-    Ok(())
-}
-
-/// True for `s3://` URLs, which name objects rather than files.
-pub(crate) fn is_url(path: &Path) -> bool {
-    path.to_str().is_some_and(|p| p.starts_with("s3://"))
-}
-
-#[cfg(feature = "s3")]
-fn read_url(path: &Path) -> Result<Vec<u8>> {
-    crate::store::object::read_url(path).map_err(|e| Error::io(path, e))
-}
-
-#[cfg(feature = "s3")]
-fn write_url(path: &Path, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    let (storage, name) = Location::parse(path).parent_and_name()?;
     let mut write = Some(write);
-    crate::store::object::write_url(path, &mut |out| match write.take() {
+    let mut once = |out: &mut dyn Write| match write.take() {
         Some(f) => f(out),
-        None => Ok(()),
-    })
-    .map_err(|e| Error::io(path, e))
+        None => Err(std::io::Error::other("written twice")),
+    };
+    replace(&*storage, &name, durable, &mut once).map_err(|e| Error::io(path, e.into_io()))
 }
 
 /// The error for an `s3://` path in a build without the `s3` feature.
@@ -153,28 +108,6 @@ pub(crate) fn no_s3(path: &Path) -> Error {
         path,
         std::io::Error::other("this ckpt was built without the `s3` feature"),
     )
-}
-
-#[cfg(not(feature = "s3"))]
-fn read_url(path: &Path) -> Result<Vec<u8>> {
-    Err(no_s3(path))
-}
-
-#[cfg(not(feature = "s3"))]
-fn write_url(path: &Path, _: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
-    Err(no_s3(path))
-}
-
-/// A name beside `path` that no other writer uses: hidden, with the
-/// process id and a counter, and marked as ckpt's temporary.
-fn temp_path(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.ckpt-tmp-{}-{n}", std::process::id()))
 }
 
 #[cfg(test)]

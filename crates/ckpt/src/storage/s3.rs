@@ -1,7 +1,9 @@
 //! S3-compatible object storage (feature `s3`), through the `object_store`
-//! crate: [`ObjectStorage`], the store's [`Storage`] on a bucket prefix,
-//! and whole-object reads and writes for single files (`s3://bucket/key`
-//! anywhere a path is taken).
+//! crate: [`ObjectStorage`], a [`Storage`] on a bucket prefix, which runs
+//! and single files (`s3://bucket/key` anywhere a path is taken) go
+//! through. One tokio runtime serves the whole process, and one client
+//! each bucket (per endpoint and settings): opening a prefix costs no
+//! connection set-up after the first.
 //!
 //! Endpoint, region and credentials come from the usual `AWS_*`
 //! environment variables (`AWS_ENDPOINT`, `AWS_REGION`,
@@ -17,9 +19,10 @@
 //! by a process of this host that is no longer running is taken over.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as Key;
@@ -40,11 +43,18 @@ fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// The I/O error for a failed request, of the kind that says what went
+/// wrong where there is one, with the client's error as its source.
 fn to_io(e: object_store::Error) -> io::Error {
-    match e {
-        object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e),
-        e => other(e),
-    }
+    use object_store::Error as E;
+    let kind = match &e {
+        E::NotFound { .. } => io::ErrorKind::NotFound,
+        E::AlreadyExists { .. } | E::Precondition { .. } => io::ErrorKind::AlreadyExists,
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => io::ErrorKind::PermissionDenied,
+        E::NotSupported { .. } | E::NotImplemented { .. } => io::ErrorKind::Unsupported,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e)
 }
 
 /// A bucket and key prefix on S3-compatible storage.
@@ -52,7 +62,51 @@ pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
     prefix: String,
     url: PathBuf,
-    runtime: Runtime,
+}
+
+/// The process's runtime for object storage: `block_on` may be called
+/// from any thread outside it (background saves run on their own), and
+/// part uploads run on its workers.
+fn runtime() -> io::Result<&'static Runtime> {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
+    }
+    let built = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ckpt-s3")
+        .enable_all()
+        .build()?;
+    Ok(RUNTIME.get_or_init(|| built))
+}
+
+/// The client for `bucket` with `options` and the `AWS_*` environment as
+/// they are now: built once, then shared by every prefix of the bucket.
+fn client(bucket: &str, options: &ObjectOptions) -> io::Result<Arc<dyn ObjectStore>> {
+    static CLIENTS: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("AWS_"))
+        .collect();
+    env.sort();
+    let key = format!("{bucket}\n{options:?}\n{env:?}");
+    let clients = CLIENTS.get_or_init(Default::default);
+    if let Some(found) = clients.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(found.clone());
+    }
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(endpoint) = &options.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let mut retry = object_store::RetryConfig::default();
+    if let Some(n) = options.max_retries {
+        retry.max_retries = n;
+    }
+    if let Some(t) = options.retry_timeout {
+        retry.retry_timeout = t;
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(builder.with_retry(retry).build().map_err(other)?);
+    let mut clients = clients.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(clients.entry(key).or_insert(store).clone())
 }
 
 impl std::fmt::Debug for ObjectStorage {
@@ -93,29 +147,12 @@ impl ObjectStorage {
                 url.display()
             )));
         }
-        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
-        if let Some(endpoint) = &options.endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
-        let mut retry = object_store::RetryConfig::default();
-        if let Some(n) = options.max_retries {
-            retry.max_retries = n;
-        }
-        if let Some(t) = options.retry_timeout {
-            retry.retry_timeout = t;
-        }
-        let store = builder.with_retry(retry).build().map_err(other)?;
-        // One worker: `block_on` may then be called from any thread (the
-        // store's background saves run on their own).
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
+        runtime()?;
+        let store = client(bucket, options)?;
         Ok(ObjectStorage {
-            store: Arc::new(store),
+            store,
             prefix: prefix.trim_matches('/').to_owned(),
             url: url.to_owned(),
-            runtime,
         })
     }
 
@@ -128,7 +165,8 @@ impl ObjectStorage {
     }
 
     fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
-        self.runtime.block_on(f)
+        // Built in `from_url_with`, before any storage exists.
+        runtime().expect("the runtime").block_on(f)
     }
 
     /// The whole object `name` (relative to the prefix).
@@ -175,13 +213,7 @@ impl ObjectStorage {
         };
         self.block_on(self.store.put_opts(&key, payload, options))
             .map(|_| ())
-            .map_err(|e| match e {
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. } => {
-                    io::Error::new(io::ErrorKind::AlreadyExists, e)
-                }
-                e => to_io(e),
-            })
+            .map_err(to_io)
     }
 }
 
@@ -226,7 +258,7 @@ impl Upload<'_> {
         // Part numbers are taken in call order; the upload runs on the
         // runtime's worker.
         let upload = m.put_part(part);
-        self.in_flight.push_back(s.runtime.spawn(upload));
+        self.in_flight.push_back(runtime()?.spawn(upload));
         Ok(())
     }
 
@@ -296,12 +328,10 @@ struct LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         let (store, key) = (self.store.clone(), self.key.clone());
-        // A runtime of its own: the guard may drop inside another one.
+        // From a thread of its own: the guard may drop inside a runtime,
+        // where blocking on another is not allowed.
         let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
+            if let Ok(rt) = runtime() {
                 let _ = rt.block_on(store.delete(&key));
             }
         })
@@ -445,31 +475,4 @@ impl Storage for ObjectStorage {
     fn local_path(&self, _: &str) -> Option<PathBuf> {
         None
     }
-}
-
-/// The object a `s3://bucket/key` URL names: its prefix storage and the
-/// object's name in it.
-fn split(url: &Path) -> io::Result<(ObjectStorage, String)> {
-    let text = url.to_str().unwrap_or_default();
-    let (parent, name) = text
-        .rsplit_once('/')
-        .filter(|(p, n)| p.len() > "s3:/".len() && !n.is_empty())
-        .ok_or_else(|| other(format!("{text}: expected s3://bucket/key")))?;
-    Ok((ObjectStorage::from_url(Path::new(parent))?, name.to_owned()))
-}
-
-/// The whole object at `url`.
-pub(crate) fn read_url(url: &Path) -> io::Result<Vec<u8>> {
-    let (storage, name) = split(url)?;
-    storage.get(&name)
-}
-
-/// Writes the object at `url` (one PUT, or a multipart upload completed
-/// at the end: it appears whole or not at all).
-pub(crate) fn write_url(
-    url: &Path,
-    write: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
-) -> io::Result<()> {
-    let (storage, name) = split(url)?;
-    storage.put(&name, write)
 }
