@@ -1350,7 +1350,7 @@ fn commands_take_s3_urls_for_files_and_runs() {
 
 #[test]
 fn inspect_and_convert_see_a_multi_rank_checkpoint_as_one_state_dict() {
-    use ckpt::store::distributed::{commit, save_part, Part};
+    use ckpt::layout::distributed::{commit, save_part, Part};
     let dir = tempfile::tempdir().unwrap();
     let values: Vec<f32> = (0..24).map(|i| i as f32).collect();
     for (rank, rows) in [(0, 0..2), (1, 2..6)] {

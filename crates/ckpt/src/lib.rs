@@ -42,6 +42,7 @@ mod error;
 pub mod export;
 pub mod format;
 mod json;
+pub mod layout;
 mod load;
 pub mod package;
 mod parallel;

@@ -72,7 +72,7 @@ pub struct Loaded {
 pub fn read(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Loaded> {
     let path = path.as_ref();
     if crate::storage::Location::parse(path).is_local_dir() {
-        return format::folder::read(path, options);
+        return crate::layout::folder::read(path, options);
     }
     let buffer = crate::storage::open(path, options.mmap)?;
     let format = Format::detect(buffer.as_slice(), path)?;
@@ -124,7 +124,7 @@ pub(crate) fn dispatch(
         Format::Npy | Format::Npz => format::numpy::read(format, buffer, path),
         Format::Compressed => format::compressed::read(buffer, path),
         // Shards are found beside the index (for bytes, beside `path`).
-        Format::ShardedIndex => format::sharded::read(buffer.as_slice(), path, options),
+        Format::ShardedIndex => crate::layout::read(buffer.as_slice(), path, options),
     }
 }
 

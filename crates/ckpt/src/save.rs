@@ -36,7 +36,7 @@ pub struct SaveOptions {
     /// Split the tensors into Hugging Face style shards of at most this many
     /// bytes (a larger tensor gets a shard of its own), plus an index. Saving
     /// to an index path (`model.safetensors.index.json`) shards too, at
-    /// [`DEFAULT_MAX_SHARD_SIZE`](crate::format::sharded::DEFAULT_MAX_SHARD_SIZE)
+    /// [`DEFAULT_MAX_SHARD_SIZE`](crate::layout::hf::DEFAULT_MAX_SHARD_SIZE)
     /// unless this is set. Sharded files are flat: a nested checkpoint's
     /// tensors are stored under their flattened names.
     pub max_shard_size: Option<u64>,
@@ -108,8 +108,8 @@ pub fn save_with(path: impl AsRef<Path>, value: &Value, options: &SaveOptions) -
         None => Format::from_path(path)?,
     };
     if let (Format::ShardedIndex, max) | (_, max @ Some(_)) = (format, options.max_shard_size) {
-        let max = max.unwrap_or(format::sharded::DEFAULT_MAX_SHARD_SIZE);
-        return format::sharded::write(path, value, max, options);
+        let max = max.unwrap_or(crate::layout::hf::DEFAULT_MAX_SHARD_SIZE);
+        return crate::layout::hf::write(path, value, max, options);
     }
     let plan = plan(format, value, path, options)?;
     crate::storage::write_atomic(path, options.durable, |out| {

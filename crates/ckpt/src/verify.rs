@@ -44,7 +44,7 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
     // A model folder is checked through the file it was read from.
     let chosen;
     let path = if crate::storage::Location::parse(path).is_local_dir() {
-        chosen = crate::format::folder::choose(path)?;
+        chosen = crate::layout::folder::choose(path)?;
         chosen.as_path()
     } else {
         path
@@ -61,7 +61,11 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
         Format::PyTorch | Format::TorchScript | Format::ExportedProgram | Format::Npz => {
             [path.to_owned()].into()
         }
-        Format::ShardedIndex => shard_files(path)?,
+        Format::ShardedIndex => {
+            let bytes = crate::storage::open(path, false)?;
+            let index = crate::layout::Index::parse(bytes.as_slice(), path)?;
+            index.checked_files(path).into_iter().collect()
+        }
         // .ckptz: every blob's Adler-32 was checked by the read.
         Format::Safetensors | Format::Npy | Format::Compressed | Format::Pickle => BTreeSet::new(),
     };
@@ -87,24 +91,4 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
         mismatches,
         pickle: loaded.pickle,
     })
-}
-
-/// The shard files an index names (already validated by reading it).
-fn shard_files(index: &Path) -> Result<BTreeSet<std::path::PathBuf>> {
-    let bytes = crate::storage::open(index, false)?;
-    let json: serde_json::Value =
-        crate::json::parse(bytes.as_slice()).map_err(|source| crate::Error::HeaderJson {
-            path: index.to_owned(),
-            source,
-        })?;
-    let folder = index.parent().unwrap_or(Path::new("."));
-    Ok(json["weight_map"]
-        .as_object()
-        .map(|m| {
-            m.values()
-                .filter_map(|v| v.as_str())
-                .map(|s| folder.join(s))
-                .collect()
-        })
-        .unwrap_or_default())
 }

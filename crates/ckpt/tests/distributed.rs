@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::{Child, Command};
 
-use ckpt::store::distributed::{commit, save_part, Distributed, Part, INDEX};
+use ckpt::layout::distributed::{commit, save_part, Distributed, Part, INDEX};
 use ckpt::{DType, StateDict, TensorData};
 
 const WORLD: usize = 4;

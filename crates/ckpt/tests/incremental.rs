@@ -203,3 +203,37 @@ fn an_index_claiming_a_huge_tensor_and_chunk_allocates_nothing_it_claims() {
     let err = m.load(1).unwrap_err().to_string();
     assert!(err.contains("bytes where"), "{err}");
 }
+
+#[test]
+fn a_steps_index_reads_as_its_checkpoint_anywhere_a_path_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = CheckpointManager::open(dir.path(), options()).unwrap();
+    let mut model = StateDict::new();
+    model.insert("w".into(), tensor(3 * MIB / 4 + 5, 1.5));
+    model.insert("b".into(), tensor(3, -2.0));
+    let mut saved = TrainingCheckpoint::new(model);
+    saved.step = 7;
+    m.save(7, &saved, &[]).unwrap();
+    let index = dir.path().join("step-00000007/checkpoint.index.json");
+    let loaded = ckpt::read(&index, &Default::default()).unwrap();
+    assert_eq!(loaded.format, ckpt::Format::ShardedIndex);
+    assert_eq!(
+        TrainingCheckpoint::from_value(&loaded.value).unwrap(),
+        saved
+    );
+    let report = ckpt::verify(&index).unwrap();
+    assert_eq!(report.tensors, 2);
+
+    // A damaged chunk is an error naming the blob.
+    let blob = std::fs::read_dir(dir.path().join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| std::fs::metadata(p).unwrap().len() == 12)
+        .unwrap();
+    std::fs::write(&blob, [0u8; 12]).unwrap();
+    let err = ckpt::read(&index, &Default::default()).unwrap_err();
+    assert!(
+        err.to_string().contains(&blob.display().to_string()),
+        "{err}"
+    );
+}

@@ -317,7 +317,7 @@ fn incremental_runs_share_chunks_on_object_storage() {
 
 #[test]
 fn multi_rank_checkpoints_commit_and_reshard_on_object_storage() {
-    use ckpt::store::distributed::{commit, save_part, Distributed, Part};
+    use ckpt::layout::distributed::{commit, save_part, Distributed, Part};
     if moto::start().is_none() {
         return;
     }

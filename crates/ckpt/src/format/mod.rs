@@ -7,12 +7,10 @@
 //! the extension ([`Format::from_path`]).
 
 pub mod compressed;
-pub(crate) mod folder;
 pub(crate) mod inflate;
 pub mod numpy;
 pub mod pytorch;
 pub mod safetensors;
-pub mod sharded;
 
 use std::fmt;
 use std::io::{self, Write};

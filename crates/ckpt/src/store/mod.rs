@@ -39,8 +39,6 @@
 //! assert_eq!((restored.step, restored.checkpoint.step), (40, 40));
 //! ```
 
-pub mod distributed;
-mod incremental;
 mod manifest;
 mod retention;
 mod snapshot;
@@ -58,6 +56,7 @@ pub use manifest::StepInfo;
 pub use retention::{KeepBest, KeepEvery, MetricMode, MissingMetric, Reason, Retention};
 
 use crate::format::Format;
+use crate::layout::incremental;
 use crate::storage::hash::{content_hash, content_hash_reporting, HashingWriter, StreamHasher};
 use crate::storage::{ReplaceError, Storage};
 use crate::tensor::Buffer;

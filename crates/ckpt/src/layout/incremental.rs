@@ -24,6 +24,8 @@ use serde_json::{json, Value as Json};
 use crate::format::safetensors::{flatten, rebuild, TREE_KEY};
 use crate::{byte_len, DType, Error, Result, TensorData, Value};
 
+/// The `format` of an incremental step's index.
+pub(crate) const FORMAT: &str = "ckpt-incremental";
 /// The step file of an incremental checkpoint.
 pub(crate) const INDEX_FILE: &str = "checkpoint.index.json";
 /// Where the chunks live, under the run's root.
@@ -121,7 +123,7 @@ pub(crate) fn chunk(value: &Value, cache: &HashCache) -> Result<(Chunked, HashCa
         next.insert(key, (t.clone(), hashes));
     }
     let index = json!({
-        "format": "ckpt-incremental",
+        "format": FORMAT,
         "version": 1,
         "chunk": CHUNK,
         "tree": tree,
@@ -163,13 +165,20 @@ impl Index {
 
 /// Parses and checks an index (`path` names it in errors).
 pub(crate) fn parse(bytes: &[u8], path: &Path) -> Result<Index> {
+    let json: Json = crate::json::parse(bytes).map_err(|e| Error::BadStore {
+        path: path.to_owned(),
+        reason: format!("index is not JSON ({e})"),
+    })?;
+    from_json(&json, path)
+}
+
+/// Checks a parsed index (`path` names it in errors).
+pub(crate) fn from_json(json: &Json, path: &Path) -> Result<Index> {
     let bad = |reason: String| Error::BadStore {
         path: path.to_owned(),
         reason,
     };
-    let json: Json =
-        crate::json::parse(bytes).map_err(|e| bad(format!("index is not JSON ({e})")))?;
-    if json.get("format").and_then(Json::as_str) != Some("ckpt-incremental")
+    if json.get("format").and_then(Json::as_str) != Some(FORMAT)
         || json.get("version").and_then(Json::as_u64) != Some(1)
     {
         return Err(bad("not a version 1 ckpt incremental index".into()));

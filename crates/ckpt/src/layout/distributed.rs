@@ -31,6 +31,8 @@ use crate::{byte_len, DType, Error, Result, StateDict, TensorData};
 
 /// The commit file's name.
 pub const INDEX: &str = "ckpt.index.json";
+/// The `format` of a multi-rank checkpoint's index.
+pub(crate) const FORMAT: &str = "ckpt-distributed";
 
 /// One slice a rank saves: rows `rows` of the tensor `name`, whose whole
 /// shape is `shape`.
@@ -309,8 +311,7 @@ pub fn commit(dir: &Path, world: usize) -> Result<()> {
         list.push(json!({"name": name, "dtype": e.dtype.safetensors_name(), "shape": e.shape, "pieces": pieces}));
     }
     let index =
-        json!({"format": "ckpt-distributed", "version": 1, "world": world, "tensors": list})
-            .to_string();
+        json!({"format": FORMAT, "version": 1, "world": world, "tensors": list}).to_string();
     crate::storage::write_atomic(&dir.join(INDEX), true, |out| {
         out.write_all(index.as_bytes())
     })
@@ -338,15 +339,20 @@ impl Distributed {
         Distributed::from_index(&bytes, dir, store)
     }
 
-    pub(crate) fn from_index(
-        bytes: &[u8],
+    fn from_index(bytes: &[u8], dir: &Path, store: Arc<dyn Storage>) -> Result<Distributed> {
+        let json: Json = crate::json::parse(bytes)
+            .map_err(|e| bad(&dir.join(INDEX), format!("not JSON ({e})")))?;
+        Distributed::from_json(&json, dir, store)
+    }
+
+    /// The checkpoint the parsed index `json` (in `dir`) describes.
+    pub(crate) fn from_json(
+        json: &Json,
         dir: &Path,
         store: Arc<dyn Storage>,
     ) -> Result<Distributed> {
         let path = dir.join(INDEX);
-        let json: Json =
-            crate::json::parse(bytes).map_err(|e| bad(&path, format!("not JSON ({e})")))?;
-        if json.get("format").and_then(Json::as_str) != Some("ckpt-distributed") {
+        if json.get("format").and_then(Json::as_str) != Some(FORMAT) {
             return Err(bad(&path, "not a ckpt-distributed index"));
         }
         let world = json.get("world").and_then(Json::as_u64).unwrap_or(0) as usize;

@@ -38,24 +38,8 @@ fn bad(path: &Path, entry: &str, problem: &'static str) -> Error {
     }
 }
 
-/// Reads the index in `bytes` (the file at `path`) and every shard it names.
-pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Loaded> {
-    let json: Json = crate::json::parse(bytes).map_err(|source| Error::HeaderJson {
-        path: path.to_owned(),
-        source,
-    })?;
-    if json.get("format").and_then(Json::as_str) == Some("ckpt-distributed") {
-        // A multi-rank checkpoint of ckpt's store, as one state dict.
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let store = crate::storage::Location::parse(dir).storage()?;
-        let sd = crate::store::distributed::Distributed::from_index(bytes, dir, store)?.load()?;
-        return Ok(Loaded {
-            format: Format::ShardedIndex,
-            value: sd.into(),
-            metadata: Default::default(),
-            pickle: None,
-        });
-    }
+/// Reads every shard the index `json` (the file at `path`) names.
+pub(crate) fn read(json: &Json, path: &Path, options: &LoadOptions) -> Result<Loaded> {
     let map = json
         .get("weight_map")
         .and_then(Json::as_object)
@@ -132,6 +116,24 @@ pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<L
         metadata,
         pickle,
     })
+}
+
+/// The shard files the index `json` (at `path`) names, for `verify`'s
+/// checksums (the names were validated when it was read).
+pub(crate) fn shard_files(json: &Json, path: &Path) -> Vec<PathBuf> {
+    let folder = path.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = json["weight_map"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter_map(Json::as_str)
+                .map(|s| folder.join(s))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files.dedup();
+    files
 }
 
 /// The index path and the shard paths for a sharded save requested at
