@@ -60,13 +60,13 @@ pub use checkpoint::TrainingCheckpoint;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use format::pytorch::PickleReport;
-pub use format::Format;
+pub use format::{Format, LoadOptions, Loaded, Progress, SaveOptions};
 pub use load::rules::{
     match_state_dict, Expected, KeyRule, LoadReport, LoadRules, Matched, Mismatch, OnMismatch,
 };
-pub use load::{load, load_state_dict, read, read_bytes, LoadOptions, Loaded};
+pub use load::{load, load_state_dict, read, read_bytes};
 pub use package::{Package, PackageInfo, PackageOptions};
-pub use save::{save, save_with, Progress, SaveOptions};
+pub use save::{save, save_with};
 pub use spec::{Layer, LayerKind, LayerSummary, ModelSpec, Param};
 pub use state_dict::{StateDict, SEPARATOR};
 pub use tensor::{byte_len, TensorData};

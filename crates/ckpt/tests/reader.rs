@@ -45,7 +45,11 @@ fn read_only_reader_child() {
     };
     let dir = Path::new(&dir);
     let denied = std::fs::File::create(dir.join("probe")).unwrap_err();
-    assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied, "{denied}");
+    assert_eq!(
+        denied.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{denied}"
+    );
     let reader = RunReader::open(dir).unwrap();
     let check = reader.check(|_, _| {}).unwrap();
     assert!(check.writer_active, "{check:?}");

@@ -10,7 +10,14 @@ pub mod compressed;
 pub(crate) mod inflate;
 pub mod numpy;
 pub mod pytorch;
+mod reading;
 pub mod safetensors;
+mod writing;
+
+pub(crate) use reading::read;
+pub use reading::{LoadOptions, Loaded};
+pub(crate) use writing::{plan, write_file, write_plan};
+pub use writing::{Progress, SaveOptions};
 
 use std::fmt;
 use std::io::{self, Write};

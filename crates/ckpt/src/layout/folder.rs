@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-use crate::{Error, Format, LoadOptions, Loaded, Result};
+use crate::format::{Format, LoadOptions, Loaded};
+use crate::{Error, Result};
 
 /// The names `transformers` looks for, in its order of preference.
 const PREFERRED: [&str; 4] = [
@@ -25,7 +26,7 @@ const PREFERRED: [&str; 4] = [
 /// Reads the model a folder holds.
 pub(crate) fn read(dir: &Path, options: &LoadOptions) -> Result<Loaded> {
     let weights = choose(dir)?;
-    let mut loaded = crate::read(&weights, options)?;
+    let mut loaded = super::read_path(&weights, options)?;
     let name = weights
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -24,7 +24,8 @@ use indexmap::IndexMap;
 use serde_json::{json, Map, Value as Json};
 
 use crate::format::pytorch::PickleReport;
-use crate::{Dict, Error, Format, Key, LoadOptions, Loaded, Result, SaveOptions, StateDict, Value};
+use crate::format::{Format, LoadOptions, Loaded, SaveOptions};
+use crate::{Dict, Error, Key, Result, StateDict, Value};
 
 /// The shard size `save` uses for an index path without one (as
 /// `transformers` does).
@@ -192,7 +193,8 @@ pub(crate) fn write(
     };
     let mut weight_map = Map::new();
     for (group, file) in groups.iter().zip(&files) {
-        crate::save_with(file, &group.clone().into(), &shard_options)?;
+        let format = Format::from_path(file)?;
+        crate::format::write_file(format, file, &group.clone().into(), &shard_options)?;
         let shard = file
             .file_name()
             .and_then(|n| n.to_str())
@@ -234,7 +236,7 @@ fn read_shard(path: &Path, options: &LoadOptions) -> Result<Loaded> {
             problem: "is itself an index, named as a shard by an index".to_owned(),
         });
     }
-    crate::load::dispatch(format, buffer, path, options)
+    crate::format::read(format, buffer, path)
 }
 
 #[cfg(test)]

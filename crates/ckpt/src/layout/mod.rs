@@ -2,7 +2,7 @@
 //! `*.index.json` stands for, and folders read as one model.
 //!
 //! Three kinds of index share the name and are told apart here, once, by
-//! their contents ([`Index::parse`]):
+//! their contents (`Index::parse`):
 //!
 //! - a Hugging Face index (`model.safetensors.index.json`,
 //!   `pytorch_model.bin.index.json`): a `weight_map` naming each tensor's
@@ -17,11 +17,14 @@
 //! checkpoint) through the same [`read`](crate::read) as any file.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value as Json;
 
+use crate::format::{self, Format, LoadOptions, Loaded};
 use crate::storage::Location;
-use crate::{Error, Format, LoadOptions, Loaded, Result};
+use crate::tensor::Buffer;
+use crate::{Error, Result};
 
 pub mod distributed;
 pub(crate) mod folder;
@@ -64,9 +67,46 @@ impl Index {
     }
 }
 
+/// Reads what `path` names: a model folder, an index and the files it
+/// names, or one file, each recognised by its contents.
+pub(crate) fn read_path(path: &Path, options: &LoadOptions) -> Result<Loaded> {
+    if Location::parse(path).is_local_dir() {
+        return folder::read(path, options);
+    }
+    let buffer = crate::storage::open(path, options.mmap)?;
+    let format = Format::detect(buffer.as_slice(), path)?;
+    dispatch(format, buffer, path, options)
+}
+
+/// Reads `buffer` as `format`, once its first bytes confirm it; an index's
+/// files are found beside `path`.
+pub(crate) fn read_buffer(
+    format: Format,
+    buffer: Arc<Buffer>,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<Loaded> {
+    let bytes = buffer.as_slice();
+    format.confirm(&bytes[..bytes.len().min(16)], path)?;
+    dispatch(format, buffer, path, options)
+}
+
+/// An index to its layout, any other format to its reader.
+fn dispatch(
+    format: Format,
+    buffer: Arc<Buffer>,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<Loaded> {
+    match format {
+        Format::ShardedIndex => read(buffer.as_slice(), path, options),
+        _ => format::read(format, buffer, path),
+    }
+}
+
 /// Reads the index in `bytes` (the file at `path`) as one state dict, or
 /// an incremental step as its checkpoint.
-pub(crate) fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Loaded> {
+fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Loaded> {
     let folder = path.parent().unwrap_or(Path::new("."));
     let value = match Index::parse(bytes, path)? {
         Index::HuggingFace(json) => return hf::read(&json, path, options),

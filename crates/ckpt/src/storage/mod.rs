@@ -1,8 +1,8 @@
 //! Where bytes live, below every format and layout: a [`Location`] (a
 //! local path or an `s3://` URL, parsed once), the [`Storage`] trait that
 //! folders and bucket prefixes are written and read through
-//! ([`LocalStorage`]; [`s3::ObjectStorage`] with the `s3` feature), the one
-//! atomic replace ([`replace`]), ranged reads, and the content hashes of
+//! ([`LocalStorage`]; `s3::ObjectStorage` with the `s3` feature), the one
+//! atomic replace (`replace`), ranged reads, and the content hashes of
 //! streams.
 //!
 //! Nothing here knows a file format or a run: formats read bytes this

@@ -136,7 +136,7 @@ impl Shared {
         self.io(&tmp, self.storage.create_dir(&tmp))?;
         let body = match chunked {
             Some(c) => Body::Index(c),
-            None => Body::Plan(crate::save::plan(
+            None => Body::Plan(crate::format::plan(
                 self.options.format,
                 value,
                 &self.path(&format!("{dir}/{file}")),
@@ -195,7 +195,7 @@ impl Shared {
                 };
                 match body {
                     Body::Plan(plan) => {
-                        crate::save::write_plan(&**plan, &mut hashing, &self.options.save)?
+                        crate::format::write_plan(&**plan, &mut hashing, &self.options.save)?
                     }
                     Body::Index(c) => hashing.write_all(&c.index)?,
                 }

@@ -145,7 +145,7 @@ pub enum AsyncSave {
     Skipped,
 }
 
-/// A checkpoint restored by [`CheckpointManager::restore_latest`].
+/// A checkpoint restored by [`CheckpointManager::restore_latest`](super::CheckpointManager::restore_latest).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Restored {
