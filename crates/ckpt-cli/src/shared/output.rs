@@ -1,6 +1,8 @@
-//! Shared output helpers: the error line, number formatting, and tables.
+//! Shared output helpers: the error line, colours, number formatting, and
+//! tables.
 
-use std::io::{self, Write};
+use std::ffi::OsStr;
+use std::io::{self, IsTerminal, Write};
 
 /// Prints an error as one line on stderr: `ckpt: error: ...`, with the
 /// causes joined by `: `.
@@ -17,12 +19,62 @@ pub fn error(err: &anyhow::Error) {
             line.push_str(&cause);
         }
     }
-    let _ = writeln!(io::stderr(), "ckpt: error: {}", printable(&line));
+    let _ = writeln!(io::stderr(), "ckpt: {} {}", red("error:"), printable(&line));
 }
 
 /// Prints a warning line on stderr, control characters escaped.
 pub fn warning(text: &str) {
-    let _ = writeln!(io::stderr(), "ckpt: warning: {}", printable(text));
+    let _ = writeln!(
+        io::stderr(),
+        "ckpt: {} {}",
+        yellow("warning:"),
+        printable(text)
+    );
+}
+
+/// Whether output gets colours: only on a terminal, and never when
+/// `NO_COLOR` is set to anything but the empty string (no-color.org).
+pub fn use_colour(is_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
+/// [`use_colour`] for stderr, with this process's `NO_COLOR`.
+fn stderr_colour() -> bool {
+    use_colour(
+        io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+/// clap's colours under the same rule: never when `NO_COLOR` is set or
+/// neither stdout nor stderr is a terminal; otherwise clap's own choice
+/// per stream.
+pub fn colour_choice() -> clap::ColorChoice {
+    let terminal = io::stdout().is_terminal() || io::stderr().is_terminal();
+    if use_colour(terminal, std::env::var_os("NO_COLOR").as_deref()) {
+        clap::ColorChoice::Auto
+    } else {
+        clap::ColorChoice::Never
+    }
+}
+
+/// `text` in bold red on stderr when it takes colours.
+fn red(text: &str) -> String {
+    paint(text, "1;31", stderr_colour())
+}
+
+/// `text` in bold yellow on stderr when it takes colours.
+fn yellow(text: &str) -> String {
+    paint(text, "1;33", stderr_colour())
+}
+
+/// `text` wrapped in the SGR code `sgr` when `colour`, else as it is.
+fn paint(text: &str, sgr: &str, colour: bool) -> String {
+    if colour {
+        format!("\x1b[{sgr}m{text}\x1b[0m")
+    } else {
+        text.to_owned()
+    }
 }
 
 /// `text` with every control character but newline and tab written as an
@@ -119,34 +171,6 @@ impl<W: Write> Write for Printable<W> {
             self.inner.write_all(&[lead])?;
         }
         self.inner.flush()
-    }
-}
-
-/// Draws a one-line progress bar on stderr for writes of 64 MiB or more
-/// (smaller ones finish before a bar would help).
-pub fn progress_bar(done: u64, total: u64) {
-    labelled_progress_bar("writing", done, total);
-}
-
-/// [`progress_bar`] with another verb (`verifying`).
-pub fn labelled_progress_bar(verb: &str, done: u64, total: u64) {
-    if total < 64 << 20 {
-        return;
-    }
-    let width = 30;
-    let filled = (done.min(total) * width / total) as usize;
-    let mut err = io::stderr();
-    let _ = write!(
-        err,
-        "\r  {verb} [{}{}] {:>3}% {} of {}",
-        "#".repeat(filled),
-        " ".repeat(width as usize - filled),
-        done.min(total) * 100 / total,
-        human_bytes(done.min(total)),
-        human_bytes(total),
-    );
-    if done >= total {
-        let _ = writeln!(err);
     }
 }
 
@@ -298,6 +322,18 @@ mod tests {
             text,
             "name          n\na\\x00b        1\nplain        22\nfake\\x0arow   3\n"
         );
+    }
+
+    #[test]
+    fn colours_only_on_a_terminal_without_no_color() {
+        let set = Some(OsStr::new("1"));
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, set));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, set));
+        assert_eq!(paint("error:", "1;31", true), "\x1b[1;31merror:\x1b[0m");
+        assert_eq!(paint("error:", "1;31", false), "error:");
     }
 
     #[test]

@@ -1,28 +1,19 @@
 //! `ckpt gc DIR`: apply retention rules to a run directory now.
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::Result;
 use ckpt::store::{
-    CheckpointManager, KeepBest, KeepEvery, MetricMode, MissingMetric, Retention, RunReader,
-    StoreOptions,
+    CheckpointManager, KeepBest, KeepEvery, MissingMetric, Retention, RunReader, StoreOptions,
 };
 
-use crate::output::human_bytes;
+use crate::args::GcArgs;
+use crate::shared::output::human_bytes;
 
-/// The rules given on the command line.
-pub struct Rules {
-    pub keep_last: Option<usize>,
-    pub keep_best: Option<usize>,
-    pub metric: Option<String>,
-    pub mode: MetricMode,
-    pub keep_every: Option<u64>,
-}
-
-/// Deletes (or, with `dry_run`, lists) the steps no rule keeps. Without
+/// Deletes (or, with `--dry-run`, lists) the steps no rule keeps. Without
 /// any rule flags, the rules the run's writer recorded apply.
-pub fn run(dir: &Path, rules: &Rules, dry_run: bool, out: &mut dyn Write) -> Result<()> {
+pub fn run(rules: &GcArgs, out: &mut dyn Write) -> Result<()> {
+    let (dir, dry_run) = (rules.dir.as_path(), rules.dry_run);
     let recorded = RunReader::open(dir)?;
     let given =
         rules.keep_last.is_some() || rules.keep_best.is_some() || rules.keep_every.is_some();
@@ -34,7 +25,7 @@ pub fn run(dir: &Path, rules: &Rules, dry_run: bool, out: &mut dyn Write) -> Res
             };
             r = r.keep_best(KeepBest {
                 metric,
-                mode: rules.mode,
+                mode: rules.mode.metric_mode(),
                 k,
                 missing: MissingMetric::Ignore,
             });

@@ -5,26 +5,14 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use ckpt::compress::prune::{self, Amount};
-use ckpt::compress::quantize::{self, Activations, Granularity};
+use ckpt::compress::prune;
+use ckpt::compress::quantize::{self, Activations};
 use ckpt::{Package, StateDict, TensorData, Value};
 use regex_lite::Regex;
 
-use crate::model_io::counts;
-use crate::output::{human_bytes, thousands, Table};
-
-/// `0.3` is a fraction, `5` a count.
-pub fn parse_amount(text: &str) -> Result<Amount, String> {
-    if let Ok(n) = text.parse::<usize>() {
-        return Ok(Amount::Count(n));
-    }
-    match text.parse::<f64>() {
-        Ok(f) if (0.0..=1.0).contains(&f) => Ok(Amount::Fraction(f)),
-        _ => Err(format!(
-            "{text:?} is neither a fraction in [0, 1] nor a count"
-        )),
-    }
-}
+use crate::args::{PruneArgs, QuantizeArgs};
+use crate::shared::model_io::counts;
+use crate::shared::output::{human_bytes, thousands, Table};
 
 /// The input: a package (weights and the rest) or a plain state dict.
 enum Input {
@@ -66,12 +54,12 @@ fn report(
     if evaluate {
         // Both as packages, run: sizes, accuracy and time from `eval`.
         let mut header = vec![""];
-        header.extend(crate::digits::HEADER);
+        header.extend(crate::shared::digits::HEADER);
         let mut table = Table::new(header, vec![false, false, true, true, true, true, true]);
         for (label, path) in [("before", before.1), ("after", after.1)] {
-            let (package, model) = crate::digits::load(path)?;
+            let (package, model) = crate::shared::digits::load(path)?;
             let mut cells = vec![label.to_string()];
-            cells.extend(crate::digits::row(path, &package, &model)?);
+            cells.extend(crate::shared::digits::row(path, &package, &model)?);
             table.row(cells);
         }
         table.write(out)?;
@@ -106,18 +94,11 @@ fn check_eval(evaluate: bool, source: &Input, input: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What `ckpt prune` was asked.
-pub struct PruneOptions<'a> {
-    pub amount: Amount,
-    pub global: bool,
-    pub structured: Option<(usize, f64)>,
-    pub random: Option<u64>,
-    pub layers: Option<&'a str>,
-    pub reparametrize: bool,
-    pub evaluate: bool,
-}
-
-pub fn prune(input: &Path, output: &Path, o: &PruneOptions, out: &mut dyn Write) -> Result<()> {
+/// `ckpt prune`: prunes the chosen weights, writes the result and reports
+/// each tensor's sparsity.
+pub fn prune(o: &PruneArgs, out: &mut dyn Write) -> Result<()> {
+    let (input, output) = (o.input.as_path(), o.output.as_path());
+    let structured = o.structured.then_some((o.dim, o.n));
     let source = read(input)?;
     check_eval(o.evaluate, &source, input)?;
     let sd = match &source {
@@ -130,7 +111,7 @@ pub fn prune(input: &Path, output: &Path, o: &PruneOptions, out: &mut dyn Write)
         Input::Package(p) => p.weights.clone(),
         Input::StateDict(sd) => sd.clone(),
     };
-    let select = selector(o.layers, 2)?;
+    let select = selector(o.layers.as_deref(), 2)?;
     let chosen: Vec<(&String, &TensorData)> = sd.iter().filter(|(n, t)| select(n, t)).collect();
     if chosen.is_empty() {
         bail!(
@@ -150,7 +131,7 @@ pub fn prune(input: &Path, output: &Path, o: &PruneOptions, out: &mut dyn Write)
         chosen
             .iter()
             .map(|(name, t)| {
-                let mask = match (o.structured, o.random) {
+                let mask = match (structured, o.random) {
                     (Some((dim, n)), _) => prune::ln_structured(t, o.amount, n, dim, name)?,
                     (None, Some(seed)) => prune::random_unstructured(t, o.amount, seed)?,
                     (None, None) => prune::l1_unstructured(t, o.amount, name)?,
@@ -193,20 +174,12 @@ pub fn prune(input: &Path, output: &Path, o: &PruneOptions, out: &mut dyn Write)
     report((&sd, input), (&permanent, output), o.evaluate, out)
 }
 
-/// What `ckpt quantize` was asked.
-pub struct QuantizeOptions<'a> {
-    pub granularity: Granularity,
-    pub activations: Activations,
-    pub layers: Option<&'a str>,
-    pub evaluate: bool,
-}
-
-pub fn quantize(
-    input: &Path,
-    output: &Path,
-    o: &QuantizeOptions,
-    out: &mut dyn Write,
-) -> Result<()> {
+/// `ckpt quantize`: int8 weights with their scales, the largest rounding
+/// error, and with `--eval` the models side by side.
+pub fn quantize(o: &QuantizeArgs, out: &mut dyn Write) -> Result<()> {
+    let (input, output) = (o.input.as_path(), o.output.as_path());
+    let (granularity, activations) = (o.granularity(), o.activations());
+    let layers = o.layers.as_deref();
     let source = read(input)?;
     check_eval(o.evaluate, &source, input)?;
     let sd = match &source {
@@ -229,20 +202,20 @@ pub fn quantize(
         ),
         Input::StateDict(_) => None,
     };
-    let select = selector(o.layers, 2)?;
-    let chosen = |n: &str, t: &TensorData| match (&linear, o.layers) {
+    let select = selector(layers, 2)?;
+    let chosen = |n: &str, t: &TensorData| match (&linear, layers) {
         (Some(names), None) => names.iter().any(|l| l == n),
         (None, None) => select(n, t) && t.shape().len() == 2,
         (_, Some(_)) => select(n, t),
     };
     let quantized = match &source {
         Input::Package(p) => {
-            let q = p.quantize(o.granularity, o.activations, chosen)?;
+            let q = p.quantize(granularity, activations, chosen)?;
             q.save(output)?;
             q.weights
         }
         Input::StateDict(_) => {
-            let q = quantize::quantize_state_dict(&sd, o.granularity, chosen)?;
+            let q = quantize::quantize_state_dict(&sd, granularity, chosen)?;
             ckpt::save(output, &Value::from(q.clone()))?;
             q
         }
@@ -265,14 +238,14 @@ pub fn quantize(
         "{} -> {}: {count} tensors to int8 ({}), scales in NAME{}; largest rounding error {worst:.2e}",
         input.display(),
         output.display(),
-        o.granularity.name().replace('_', " "),
+        granularity.name().replace('_', " "),
         quantize::SCALE_SUFFIX
     )?;
     if matches!(source, Input::Package(_)) {
         writeln!(
             out,
             "  a quantized package (format 2): Linear layers run {}",
-            match o.activations {
+            match activations {
                 Activations::Dynamic => "int8 with activations quantized per batch (dynamic)",
                 Activations::WeightOnly => "on the dequantized weights (weight-only)",
             }

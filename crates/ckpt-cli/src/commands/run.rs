@@ -1,7 +1,6 @@
 //! `ckpt run MODEL --input x.npy --output y.npy`: batched inference.
 
 use std::io::Write;
-use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -9,21 +8,18 @@ use candle_core::{DType, Tensor};
 use ckpt::Value;
 use ckpt_candle::{from_candle, to_candle, Model};
 
-use crate::model_io::{device, load_package};
+use crate::args::RunArgs;
+use crate::shared::model_io::{device, load_package};
 
-/// Runs `model` (a package, or a state dict with `spec`) on every sample
-/// of `input` in batches and writes the outputs to `output` (float32).
-pub fn run(
-    model_path: &Path,
-    spec_path: Option<&Path>,
-    input: &Path,
-    output: &Path,
-    device_name: &str,
-    batch_size: usize,
-    out: &mut dyn Write,
-) -> Result<()> {
+/// Runs the model (a package, or a state dict with `--spec`) on every
+/// sample of `--input` in batches and writes the outputs to `--output`
+/// (float32).
+pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
+    let (input, output) = (args.input.as_path(), args.output.as_path());
+    let (batch_size, device_name) = (args.batch_size, &args.device);
     let device = device(device_name)?;
-    let model = Model::from_package(load_package(model_path, spec_path)?, &device)?;
+    let package = load_package(&args.model, args.spec.as_deref())?;
+    let model = Model::from_package(package, &device)?;
     let Value::Tensor(x) = ckpt::load(input)? else {
         bail!(
             "{}: expected one array (.npy), found several",

@@ -38,7 +38,7 @@ pub fn load_package(model_path: &Path, spec_path: Option<&Path>) -> Result<Packa
         None => Package::load(model_path, &Default::default())?,
     };
     for warning in &package.warnings {
-        crate::output::warning(warning);
+        crate::shared::output::warning(warning);
     }
     Ok(package)
 }

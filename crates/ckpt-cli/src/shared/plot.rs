@@ -1,6 +1,6 @@
-//! `ckpt plot DIR --metric M`: a metric against step, as a PNG.
+//! A metric of a run against step, as a PNG (plotters, with an embedded
+//! font): `ckpt plot`, and the curve `ckpt demo` ends with.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -8,12 +8,16 @@ use ckpt::store::RunReader;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
+use crate::shared::metrics::metric_names;
+
 /// DejaVu Sans Mono (Bitstream Vera licence, `assets/DejaVuSansMono.LICENSE`),
 /// embedded so plots need no system fonts.
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
 
-/// Draws `metric` of every committed step into `output`.
-pub fn run(dir: &Path, metric: &str, output: &Path, out: &mut dyn Write) -> Result<()> {
+/// Draws `metric` of every committed step of the run in `dir` into the
+/// PNG `output` (the best step circled when the run ranks by `metric`);
+/// returns how many points it drew.
+pub fn draw_metric(dir: &Path, metric: &str, output: &Path) -> Result<usize> {
     let reader = RunReader::open(dir)?;
     let steps = reader.steps();
     let points: Vec<(f64, f64)> = reader
@@ -26,7 +30,7 @@ pub fn run(dir: &Path, metric: &str, output: &Path, out: &mut dyn Write) -> Resu
         })
         .collect();
     if points.is_empty() {
-        let names = crate::ls::metric_names(&steps);
+        let names = metric_names(&steps);
         anyhow::bail!(
             "{}: no step has a value for {metric:?} (recorded: {})",
             dir.display(),
@@ -43,13 +47,7 @@ pub fn run(dir: &Path, metric: &str, output: &Path, out: &mut dyn Write) -> Resu
         .and_then(|s| s.metric(metric).map(|v| (s.step as f64, v)));
     draw(&points, best, metric, &dir.display().to_string(), output)
         .with_context(|| format!("{}: cannot draw the plot", output.display()))?;
-    writeln!(
-        out,
-        "{}: {metric} at {} steps",
-        output.display(),
-        points.len()
-    )?;
-    Ok(())
+    Ok(points.len())
 }
 
 fn draw(

@@ -2,17 +2,16 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use ckpt::{LoadOptions, StateDict};
 use serde_json::json;
 
-use crate::output::{human_bytes, thousands, Table};
-use crate::values::{collect_values, object_classes, repr, to_json, write_tree};
+use crate::args::InspectArgs;
+use crate::shared::output::{human_bytes, thousands, Table};
+use crate::shared::values::{collect_values, object_classes, repr, to_json, write_tree};
 
-/// Prints the tensors, values and metadata of `file`, or with `tree` its
-/// nested structure.
 /// What `inspect --json` prints, serialised straight from borrowed data (a
 /// million tensors as `serde_json::Value`s would take gigabytes).
 #[derive(serde::Serialize)]
@@ -36,26 +35,44 @@ struct JsonTensor<'a> {
     bytes: usize,
 }
 
-pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Result<()> {
+/// What a file holds besides its tree: the tensors flattened, the
+/// non-tensor values by path, the Python classes named, and the verdict on
+/// its pickle.
+struct Contents {
+    tensors: StateDict,
+    values: Vec<(String, ckpt::Value)>,
+    classes: BTreeSet<String>,
+    verdict: Option<String>,
+}
+
+impl Contents {
+    fn of(loaded: &ckpt::Loaded) -> Result<Contents> {
+        let tensors = StateDict::flatten(&loaded.value)?;
+        let mut values = Vec::new();
+        collect_values(&loaded.value, "", &mut values);
+        let mut classes = BTreeSet::new();
+        object_classes(&loaded.value, &mut classes);
+        let verdict = loaded.pickle.as_ref().map(ckpt::PickleReport::verdict);
+        Ok(Contents {
+            tensors,
+            values,
+            classes,
+            verdict,
+        })
+    }
+}
+
+/// Prints the tensors, values and metadata of the file (for a run
+/// directory, of its latest step), or with `--tree` its nested structure,
+/// or with `--json` the same for programs.
+pub fn run(args: &InspectArgs, out: &mut dyn Write) -> Result<()> {
+    inspect(&args.file, args.json, args.tree, out)
+}
+
+fn inspect(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Result<()> {
     if file.is_dir() && file.join("manifest.json").is_file() {
-        // A run directory: its latest step.
-        let reader = ckpt::store::RunReader::open(file)?;
-        let latest = reader.steps().last().map(|s| s.step);
-        let Some(path) = latest.and_then(|s| reader.checkpoint_path(s)) else {
-            anyhow::bail!(
-                "{}: a ckpt run directory with no committed step",
-                file.display()
-            );
-        };
-        if !as_json {
-            writeln!(
-                out,
-                "{}: ckpt run directory; its latest step, {}:",
-                file.display(),
-                latest.unwrap_or_default()
-            )?;
-        }
-        return run(&path, as_json, tree, out);
+        let path = latest_step(file, as_json, out)?;
+        return inspect(&path, as_json, tree, out);
     }
     let loaded = ckpt::read(file, &LoadOptions::default())?;
     let found = found_as(file, &loaded);
@@ -64,55 +81,87 @@ pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
         write_tree(&loaded.value, out)?;
         return Ok(());
     }
-    let tensors = StateDict::flatten(&loaded.value)?;
-    let mut values = Vec::new();
-    collect_values(&loaded.value, "", &mut values);
-    let mut classes = BTreeSet::new();
-    object_classes(&loaded.value, &mut classes);
-    let verdict = loaded.pickle.as_ref().map(ckpt::PickleReport::verdict);
-
+    let contents = Contents::of(&loaded)?;
     if as_json {
-        let report = JsonReport {
-            format: loaded.format.id(),
-            tensors: tensors
-                .iter()
-                .map(|(name, t)| JsonTensor {
-                    name,
-                    dtype: t.dtype().torch_name(),
-                    shape: t.shape(),
-                    bytes: t.bytes().len(),
-                })
-                .collect(),
-            values: values
-                .iter()
-                .map(|(path, v)| (path.clone(), to_json(v)))
-                .collect(),
-            metadata: &loaded.metadata,
-            objects: classes,
-            python: loaded.pickle.as_ref().map(|p| {
-                json!({
-                    "weights_only": p.needs_weights_only_false.is_empty(),
-                    "needs_weights_only_false": p.needs_weights_only_false,
-                    "verdict": verdict,
-                })
-            }),
-            total_params: tensors.total_params(),
-            total_bytes: tensors.total_bytes(),
-        };
-        // Large writes: the terminal's line buffering would make one
-        // system call per line of a million-tensor listing.
-        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
-        serde_json::to_writer_pretty(&mut buffered, &report)?;
-        writeln!(buffered)?;
-        buffered.flush()?;
-        return Ok(());
+        return json_report(&loaded, contents, out);
     }
-
     if ckpt::Package::is_package(&loaded.value) {
         return package(file, &loaded, out);
     }
     writeln!(out, "{} ({found})", file.display())?;
     writeln!(out)?;
+    table(&contents.tensors, out)?;
+    other_contents(&loaded, &contents, out)
+}
+
+/// A run directory's latest step, said (not for `--json`) before it is
+/// shown.
+fn latest_step(dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<PathBuf> {
+    let reader = ckpt::store::RunReader::open(dir)?;
+    let latest = reader.steps().last().map(|s| s.step);
+    let Some(path) = latest.and_then(|s| reader.checkpoint_path(s)) else {
+        anyhow::bail!(
+            "{}: a ckpt run directory with no committed step",
+            dir.display()
+        );
+    };
+    if !as_json {
+        writeln!(
+            out,
+            "{}: ckpt run directory; its latest step, {}:",
+            dir.display(),
+            latest.unwrap_or_default()
+        )?;
+    }
+    Ok(path)
+}
+
+/// `--json`: [`JsonReport`], in large writes.
+fn json_report(loaded: &ckpt::Loaded, contents: Contents, out: &mut dyn Write) -> Result<()> {
+    let Contents {
+        tensors,
+        values,
+        classes,
+        verdict,
+    } = contents;
+    let report = JsonReport {
+        format: loaded.format.id(),
+        tensors: tensors
+            .iter()
+            .map(|(name, t)| JsonTensor {
+                name,
+                dtype: t.dtype().torch_name(),
+                shape: t.shape(),
+                bytes: t.bytes().len(),
+            })
+            .collect(),
+        values: values
+            .iter()
+            .map(|(path, v)| (path.clone(), to_json(v)))
+            .collect(),
+        metadata: &loaded.metadata,
+        objects: classes,
+        python: loaded.pickle.as_ref().map(|p| {
+            json!({
+                "weights_only": p.needs_weights_only_false.is_empty(),
+                "needs_weights_only_false": p.needs_weights_only_false,
+                "verdict": verdict,
+            })
+        }),
+        total_params: tensors.total_params(),
+        total_bytes: tensors.total_bytes(),
+    };
+    // Large writes: the terminal's line buffering would make one
+    // system call per line of a million-tensor listing.
+    let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut *out);
+    serde_json::to_writer_pretty(&mut buffered, &report)?;
+    writeln!(buffered)?;
+    buffered.flush()?;
+    Ok(())
+}
+
+/// The tensor table and its totals.
+fn table(tensors: &StateDict, out: &mut dyn Write) -> Result<()> {
     let mut table = Table::new(
         vec!["name", "dtype", "shape", "params", "bytes"],
         vec![false, false, false, true, true],
@@ -135,9 +184,14 @@ pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
         thousands(tensors.total_bytes()),
         human_bytes(tensors.total_bytes()),
     )?;
-    if !values.is_empty() {
+    Ok(())
+}
+
+/// The values, metadata, Python classes and verdict after the table.
+fn other_contents(loaded: &ckpt::Loaded, contents: &Contents, out: &mut dyn Write) -> Result<()> {
+    if !contents.values.is_empty() {
         writeln!(out, "\nvalues:")?;
-        for (path, v) in &values {
+        for (path, v) in &contents.values {
             writeln!(out, "  {path} = {}", repr(v))?;
         }
     }
@@ -147,15 +201,15 @@ pub fn run(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
             writeln!(out, "  {k}: {v}")?;
         }
     }
-    if !classes.is_empty() {
-        let list: Vec<&str> = classes.iter().map(String::as_str).collect();
+    if !contents.classes.is_empty() {
+        let list: Vec<&str> = contents.classes.iter().map(String::as_str).collect();
         writeln!(
             out,
             "\nPython objects (inert, never constructed): {}",
             list.join(", ")
         )?;
     }
-    if let Some(verdict) = verdict {
+    if let Some(verdict) = &contents.verdict {
         writeln!(out, "\nin Python: {verdict}")?;
     }
     Ok(())

@@ -1,14 +1,14 @@
 //! `ckpt diff A B [--atol X] [--rtol Y] [--json]`.
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::Result;
 use ckpt::{LoadOptions, StateDict, TensorData, Value};
 use serde_json::json;
 
-use crate::output::Table;
-use crate::values::{collect_values, repr, to_json};
+use crate::args::DiffArgs;
+use crate::shared::output::Table;
+use crate::shared::values::{collect_values, repr, to_json};
 
 /// How two tensors of the same name compare.
 struct TensorDiff {
@@ -80,14 +80,9 @@ fn compare(name: &str, a: &TensorData, b: &TensorData, atol: f64, rtol: f64) -> 
 
 /// Compares two files of any formats; returns true when they are equal
 /// within the tolerances.
-pub fn run(
-    a_path: &Path,
-    b_path: &Path,
-    atol: f64,
-    rtol: f64,
-    as_json: bool,
-    out: &mut dyn Write,
-) -> Result<bool> {
+pub fn run(args: &DiffArgs, out: &mut dyn Write) -> Result<bool> {
+    let (a_path, b_path) = (&args.a, &args.b);
+    let (atol, rtol, as_json) = (args.atol, args.rtol, args.json);
     let a = ckpt::read(a_path, &LoadOptions::default())?.value;
     let b = ckpt::read(b_path, &LoadOptions::default())?.value;
     let (ta, tb) = (StateDict::flatten(&a)?, StateDict::flatten(&b)?);

@@ -4,28 +4,19 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Result};
-use candle_core::Device;
+use anyhow::Result;
 use ckpt::export::onnx::{export, OnnxOptions};
-use ckpt::{DType, Package, TensorData};
-use ckpt_candle::{from_candle, to_candle, Model, Rng};
+use ckpt::Package;
 
-use crate::output::{human_bytes, thousands};
-
-/// What the user asked for.
-pub struct Options<'a> {
-    pub spec: Option<&'a Path>,
-    pub opset: i64,
-    pub static_batch: Option<usize>,
-    pub input_name: String,
-    pub output_name: String,
-    pub check: bool,
-}
+use crate::args::ExportArgs;
+use crate::shared::model_io::load_package;
+use crate::shared::output::{human_bytes, thousands};
 
 /// Exports and reports; returns the exit code (1 when the check finds a
 /// difference).
-pub fn run(model_path: &Path, output: &Path, o: &Options, out: &mut dyn Write) -> Result<u8> {
-    let package = crate::model_io::load_package(model_path, o.spec)?;
+pub fn run(o: &ExportArgs, out: &mut dyn Write) -> Result<u8> {
+    let (model_path, output) = (&o.model, o.output.as_path());
+    let package = load_package(model_path, o.spec.as_deref())?;
     let i = &package.info;
     let mut options = OnnxOptions::default();
     options.opset = o.opset;
@@ -92,7 +83,7 @@ pub fn run(model_path: &Path, output: &Path, o: &Options, out: &mut dyn Write) -
         )?;
     }
     writeln!(out)?;
-    if !o.check {
+    if o.no_check {
         writeln!(out, "  check:      skipped (--no-check)")?;
         return Ok(0);
     }
@@ -112,6 +103,10 @@ fn check(_: &Package, _: &Path, _: usize, out: &mut dyn Write) -> Result<u8> {
 /// inference.
 #[cfg(feature = "onnx-check")]
 fn check(package: &Package, file: &Path, batch: usize, out: &mut dyn Write) -> Result<u8> {
+    use anyhow::bail;
+    use candle_core::Device;
+    use ckpt::{DType, TensorData};
+    use ckpt_candle::{from_candle, to_candle, Model, Rng};
     use tract_onnx::prelude::*;
     let spec = &package.spec;
     let mut rng = Rng::new(0x000c_4ec4);

@@ -3,16 +3,17 @@
 //! in `digits.rs`, shared with `--eval` of `ckpt prune`/`ckpt quantize`).
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::digits::{load, row, HEADER, RUNS};
-use crate::output::Table;
+use crate::args::EvalArgs;
+use crate::shared::digits::{load, row, HEADER, RUNS};
+use crate::shared::output::Table;
 
 /// `ckpt eval FILE...`: one row per model package, sizes relative to the
 /// first.
-pub fn eval(paths: &[PathBuf], out: &mut dyn Write) -> Result<()> {
+pub fn run(args: &EvalArgs, out: &mut dyn Write) -> Result<()> {
+    let paths = &args.models;
     let mut header = vec!["model"];
     header.extend(HEADER);
     header.push("size");

@@ -1,28 +1,30 @@
 //! `ckpt verify PATH...`: files, or run directories of the store.
 
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 
 use anyhow::Result;
 
-use crate::output::human_bytes;
+use crate::args::VerifyArgs;
+use crate::shared::output::human_bytes;
+use crate::shared::progress;
 
 /// Verifies each file; returns the exit code: 0 all good, 1 some checksum
 /// mismatch, 2 some file could not be read (each reported on its own line).
-pub fn run(files: &[PathBuf], out: &mut dyn Write) -> Result<u8> {
+pub fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<u8> {
     let mut code = 0;
-    for file in files {
+    for file in &args.files {
         // A local directory, or an object-store prefix that names no file
         // format, is a run.
         let is_run = is_run_dir(file)
-            || (file.to_str().is_some_and(|f| f.starts_with("s3://"))
+            || (ckpt::storage::Location::parse(file).is_remote()
                 && ckpt::Format::from_path(file).is_err());
         if is_run {
             match run_dir(file, out) {
                 Ok(ok) => code = code.max(if ok { 0 } else { 1 }),
                 Err(err) => {
                     code = 2;
-                    crate::output::error(&err);
+                    crate::shared::output::error(&err);
                 }
             }
             continue;
@@ -57,7 +59,7 @@ pub fn run(files: &[PathBuf], out: &mut dyn Write) -> Result<u8> {
             }
             Err(err) => {
                 code = 2;
-                crate::output::error(&err.into());
+                crate::shared::output::error(&err.into());
             }
         }
     }
@@ -81,12 +83,7 @@ fn is_run_dir(dir: &Path) -> bool {
 /// and torn saves. Returns whether everything is intact.
 fn run_dir(dir: &Path, out: &mut dyn Write) -> Result<bool> {
     let reader = ckpt::store::RunReader::open(dir)?;
-    let tty = std::io::stderr().is_terminal();
-    let check = reader.check(|done, total| {
-        if tty {
-            crate::output::labelled_progress_bar("verifying", done, total);
-        }
-    })?;
+    let check = reader.check(progress::bytes("verifying"))?;
     let steps = reader.steps();
     writeln!(
         out,

@@ -10,11 +10,11 @@ use candle_core::{DType, Device, Tensor};
 use ckpt::Package;
 use ckpt_candle::{Model, Rng};
 
-use crate::output::{human_bytes, thousands};
+use crate::shared::output::{human_bytes, thousands};
 
 /// The digits, as shipped by scikit-learn (data/README.md): 1,797 lines of
 /// 64 pixels (0–16) and a label.
-const DIGITS: &[u8] = include_bytes!("../../../data/digits.csv.gz");
+const DIGITS: &[u8] = include_bytes!("../../../../data/digits.csv.gz");
 
 /// Held out for the final accuracy, and for validation each epoch.
 const TEST: usize = 270;
@@ -146,7 +146,7 @@ pub fn measure(model: &Model, name: &str) -> Result<Measured> {
 
 /// A model package from a file, run as its quantization record says.
 pub fn load(path: &Path) -> Result<(Package, Model)> {
-    let package = crate::model_io::load_package(path, None)?;
+    let package = crate::shared::model_io::load_package(path, None)?;
     let model = Model::from_package(package.clone(), &Device::Cpu)?;
     Ok((package, model))
 }
@@ -154,7 +154,7 @@ pub fn load(path: &Path) -> Result<(Package, Model)> {
 /// The cells `ckpt eval` and `--eval` show for one model file.
 pub fn row(path: &Path, package: &Package, model: &Model) -> Result<Vec<String>> {
     let m = measure(model, &path.display().to_string())?;
-    let (elements, nonzero) = crate::model_io::counts(&package.weights);
+    let (elements, nonzero) = crate::shared::model_io::counts(&package.weights);
     let size = std::fs::metadata(path)?.len();
     let kind = match &package.quantization {
         Some(q) => format!("int8 {}", q.activations.name().replace('_', "-")),

@@ -1,0 +1,65 @@
+//! `ckpt convert IN OUT [--dtype DTYPE] [--strip-prefix P]`.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use ckpt::{LoadOptions, StateDict};
+
+use crate::args::ConvertArgs;
+use crate::shared::output::human_bytes;
+use crate::shared::progress;
+
+/// Converts the input to the output, whose extension picks the format
+/// unless `--format` says.
+pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
+    let (input, output) = (&args.input, &args.output);
+    let (dtype, max_shard_size) = (args.dtype, args.max_shard_size);
+    let format = args.format.map(|f| f.format());
+    let loaded = ckpt::read(input, &LoadOptions::default())?;
+    let mut value = loaded.value;
+    if let Some(prefix) = &args.strip_prefix {
+        value = value.strip_key_prefix(prefix).context("--strip-prefix")?;
+    }
+    if let Some(dtype) = dtype {
+        // Quantized tensors (torch's, and ckpt's int8 layout) become the
+        // floats they stand for, exactly as torch's dequantize() gives them.
+        value = ckpt::compress::quantize::dequantize_value(&value)?;
+        value = value.try_map_tensors(&mut |t| t.cast(dtype))?;
+    }
+    // The file's own metadata travels; ckpt's reserved keys are rewritten
+    // by the writer itself. A sharded input's index metadata does not.
+    let mut options = ckpt::SaveOptions::default();
+    if loaded.format != ckpt::Format::ShardedIndex {
+        for (k, v) in &loaded.metadata {
+            if !k.starts_with(ckpt::format::safetensors::RESERVED_PREFIX) {
+                options = options.metadata(k.as_str(), v.as_str());
+            }
+        }
+    }
+    if let Some(max) = max_shard_size {
+        options = options.max_shard_size(max);
+    }
+    if let Some(format) = format {
+        options = options.format(format);
+    }
+    if progress::shown() {
+        options = options.on_progress(progress::bytes("writing"));
+    }
+    ckpt::save_with(output, &value, &options)?;
+    let tensors = StateDict::flatten(&value)?;
+    writeln!(
+        out,
+        "{} ({}) -> {} ({}): {} tensors, {}",
+        input.display(),
+        loaded.format,
+        output.display(),
+        match (max_shard_size, format) {
+            (Some(_), _) => "sharded".to_owned(),
+            (None, Some(format)) => format.to_string(),
+            (None, None) => ckpt::Format::from_path(output)?.to_string(),
+        },
+        tensors.len(),
+        human_bytes(tensors.total_bytes()),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! End-to-end tests of `ckpt inspect`: tables, JSON, trees, values,
+//! packages from the wild, and the escaping of what files name.
+
+mod common;
+
+use common::{ckpt, expect_error, fixture, stderr, stdout};
+
+#[test]
+fn inspect_prints_a_table_with_totals_and_metadata() {
+    let out = ckpt(&["inspect", fixture("mlp.safetensors").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("fc1.weight  float32  [32, 784]  25,088  100,352"),
+        "{text}"
+    );
+    assert!(
+        text.contains("4 tensors, 25,450 parameters, 101,800 bytes"),
+        "{text}"
+    );
+    assert!(text.contains("architecture: mlp-784-32-10"), "{text}");
+}
+
+#[test]
+fn inspect_json_has_the_documented_fields() {
+    let out = ckpt(&[
+        "inspect",
+        "--json",
+        fixture("all_dtypes.safetensors").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["format"], "safetensors");
+    let tensors = json["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 14);
+    let bf16 = tensors.iter().find(|t| t["name"] == "bf16").unwrap();
+    assert_eq!(bf16["dtype"], "bfloat16");
+    assert_eq!(bf16["shape"], serde_json::json!([2, 2]));
+    assert_eq!(bf16["bytes"], 8);
+    assert_eq!(
+        json["total_bytes"],
+        tensors
+            .iter()
+            .map(|t| t["bytes"].as_u64().unwrap())
+            .sum::<u64>()
+    );
+    assert!(json["total_params"].as_u64().unwrap() > 0);
+    assert!(json["metadata"].is_object());
+}
+
+#[test]
+fn inspect_shows_the_values_of_a_nested_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.safetensors");
+    let mut tree = ckpt::Dict::new();
+    tree.insert("epoch".into(), ckpt::Value::Int(12));
+    tree.insert(
+        "betas".into(),
+        ckpt::Value::Tuple(vec![ckpt::Value::Float(0.9), ckpt::Value::Float(0.999)]),
+    );
+    tree.insert(
+        "w".into(),
+        ckpt::TensorData::from_f32(&[1], &[1.0]).unwrap().into(),
+    );
+    ckpt::save(&path, &ckpt::Value::Dict(tree)).unwrap();
+    let text = stdout(&ckpt(&["inspect", path.to_str().unwrap()]));
+    assert!(text.contains("epoch = 12"), "{text}");
+    assert!(text.contains("betas = (0.9, 0.999)"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&ckpt(&[
+        "inspect",
+        "--json",
+        path.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(json["values"]["epoch"], 12);
+}
+
+#[test]
+fn missing_and_unrecognised_files_are_clear_errors() {
+    let out = ckpt(&["inspect", "/no/such/file.safetensors"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("/no/such/file.safetensors"));
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "a shopping list, not a model").unwrap();
+    expect_error(
+        &["inspect", notes.to_str().unwrap()],
+        "not a format ckpt knows",
+    );
+    let out_path = dir.path().join("out.docx");
+    expect_error(
+        &[
+            "convert",
+            fixture("mlp.safetensors").to_str().unwrap(),
+            out_path.to_str().unwrap(),
+        ],
+        "unknown file extension",
+    );
+}
+
+#[test]
+fn inspect_says_which_format_the_contents_showed() {
+    let dir = tempfile::tempdir().unwrap();
+    let renamed = dir.path().join("checkpoint.pth.tar");
+    std::fs::copy(fixture("pth/checkpoint.pth"), &renamed).unwrap();
+    let out = ckpt(&["inspect", renamed.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("(PyTorch)"), "{}", stdout(&out));
+    let bare = dir.path().join("weights");
+    std::fs::copy(fixture("mlp.safetensors"), &bare).unwrap();
+    let out = ckpt(&["inspect", bare.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("safetensors, recognised by its contents"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn inspect_tree_shows_the_nesting_of_a_pth_checkpoint() {
+    let out = ckpt(&[
+        "inspect",
+        "--tree",
+        fixture("pth/checkpoint.pth").to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("├── model_state_dict: dict (9 entries)"),
+        "{text}"
+    );
+    assert!(text.contains("│   │   ├── 0: dict (3 entries)"), "{text}");
+    assert!(text.contains("epoch: 3"), "{text}");
+}
+
+#[test]
+fn inspect_shows_a_pickled_module_with_its_classes() {
+    let out = ckpt(&["inspect", fixture("pth/full_model.pth").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("bn.num_batches_tracked  int64"), "{text}");
+    assert!(text.contains("pytorch.classes: __main__.Tiny"), "{text}");
+}
+
+#[test]
+fn inspect_and_convert_see_a_multi_rank_checkpoint_as_one_state_dict() {
+    use ckpt::layout::distributed::{commit, save_part, Part};
+    let dir = tempfile::tempdir().unwrap();
+    let values: Vec<f32> = (0..24).map(|i| i as f32).collect();
+    for (rank, rows) in [(0, 0..2), (1, 2..6)] {
+        let part = Part {
+            name: "layer.weight".into(),
+            shape: vec![6, 4],
+            rows: rows.clone(),
+            data: ckpt::TensorData::from_f32(
+                &[rows.len(), 4],
+                &values[rows.start * 4..rows.end * 4],
+            )
+            .unwrap(),
+        };
+        save_part(dir.path(), rank, 2, &[part]).unwrap();
+    }
+    let index = dir.path().join("ckpt.index.json");
+    expect_error(&["inspect", index.to_str().unwrap()], "ckpt.index.json");
+    commit(dir.path(), 2).unwrap();
+    let out = ckpt(&["inspect", index.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("layer.weight  float32  [6, 4]"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let whole = dir.path().join("whole.safetensors");
+    let out = ckpt(&["convert", index.to_str().unwrap(), whole.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        ckpt::load_state_dict(&whole).unwrap()["layer.weight"],
+        ckpt::TensorData::from_f32(&[6, 4], &values).unwrap()
+    );
+}
+
+#[test]
+fn inspect_shows_the_verdict_on_checkpoints_from_the_wild() {
+    let path = fixture("wild/lightning.ckpt");
+    let out = ckpt(&["inspect", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("state_dict/net.0.weight"), "{text}");
+    assert!(
+        text.contains("in Python: opens with torch.load(weights_only=True)"),
+        "{text}"
+    );
+    let path = fixture("wild/checkpoint.pth.tar");
+    let out = ckpt(&["inspect", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("in Python: needs torch.load(weights_only=False) for ")
+            && text.contains("argparse.Namespace"),
+        "{text}"
+    );
+}
+
+#[test]
+fn names_metadata_and_values_cannot_drive_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("escapes.safetensors");
+    let fake = "\u{1b}[2K\r\u{1b}[1Averify: ok";
+    let mut tree = ckpt::Dict::new();
+    tree.insert(
+        format!("w{fake}").into(),
+        ckpt::Value::Tensor(ckpt::TensorData::from_f32(&[1], &[1.0]).unwrap()),
+    );
+    tree.insert("note".into(), ckpt::Value::Str(fake.into()));
+    let options = ckpt::SaveOptions::default().metadata("author", fake);
+    ckpt::save_with(&path, &ckpt::Value::Dict(tree), &options).unwrap();
+    for args in [
+        vec!["inspect", path.to_str().unwrap()],
+        vec!["inspect", "--tree", path.to_str().unwrap()],
+    ] {
+        let out = ckpt(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\r'),
+            "{args:?}: {text:?}"
+        );
+        assert!(text.contains("\\x1b[2K\\x0d"), "{args:?}: {text}");
+    }
+    // JSON stays exact (its own escapes).
+    let out = ckpt(&["inspect", "--json", path.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["values"]["note"], fake);
+    // Errors too: a missing file whose name holds escapes.
+    let missing = dir.path().join(format!("gone{fake}.pth"));
+    let out = ckpt(&["inspect", missing.to_str().unwrap()]);
+    assert!(!stderr(&out).contains('\u{1b}'), "{:?}", stderr(&out));
+    assert!(stderr(&out).contains("gone\\x1b"), "{}", stderr(&out));
+}
