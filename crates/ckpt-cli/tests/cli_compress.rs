@@ -5,10 +5,11 @@ mod common;
 
 use std::path::Path;
 
-use common::{ckpt, expect_error, fixture, stderr, stdout};
+use common::{ckpt, expect_error, export_checked, fixture, stderr, stdout};
 
 /// Every layer kind (the spec golden files) exported and run in tract by
 /// `ckpt export`'s check, against ckpt's own inference.
+#[cfg(feature = "onnx-check")]
 #[test]
 fn export_checks_every_layer_kind_in_tract() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,11 +48,7 @@ fn export_checks_every_layer_kind_in_tract() {
             stdout(&out),
             stderr(&out)
         );
-        assert!(
-            stdout(&out).contains("check:      ok"),
-            "{case}: {}",
-            stdout(&out)
-        );
+        assert!(export_checked(&stdout(&out)), "{case}: {}", stdout(&out));
     }
     let layernorm = [
         dir.path().join("layernorm.safetensors"),
@@ -99,7 +96,11 @@ fn export_reports_operators_metadata_and_static_batches() {
         "{text}"
     );
     assert!(
-        text.contains("parameters: 17,226") && text.contains("tract on a random batch of 5"),
+        text.contains("parameters: 17,226")
+            && match cfg!(feature = "onnx-check") {
+                true => text.contains("tract on a random batch of 5"),
+                false => export_checked(&text),
+            },
         "{text}"
     );
     let bytes = std::fs::read(&onnx).unwrap();
@@ -411,14 +412,14 @@ fn exports_quantized(p: &dyn Fn(&str) -> String) {
         text.contains("DynamicQuantizeLinear×2") && text.contains("MatMulInteger×2"),
         "{text}"
     );
-    assert!(text.contains("check:      ok"), "{text}");
+    assert!(export_checked(&text), "{text}");
     let out = ckpt(&["export", &p("w.ckptz"), &p("w.onnx")]);
     assert!(
         stdout(&out).contains("DequantizeLinear×2"),
         "{}",
         stdout(&out)
     );
-    assert!(stdout(&out).contains("check:      ok"), "{}", stdout(&out));
+    assert!(export_checked(&stdout(&out)), "{}", stdout(&out));
 }
 
 #[test]
@@ -465,7 +466,7 @@ fn torch_quantize_dynamic_state_dicts_run_export_and_dequantize() {
     let export_args = args("export", &onnx);
     let out = ckpt(&export_args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("check:      ok"), "{}", stdout(&out));
+    assert!(export_checked(&stdout(&out)), "{}", stdout(&out));
     // --dtype float32 gives torch's dequantize() of every weight.
     let float = dir.path().join("float.safetensors");
     let out = ckpt(&[

@@ -153,6 +153,7 @@ fn gc_applies_given_or_recorded_rules_and_respects_the_lock() {
     expect_error(&["gc", d, "--keep-best", "1"], "--metric");
 }
 
+#[cfg(feature = "plot")]
 #[test]
 fn plot_draws_a_png_of_a_metric() {
     let dir = tempfile::tempdir().unwrap();
@@ -185,9 +186,11 @@ fn plot_draws_a_png_of_a_metric() {
     );
 }
 
+#[cfg(feature = "s3")]
 #[path = "../../../tests/interop/moto.rs"]
 mod moto;
 
+#[cfg(feature = "s3")]
 #[test]
 fn commands_take_s3_urls_for_files_and_runs() {
     if moto::start().is_none() {

@@ -38,3 +38,14 @@ pub fn expect_error(args: &[&str], needle: &str) {
     assert_eq!(out.status.code(), Some(2), "{args:?}");
     assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
 }
+
+/// Whether `ckpt export`'s report shows the tract check passed: "ok" in a
+/// build with the check (feature `onnx-check`, in `full`), "skipped" and
+/// why in one without it.
+pub fn export_checked(report: &str) -> bool {
+    if cfg!(feature = "onnx-check") {
+        report.contains("check:      ok")
+    } else {
+        report.contains("check:      skipped (this ckpt was built without the onnx-check feature)")
+    }
+}
