@@ -12,7 +12,7 @@
 //! that are never constructed ([`crate::PyObject`]).
 //!
 //! Objects live in an arena so that containers shared through the memo see
-//! later mutations, as in Python. Converting to a [`Value`] copies shared
+//! later mutations, as in Python. Converting to a [`crate::Value`] copies shared
 //! objects, under a node budget and a depth limit so that neither a cycle
 //! nor a "billion laughs" of shared references can exhaust memory. Lengths
 //! in the stream are checked against the bytes that remain before anything
