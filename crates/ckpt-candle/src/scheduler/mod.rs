@@ -3,14 +3,20 @@
 //! state dicts: StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR,
 //! LinearLR and SequentialLR here; ReduceLROnPlateau in
 //! [`crate::ReduceLrOnPlateau`].
+//!
+//! Here the schedule and its steps; the rates each kind computes are in
+//! `rates.rs`, SequentialLR's switching in `sequential.rs`, state dicts in
+//! `state_dict.rs`.
 
-use std::f64::consts::PI;
+mod rates;
+mod sequential;
+mod state_dict;
 
-use ckpt::{Dict, Key, Value};
-
-use crate::state::{entry, int_at, number_at, numbers_at, Part};
+use crate::state::Part;
 use crate::{Error, Optimizer, Result};
+pub(crate) use state_dict::check_kind;
 
+/// The part errors name (`scheduler state: ...`).
 const PART: Part = Part::Scheduler;
 
 /// An epoch- or step-based schedule. Create it after the optimizer, call
@@ -38,6 +44,7 @@ pub struct LrScheduler {
     last_lr: Vec<f64>,
 }
 
+/// A scheduler kind and its parameters.
 #[derive(Debug, Clone, PartialEq)]
 enum Kind {
     Step {
@@ -68,6 +75,7 @@ enum Kind {
 }
 
 impl Kind {
+    /// PyTorch's class name.
     fn name(&self) -> &'static str {
         match self {
             Kind::Step { .. } => "StepLR",
@@ -78,83 +86,6 @@ impl Kind {
             Kind::Sequential { .. } => "SequentialLR",
         }
     }
-}
-
-/// The keys each kind's state dict has beyond the common ones, in
-/// PyTorch's order.
-fn own_keys(name: &str) -> &'static [&'static str] {
-    match name {
-        "StepLR" => &["step_size", "gamma"],
-        "MultiStepLR" => &["milestones", "gamma"],
-        "ExponentialLR" => &["gamma"],
-        "CosineAnnealingLR" => &["T_max", "eta_min"],
-        "LinearLR" => &["start_factor", "end_factor", "total_iters"],
-        "SequentialLR" => &["_milestones", "_schedulers"],
-        "ReduceLROnPlateau" => &[
-            "factor",
-            "default_min_lr",
-            "min_lrs",
-            "patience",
-            "cooldown",
-            "eps",
-            "mode_worse",
-            "mode",
-            "threshold",
-            "threshold_mode",
-            "best",
-            "cooldown_counter",
-            "num_bad_epochs",
-        ],
-        _ => &[],
-    }
-}
-
-const KINDS: [&str; 7] = [
-    "StepLR",
-    "MultiStepLR",
-    "ExponentialLR",
-    "CosineAnnealingLR",
-    "LinearLR",
-    "SequentialLR",
-    "ReduceLROnPlateau",
-];
-
-/// Checks that `state` is a state dict of the scheduler kind `name`: all
-/// of its own keys present, none that only other kinds have. Errors name
-/// the kind the state looks like.
-pub(crate) fn check_kind(state: &Dict, name: &str, at: &str) -> Result<()> {
-    let has = |k: &str| state.contains_key(&Key::from(k));
-    let looks_like = KINDS
-        .iter()
-        .find(|kind| {
-            let own = own_keys(kind);
-            own.iter().all(|k| has(k))
-                && state.keys().all(|k| {
-                    let k = k.to_string();
-                    own.contains(&k.as_str())
-                        || !KINDS.iter().any(|o| own_keys(o).contains(&k.as_str()))
-                })
-        })
-        .copied();
-    if looks_like == Some(name) {
-        return Ok(());
-    }
-    let what = looks_like.map_or("an unknown scheduler's".to_owned(), |k| format!("a {k}"));
-    let key = own_keys(name)
-        .iter()
-        .find(|k| !has(k))
-        .map(|k| k.to_string())
-        .or_else(|| {
-            state.keys().map(|k| k.to_string()).find(|k| {
-                !own_keys(name).contains(&k.as_str())
-                    && KINDS.iter().any(|o| own_keys(o).contains(&k.as_str()))
-            })
-        })
-        .unwrap_or_default();
-    Err(Error::scheduler(
-        crate::state::join(at, &key),
-        format!("this is {what} state, not a {name} state"),
-    ))
 }
 
 impl LrScheduler {
@@ -242,77 +173,6 @@ impl LrScheduler {
         )
     }
 
-    /// `SequentialLR`: run `schedulers` one after another, switching at the
-    /// `milestones` (one fewer than the schedulers). The schedulers must
-    /// have been created on `opt`, in order, just before.
-    ///
-    /// ```
-    /// use candle_core::{Device, Var};
-    /// use ckpt_candle::{LrScheduler, Optimizer, Sgd, SgdConfig};
-    /// let w = Var::new(&[1.0f32], &Device::Cpu).unwrap();
-    /// let mut opt = Sgd::new(vec![w], SgdConfig { lr: 1.0, ..Default::default() }).unwrap();
-    /// let warmup = LrScheduler::linear_lr(&mut opt, 0.5, 1.0, 2).unwrap();
-    /// let decay = LrScheduler::exponential_lr(&mut opt, 0.5).unwrap();
-    /// let mut sched = LrScheduler::sequential_lr(&mut opt, vec![warmup, decay], &[2]).unwrap();
-    /// let mut lrs = vec![];
-    /// for _ in 0..5 {
-    ///     lrs.push(opt.lrs()[0]);
-    ///     sched.step(&mut opt).unwrap();
-    /// }
-    /// assert_eq!(lrs, [0.5, 0.75, 1.0, 0.5, 0.25]);
-    /// ```
-    pub fn sequential_lr(
-        opt: &mut dyn Optimizer,
-        schedulers: Vec<LrScheduler>,
-        milestones: &[i64],
-    ) -> Result<LrScheduler> {
-        if schedulers.is_empty() || milestones.len() + 1 != schedulers.len() {
-            return Err(Error::InvalidArgument(format!(
-                "SequentialLR needs one more scheduler than milestones, not {} and {}",
-                schedulers.len(),
-                milestones.len()
-            )));
-        }
-        let initial = opt.init_initial_lrs();
-        for (group, lr) in initial.iter().enumerate() {
-            opt.set_lr(group, *lr);
-        }
-        let mut s = LrScheduler {
-            kind: Kind::Sequential {
-                schedulers,
-                milestones: milestones.to_vec(),
-            },
-            base_lrs: Vec::new(),
-            last_epoch: 0,
-            step_count: 0,
-            last_lr: Vec::new(),
-        };
-        s.undo_children();
-        if let Kind::Sequential {
-            schedulers,
-            milestones,
-        } = &mut s.kind
-        {
-            let idx = milestones.partition_point(|&m| m <= 0);
-            schedulers[idx].initial_step(opt)?;
-            s.last_lr = schedulers[idx].last_lr.clone();
-        }
-        Ok(s)
-    }
-
-    /// PyTorch's `recursive_undo`: every scheduler below this one steps
-    /// its `last_epoch` back by one.
-    fn undo_children(&mut self) {
-        if let Kind::Sequential { schedulers, .. } = &mut self.kind {
-            for child in schedulers {
-                match child.kind {
-                    Kind::Sequential { .. } => child.undo_children(),
-                    _ => child.last_epoch -= 1,
-                }
-            }
-        }
-    }
-
     fn initial_step(&mut self, opt: &mut dyn Optimizer) -> Result<()> {
         self.step_count = 0;
         self.step_inner(opt, true)
@@ -375,113 +235,6 @@ impl LrScheduler {
         Ok(())
     }
 
-    /// PyTorch's `get_lr`: the next rates from the current ones.
-    fn chained(&self, lrs: &[f64], initial: bool) -> Vec<f64> {
-        let e = self.last_epoch;
-        let zipped = || lrs.iter().zip(&self.base_lrs);
-        match &self.kind {
-            Kind::Step { step_size, gamma } => {
-                if e == 0 || e.rem_euclid(*step_size) != 0 {
-                    lrs.to_vec()
-                } else {
-                    lrs.iter().map(|lr| lr * gamma).collect()
-                }
-            }
-            Kind::MultiStep { milestones, gamma } => {
-                let count = milestones.iter().filter(|&&m| m == e).count();
-                if count == 0 {
-                    lrs.to_vec()
-                } else {
-                    lrs.iter().map(|lr| lr * gamma.powf(count as f64)).collect()
-                }
-            }
-            Kind::Exponential { gamma } => {
-                if initial {
-                    lrs.to_vec()
-                } else {
-                    lrs.iter().map(|lr| lr * gamma).collect()
-                }
-            }
-            Kind::CosineAnnealing { t_max, eta_min } => {
-                let t = *t_max as f64;
-                if initial {
-                    lrs.to_vec()
-                } else if self.step_count == 1 && e > 0 {
-                    zipped()
-                        .map(|(_, base)| {
-                            eta_min + (base - eta_min) * (1.0 + (e as f64 * PI / t).cos()) / 2.0
-                        })
-                        .collect()
-                } else if (e - 1 - t_max).rem_euclid(2 * t_max) == 0 {
-                    zipped()
-                        .map(|(lr, base)| lr + (base - eta_min) * (1.0 - (PI / t).cos()) / 2.0)
-                        .collect()
-                } else {
-                    lrs.iter()
-                        .map(|lr| {
-                            (1.0 + (PI * e as f64 / t).cos())
-                                / (1.0 + (PI * (e - 1) as f64 / t).cos())
-                                * (lr - eta_min)
-                                + eta_min
-                        })
-                        .collect()
-                }
-            }
-            Kind::Linear {
-                start_factor,
-                end_factor,
-                total_iters,
-            } => {
-                if e == 0 {
-                    lrs.iter().map(|lr| lr * start_factor).collect()
-                } else if initial || e > *total_iters {
-                    lrs.to_vec()
-                } else {
-                    let factor = 1.0
-                        + (end_factor - start_factor)
-                            / (*total_iters as f64 * start_factor
-                                + (e - 1) as f64 * (end_factor - start_factor));
-                    lrs.iter().map(|lr| lr * factor).collect()
-                }
-            }
-            Kind::Sequential { .. } => unreachable!("SequentialLR steps its children"),
-        }
-    }
-
-    /// PyTorch's `_get_closed_form_lr`, used when a SequentialLR switches
-    /// to this scheduler.
-    fn closed_form(&self) -> Result<Vec<f64>> {
-        let e = self.last_epoch;
-        let each = |f: &dyn Fn(f64) -> f64| self.base_lrs.iter().map(|&b| f(b)).collect();
-        Ok(match &self.kind {
-            Kind::Step { step_size, gamma } => {
-                each(&|b| b * gamma.powf(e.div_euclid(*step_size) as f64))
-            }
-            Kind::MultiStep { milestones, gamma } => {
-                let passed = milestones.partition_point(|&m| m <= e);
-                each(&|b| b * gamma.powf(passed as f64))
-            }
-            Kind::Exponential { gamma } => each(&|b| b * gamma.powf(e as f64)),
-            Kind::CosineAnnealing { t_max, eta_min } => each(&|b| {
-                eta_min + (b - eta_min) * (1.0 + (PI * e as f64 / *t_max as f64).cos()) / 2.0
-            }),
-            Kind::Linear {
-                start_factor,
-                end_factor,
-                total_iters,
-            } => each(&|b| {
-                b * (start_factor
-                    + (end_factor - start_factor) * (*total_iters).min(e) as f64
-                        / *total_iters as f64)
-            }),
-            Kind::Sequential { .. } => {
-                return Err(Error::InvalidArgument(
-                    "a SequentialLR cannot be switched to by another SequentialLR".into(),
-                ))
-            }
-        })
-    }
-
     /// The learning rates the last step set, as `get_last_lr()`.
     pub fn last_lr(&self) -> &[f64] {
         &self.last_lr
@@ -495,190 +248,6 @@ impl LrScheduler {
     /// The kind, by PyTorch's class name (`StepLR`).
     pub fn kind(&self) -> &'static str {
         self.kind.name()
-    }
-
-    /// The state dict, as PyTorch's `scheduler.state_dict()`.
-    pub fn state_dict(&self) -> Value {
-        let mut d = Dict::new();
-        let floats = |v: &[f64]| Value::List(v.iter().map(|&x| Value::Float(x)).collect());
-        match &self.kind {
-            Kind::Step { step_size, gamma } => {
-                d.insert("step_size".into(), Value::Int(*step_size));
-                d.insert("gamma".into(), Value::Float(*gamma));
-            }
-            Kind::MultiStep { milestones, gamma } => {
-                let mut counts = Dict::new();
-                for m in milestones {
-                    let c = counts.entry(Key::Int(*m)).or_insert(Value::Int(0));
-                    if let Value::Int(c) = c {
-                        *c += 1;
-                    }
-                }
-                d.insert("milestones".into(), Value::Dict(counts));
-                d.insert("gamma".into(), Value::Float(*gamma));
-            }
-            Kind::Exponential { gamma } => {
-                d.insert("gamma".into(), Value::Float(*gamma));
-            }
-            Kind::CosineAnnealing { t_max, eta_min } => {
-                d.insert("T_max".into(), Value::Int(*t_max));
-                d.insert("eta_min".into(), Value::Float(*eta_min));
-            }
-            Kind::Linear {
-                start_factor,
-                end_factor,
-                total_iters,
-            } => {
-                d.insert("start_factor".into(), Value::Float(*start_factor));
-                d.insert("end_factor".into(), Value::Float(*end_factor));
-                d.insert("total_iters".into(), Value::Int(*total_iters));
-            }
-            Kind::Sequential {
-                schedulers,
-                milestones,
-            } => {
-                let ms = milestones.iter().map(|&m| Value::Int(m)).collect();
-                d.insert("_milestones".into(), Value::List(ms));
-                d.insert("last_epoch".into(), Value::Int(self.last_epoch));
-                d.insert("_last_lr".into(), floats(&self.last_lr));
-                let children = schedulers.iter().map(LrScheduler::state_dict).collect();
-                d.insert("_schedulers".into(), Value::List(children));
-                return Value::Dict(d);
-            }
-        }
-        d.insert("base_lrs".into(), floats(&self.base_lrs));
-        d.insert("last_epoch".into(), Value::Int(self.last_epoch));
-        d.insert("_step_count".into(), Value::Int(self.step_count));
-        d.insert("_is_initial".into(), Value::Bool(false));
-        d.insert("_get_lr_called_within_step".into(), Value::Bool(false));
-        d.insert("_last_lr".into(), floats(&self.last_lr));
-        Value::Dict(d)
-    }
-
-    /// Restores a state written by [`LrScheduler::state_dict`] or by
-    /// PyTorch's scheduler of the same kind. A state of another kind is
-    /// refused, naming the key and the kind it looks like; on any error
-    /// nothing changes. The optimizer's learning rates come back with the
-    /// optimizer's own state dict, as in PyTorch.
-    pub fn load_state_dict(&mut self, state: &Value) -> Result<()> {
-        *self = self.parse(state, "")?;
-        Ok(())
-    }
-
-    fn parse(&self, state: &Value, at: &str) -> Result<LrScheduler> {
-        let Value::Dict(d) = state else {
-            return Err(Error::scheduler(
-                at,
-                format!("is {}, not a dict", state.kind()),
-            ));
-        };
-        check_kind(d, self.kind.name(), at)?;
-        let at_key = |k: &str| crate::state::join(at, k);
-        let kind = match &self.kind {
-            Kind::Step { .. } => Kind::Step {
-                step_size: int_at(PART, d, "step_size", at)?,
-                gamma: number_at(PART, d, "gamma", at)?,
-            },
-            Kind::MultiStep { .. } => {
-                let Value::Dict(counts) = entry(PART, d, "milestones", at)? else {
-                    return Err(Error::scheduler(
-                        at_key("milestones"),
-                        "is not a dict of counts",
-                    ));
-                };
-                let mut milestones = Vec::new();
-                for (k, v) in counts {
-                    match (k, v) {
-                        (Key::Int(m), Value::Int(c)) if (0..=1000).contains(c) => {
-                            milestones.extend(std::iter::repeat_n(*m, *c as usize))
-                        }
-                        _ => {
-                            return Err(Error::scheduler(
-                                at_key("milestones"),
-                                format!("has a bad entry {k}"),
-                            ))
-                        }
-                    }
-                }
-                milestones.sort_unstable();
-                Kind::MultiStep {
-                    milestones,
-                    gamma: number_at(PART, d, "gamma", at)?,
-                }
-            }
-            Kind::Exponential { .. } => Kind::Exponential {
-                gamma: number_at(PART, d, "gamma", at)?,
-            },
-            Kind::CosineAnnealing { .. } => Kind::CosineAnnealing {
-                t_max: int_at(PART, d, "T_max", at)?,
-                eta_min: number_at(PART, d, "eta_min", at)?,
-            },
-            Kind::Linear { .. } => Kind::Linear {
-                start_factor: number_at(PART, d, "start_factor", at)?,
-                end_factor: number_at(PART, d, "end_factor", at)?,
-                total_iters: int_at(PART, d, "total_iters", at)?,
-            },
-            Kind::Sequential {
-                schedulers,
-                milestones,
-            } => {
-                let Value::List(children) = entry(PART, d, "_schedulers", at)? else {
-                    return Err(Error::scheduler(at_key("_schedulers"), "is not a list"));
-                };
-                if children.len() != schedulers.len() {
-                    return Err(Error::scheduler(
-                        at_key("_schedulers"),
-                        format!(
-                            "the state has {} schedulers, this SequentialLR {}",
-                            children.len(),
-                            schedulers.len()
-                        ),
-                    ));
-                }
-                let parsed = schedulers
-                    .iter()
-                    .zip(children)
-                    .enumerate()
-                    .map(|(i, (s, v))| s.parse(v, &format!("{}/{i}", at_key("_schedulers"))))
-                    .collect::<Result<Vec<_>>>()?;
-                let saved: Vec<i64> = numbers_at(PART, d, "_milestones", at)?
-                    .iter()
-                    .map(|&m| m as i64)
-                    .collect();
-                if saved.len() != milestones.len() {
-                    return Err(Error::scheduler(
-                        at_key("_milestones"),
-                        "has another number of milestones",
-                    ));
-                }
-                return Ok(LrScheduler {
-                    kind: Kind::Sequential {
-                        schedulers: parsed,
-                        milestones: saved,
-                    },
-                    base_lrs: Vec::new(),
-                    last_epoch: int_at(PART, d, "last_epoch", at)?,
-                    step_count: 0,
-                    last_lr: numbers_at(PART, d, "_last_lr", at)?,
-                });
-            }
-        };
-        let step_size_ok = match kind {
-            Kind::Step { step_size, .. } => step_size > 0,
-            Kind::CosineAnnealing { t_max, .. } => t_max > 0,
-            Kind::Linear { total_iters, .. } => total_iters > 0,
-            _ => true,
-        };
-        if !step_size_ok {
-            return Err(Error::scheduler(at, "has a period of zero or less"));
-        }
-        Ok(LrScheduler {
-            kind,
-            base_lrs: numbers_at(PART, d, "base_lrs", at)?,
-            last_epoch: int_at(PART, d, "last_epoch", at)?,
-            step_count: int_at(PART, d, "_step_count", at)?,
-            last_lr: numbers_at(PART, d, "_last_lr", at)?,
-        })
     }
 }
 
