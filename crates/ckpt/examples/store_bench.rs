@@ -171,19 +171,23 @@ impl Bench {
         t
     }
 
-    /// A durable save of the big state (op 1) or the tiny one (op 2).
-    fn durable_save(&mut self, op: usize) -> f64 {
+    /// Waits for any background save and syncs; the next step, recorded
+    /// as the newest big one when `big`.
+    fn next_step(&mut self, big: bool) -> u64 {
         self.store.wait().unwrap();
         sync();
         self.step += 1;
-        let c = if op == 1 { &self.big } else { &self.tiny };
-        if op == 1 {
+        if big {
             self.big_step = self.step;
         }
-        self.store
-            .save(self.step, c, &[("loss", 1.0)])
-            .unwrap()
-            .seconds
+        self.step
+    }
+
+    /// A durable save of the big state (op 1) or the tiny one (op 2).
+    fn durable_save(&mut self, op: usize) -> f64 {
+        let step = self.next_step(op == 1);
+        let c = if op == 1 { &self.big } else { &self.tiny };
+        self.store.save(step, c, &[("loss", 1.0)]).unwrap().seconds
     }
 
     /// The limit: one memcpy of the state into warm memory.
@@ -200,16 +204,11 @@ impl Bench {
 
     /// The `save_async` stall for the big state (op 4) or 100 MB (op 5).
     fn async_stall(&mut self, op: usize) -> f64 {
-        self.store.wait().unwrap();
-        sync();
-        self.step += 1;
+        let step = self.next_step(op == 4);
         let c = if op == 4 { &self.big } else { &self.small };
-        if op == 4 {
-            self.big_step = self.step;
-        }
         // Warm the snapshot buffer for this size first.
         let start = Instant::now();
-        self.store.save_async(self.step, c, &[]).unwrap();
+        self.store.save_async(step, c, &[]).unwrap();
         let t = start.elapsed().as_secs_f64();
         self.store.wait().unwrap();
         t

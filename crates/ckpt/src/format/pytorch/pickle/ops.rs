@@ -94,6 +94,14 @@ impl Machine<'_> {
         })
     }
 
+    /// Bytes after their length, which takes `width` bytes.
+    #[inline(always)]
+    fn counted(&mut self, width: usize) -> Result<&[u8]> {
+        let n = self.uint(width)?;
+        let n = self.len(n)?;
+        self.take(n)
+    }
+
     /// An argument that is read and ignored.
     #[inline]
     fn skip(&mut self, n: usize) -> Result<()> {
@@ -168,9 +176,7 @@ impl Machine<'_> {
     /// length of `width` bytes.
     #[inline(always)]
     fn unicode(&mut self, width: usize) -> Result<()> {
-        let n = self.uint(width)?;
-        let n = self.len(n)?;
-        let s = match std::str::from_utf8(self.take(n)?) {
+        let s = match std::str::from_utf8(self.counted(width)?) {
             Ok(s) => s.to_owned(),
             Err(_) => return Err(self.err("a string is not UTF-8")),
         };
@@ -181,9 +187,7 @@ impl Machine<'_> {
     /// `SHORT_BINSTRING`, `BINSTRING`: bytes read as latin-1 text.
     #[inline(always)]
     fn latin1(&mut self, width: usize) -> Result<()> {
-        let n = self.uint(width)?;
-        let n = self.len(n)?;
-        let s = self.take(n)?.iter().map(|&b| b as char).collect();
+        let s = self.counted(width)?.iter().map(|&b| b as char).collect();
         self.push(Obj::Str(s));
         Ok(())
     }
@@ -191,9 +195,7 @@ impl Machine<'_> {
     /// `BINBYTES`, `SHORT_BINBYTES`, `BINBYTES8`, `BYTEARRAY8`.
     #[inline(always)]
     fn bytes(&mut self, width: usize) -> Result<()> {
-        let n = self.uint(width)?;
-        let n = self.len(n)?;
-        let b = self.take(n)?.to_vec();
+        let b = self.counted(width)?.to_vec();
         self.push(Obj::Bytes(b));
         Ok(())
     }
