@@ -63,16 +63,14 @@ fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+fn remove(p: &Path) {
+    let _ = std::fs::remove_file(p);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--rss") {
-        let loaded = ckpt::read(&args[1], &LoadOptions::default()).expect("load");
-        let sd = StateDict::flatten(&loaded.value).expect("flatten");
-        black_box(sd.keys().count());
-        println!(
-            "{}",
-            serde_json::json!({ "peak_rss_bytes": peak_rss(), "file_bytes": std::fs::metadata(&args[1]).unwrap().len() })
-        );
+        rss(&args[1]);
         return;
     }
     let [source, torch_pth, workdir, runs] = &args[..] else {
@@ -86,9 +84,49 @@ fn main() {
         .value;
     let sd = StateDict::flatten(&value).expect("flatten");
     let total: usize = sd.values().map(|t| t.bytes().len()).sum();
+    let memcpy = memcpy_times(&sd, total, runs);
+    let out = workdir.join("rust-out.safetensors");
+    let write_times = write_times(&sd, &value, &workdir, &out, runs);
+    // Leave one safetensors file for the readers below.
+    ckpt::save(&out, &value).unwrap();
+    drop(value);
+    drop(sd);
+    let [open_list, load_touch, load_owned_touch, load_pth_touch] =
+        read_times(&out, torch_pth, runs);
 
+    println!(
+        "{}",
+        serde_json::json!({
+            "bytes": total,
+            "memcpy": memcpy,
+            "write": write_times["write"],
+            "write_fsync": write_times["write_fsync"],
+            "ckpt_save": write_times["ckpt_save"],
+            "ckpt_save_durable": write_times["ckpt_save_durable"],
+            "ckpt_save_pth": write_times["ckpt_save_pth"],
+            "ckpt_open_list": open_list,
+            "ckpt_load_touch": load_touch,
+            "ckpt_load_owned_touch": load_owned_touch,
+            "ckpt_load_pth_touch": load_pth_touch,
+        })
+    );
+}
+
+/// `--rss FILE`: maps FILE, lists it, prints the peak RSS.
+fn rss(file: &str) {
+    let loaded = ckpt::read(file, &LoadOptions::default()).expect("load");
+    let sd = StateDict::flatten(&loaded.value).expect("flatten");
+    black_box(sd.keys().count());
+    println!(
+        "{}",
+        serde_json::json!({ "peak_rss_bytes": peak_rss(), "file_bytes": std::fs::metadata(file).unwrap().len() })
+    );
+}
+
+/// Single-thread memcpy of the state's `total` bytes, `runs` times.
+fn memcpy_times(sd: &StateDict, total: usize, runs: usize) -> Vec<f64> {
     let mut dst = vec![1u8; total];
-    let memcpy = time(
+    time(
         runs,
         || {},
         || {
@@ -100,14 +138,20 @@ fn main() {
             }
             at
         },
-    );
-    drop(dst);
+    )
+}
 
-    let out = workdir.join("rust-out.safetensors");
+/// The writers' times by name: plain writes (with and without fsync) and
+/// `ckpt::save` (safetensors to `out`, durable or not, and `.pth`),
+/// `runs` rounds.
+fn write_times(
+    sd: &StateDict,
+    value: &Value,
+    workdir: &Path,
+    out: &Path,
+    runs: usize,
+) -> std::collections::BTreeMap<&'static str, Vec<f64>> {
     let raw = workdir.join("rust-plain.bin");
-    let remove = |p: &Path| {
-        let _ = std::fs::remove_file(p);
-    };
     let plain_write = |sync: bool| {
         let mut f = File::create(&raw).unwrap();
         for t in sd.values() {
@@ -126,21 +170,21 @@ fn main() {
         ("write_fsync", Box::new(|| plain_write(true)), &raw),
         (
             "ckpt_save",
-            Box::new(|| ckpt::save(&out, &value).unwrap()),
-            &out,
+            Box::new(|| ckpt::save(out, value).unwrap()),
+            out,
         ),
         (
             "ckpt_save_durable",
-            Box::new(|| ckpt::save_with(&out, &value, &durable).unwrap()),
-            &out,
+            Box::new(|| ckpt::save_with(out, value, &durable).unwrap()),
+            out,
         ),
         (
             "ckpt_save_pth",
-            Box::new(|| ckpt::save(&out_pth, &value).unwrap()),
+            Box::new(|| ckpt::save(&out_pth, value).unwrap()),
             &out_pth,
         ),
     ];
-    let mut write_times: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    let mut write_times: std::collections::BTreeMap<&'static str, Vec<f64>> = Default::default();
     for round in 0..runs {
         // Each round starts with a different writer, so no writer always
         // follows the same one.
@@ -159,16 +203,17 @@ fn main() {
     drop(writers);
     remove(&raw);
     remove(&out_pth);
-    // Leave one safetensors file for the readers below.
-    ckpt::save(&out, &value).unwrap();
-    drop(value);
-    drop(sd);
+    write_times
+}
 
+/// Opening and listing `out`, loading it and reading every byte (mapped,
+/// owned), then `out` removed, loading `torch_pth` and reading every byte.
+fn read_times(out: &Path, torch_pth: &str, runs: usize) -> [Vec<f64>; 4] {
     let open_list = time(
         runs,
         || {},
         || {
-            let loaded = ckpt::read(&out, &LoadOptions::default()).unwrap();
+            let loaded = ckpt::read(out, &LoadOptions::default()).unwrap();
             let sd = StateDict::flatten(&loaded.value).unwrap();
             sd.keys().map(String::len).sum::<usize>()
         },
@@ -177,7 +222,7 @@ fn main() {
         runs,
         || {},
         || {
-            let sd = ckpt::load_state_dict(&out).unwrap();
+            let sd = ckpt::load_state_dict(out).unwrap();
             touch_all(&sd)
         },
     );
@@ -185,11 +230,11 @@ fn main() {
         runs,
         || {},
         || {
-            let loaded = ckpt::read(&out, &LoadOptions::default().mmap(false)).unwrap();
+            let loaded = ckpt::read(out, &LoadOptions::default().mmap(false)).unwrap();
             touch_all(&StateDict::flatten(&loaded.value).unwrap())
         },
     );
-    remove(&out);
+    remove(out);
     let load_pth_touch = time(
         runs,
         || {},
@@ -198,21 +243,5 @@ fn main() {
             touch_all(&sd)
         },
     );
-
-    println!(
-        "{}",
-        serde_json::json!({
-            "bytes": total,
-            "memcpy": memcpy,
-            "write": write_times["write"],
-            "write_fsync": write_times["write_fsync"],
-            "ckpt_save": write_times["ckpt_save"],
-            "ckpt_save_durable": write_times["ckpt_save_durable"],
-            "ckpt_save_pth": write_times["ckpt_save_pth"],
-            "ckpt_open_list": open_list,
-            "ckpt_load_touch": load_touch,
-            "ckpt_load_owned_touch": load_owned_touch,
-            "ckpt_load_pth_touch": load_pth_touch,
-        })
-    );
+    [open_list, load_touch, load_owned_touch, load_pth_touch]
 }

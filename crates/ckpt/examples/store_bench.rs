@@ -57,119 +57,183 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The operations measured, in the order they rotate through.
+const NAMES: [&str; 10] = [
+    "limit: plain write + fsync",
+    "store save, durable (to commit)",
+    "store save of a tiny checkpoint (the commit)",
+    "limit: memcpy of the state (warm)",
+    "save_async stall",
+    "save_async stall, 100 MB",
+    "load (mmap) + read all, unverified",
+    "load (mmap) + read all, verified",
+    "load (owned) + read all, unverified",
+    "load (owned) + read all, verified",
+];
+
+/// The states, the run they are saved to, and the buffers the limits use.
+struct Bench {
+    work: std::path::PathBuf,
+    run_dir: std::path::PathBuf,
+    store: CheckpointManager,
+    big: TrainingCheckpoint,
+    small: TrainingCheckpoint,
+    tiny: TrainingCheckpoint,
+    step: u64,
+    /// The newest step holding `big`.
+    big_step: u64,
+    warm: Vec<u8>,
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let work = std::path::PathBuf::from(args.next().expect("WORKDIR"));
     let runs: usize = args.next().map_or(5, |s| s.parse().unwrap());
     let mib: usize = args.next().map_or(1024, |s| s.parse().unwrap());
     std::fs::create_dir_all(&work).unwrap();
-    let big = state(mib, 200);
-    let small = state(100, 50);
-    let tiny = state(0, 1); // one empty tensor: a checkpoint of a few hundred bytes
-    let bytes: u64 = big.model.total_bytes();
+    let mut bench = Bench::new(work, mib);
+    let times = bench.rotate(runs);
+    drop(bench.store);
+    let open_times = open_many(&bench.work, &bench.tiny, runs);
+    report(times, open_times, bench.big.model.total_bytes(), runs);
+    let _ = std::fs::remove_dir_all(&bench.work);
+}
 
-    let run_dir = work.join("run");
-    let _ = std::fs::remove_dir_all(&run_dir);
-    // The newest big save is at most two saves back when a load runs.
-    let options = StoreOptions::default().retention(Retention::default().keep_last(4));
-    let mut store = CheckpointManager::open(&run_dir, options).unwrap();
-    let mut step = 0u64;
-    step += 1;
-    store.save(step, &big, &[]).unwrap();
-    let mut big_step = step;
+impl Bench {
+    /// The states, and a run holding one save of the big one.
+    fn new(work: std::path::PathBuf, mib: usize) -> Bench {
+        let big = state(mib, 200);
+        let small = state(100, 50);
+        let tiny = state(0, 1); // one empty tensor: a checkpoint of a few hundred bytes
+        let bytes: u64 = big.model.total_bytes();
 
-    let names = [
-        "limit: plain write + fsync",
-        "store save, durable (to commit)",
-        "store save of a tiny checkpoint (the commit)",
-        "limit: memcpy of the state (warm)",
-        "save_async stall",
-        "save_async stall, 100 MB",
-        "load (mmap) + read all, unverified",
-        "load (mmap) + read all, verified",
-        "load (owned) + read all, unverified",
-        "load (owned) + read all, verified",
-    ];
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
-    let mut warm = vec![0u8; bytes as usize];
-    let plain = work.join("plain.bin");
-    for run in 0..runs {
-        for k in 0..names.len() {
-            let op = (k + run) % names.len();
-            let t = match op {
-                0 => {
-                    sync();
-                    let start = Instant::now();
-                    let mut f =
-                        std::io::BufWriter::with_capacity(4 << 20, File::create(&plain).unwrap());
-                    for t in big.model.values() {
-                        f.write_all(t.bytes()).unwrap();
-                    }
-                    f.into_inner().unwrap().sync_all().unwrap();
-                    let t = start.elapsed().as_secs_f64();
-                    std::fs::remove_file(&plain).unwrap();
-                    t
-                }
-                1 | 2 => {
-                    store.wait().unwrap();
-                    sync();
-                    step += 1;
-                    let c = if op == 1 { &big } else { &tiny };
-                    if op == 1 {
-                        big_step = step;
-                    }
-                    store.save(step, c, &[("loss", 1.0)]).unwrap().seconds
-                }
-                3 => {
-                    let start = Instant::now();
-                    let mut at = 0;
-                    for t in big.model.values() {
-                        warm[at..at + t.bytes().len()].copy_from_slice(t.bytes());
-                        at += t.bytes().len();
-                    }
-                    black_box(&warm);
-                    start.elapsed().as_secs_f64()
-                }
-                4 | 5 => {
-                    store.wait().unwrap();
-                    sync();
-                    step += 1;
-                    let c = if op == 4 { &big } else { &small };
-                    if op == 4 {
-                        big_step = step;
-                    }
-                    // Warm the snapshot buffer for this size first.
-                    let start = Instant::now();
-                    store.save_async(step, c, &[]).unwrap();
-                    let t = start.elapsed().as_secs_f64();
-                    store.wait().unwrap();
-                    t
-                }
-                _ => {
-                    let reader = RunReader::open_with(
-                        std::sync::Arc::new(ckpt::storage::LocalStorage::new(&run_dir)),
-                        StoreOptions::default()
-                            .verify(op == 7 || op == 9)
-                            .mmap(op < 8),
-                    )
-                    .unwrap();
-                    let start = Instant::now();
-                    let c = reader.load(big_step).unwrap();
-                    black_box(touch(&c));
-                    start.elapsed().as_secs_f64()
-                }
-            };
-            // The first stall of each size allocates the snapshot buffer;
-            // steady state is what training sees.
-            if !(run == 0 && (op == 4 || op == 5)) {
-                times[op].push(t);
-            }
+        let run_dir = work.join("run");
+        let _ = std::fs::remove_dir_all(&run_dir);
+        // The newest big save is at most two saves back when a load runs.
+        let options = StoreOptions::default().retention(Retention::default().keep_last(4));
+        let mut store = CheckpointManager::open(&run_dir, options).unwrap();
+        store.save(1, &big, &[]).unwrap();
+        Bench {
+            work,
+            run_dir,
+            store,
+            big,
+            small,
+            tiny,
+            step: 1,
+            big_step: 1,
+            warm: vec![0u8; bytes as usize],
         }
     }
-    store.wait().unwrap();
-    drop(store);
 
-    // A run directory with 1,000 committed steps.
+    /// Every operation `runs` times, in rotating order: the seconds each
+    /// took, by operation.
+    fn rotate(&mut self, runs: usize) -> Vec<Vec<f64>> {
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); NAMES.len()];
+        for run in 0..runs {
+            for k in 0..NAMES.len() {
+                let op = (k + run) % NAMES.len();
+                let t = self.measure(op);
+                // The first stall of each size allocates the snapshot buffer;
+                // steady state is what training sees.
+                if !(run == 0 && (op == 4 || op == 5)) {
+                    times[op].push(t);
+                }
+            }
+        }
+        self.store.wait().unwrap();
+        times
+    }
+
+    /// Operation `op` of [`NAMES`], once: its seconds.
+    fn measure(&mut self, op: usize) -> f64 {
+        match op {
+            0 => self.plain_write(),
+            1 | 2 => self.durable_save(op),
+            3 => self.memcpy(),
+            4 | 5 => self.async_stall(op),
+            _ => self.load(op),
+        }
+    }
+
+    /// The limit: the state's bytes written sequentially + fsync.
+    fn plain_write(&self) -> f64 {
+        let plain = self.work.join("plain.bin");
+        sync();
+        let start = Instant::now();
+        let mut f = std::io::BufWriter::with_capacity(4 << 20, File::create(&plain).unwrap());
+        for t in self.big.model.values() {
+            f.write_all(t.bytes()).unwrap();
+        }
+        f.into_inner().unwrap().sync_all().unwrap();
+        let t = start.elapsed().as_secs_f64();
+        std::fs::remove_file(&plain).unwrap();
+        t
+    }
+
+    /// Waits for any background save and syncs; the next step, recorded
+    /// as the newest big one when `big`.
+    fn next_step(&mut self, big: bool) -> u64 {
+        self.store.wait().unwrap();
+        sync();
+        self.step += 1;
+        if big {
+            self.big_step = self.step;
+        }
+        self.step
+    }
+
+    /// A durable save of the big state (op 1) or the tiny one (op 2).
+    fn durable_save(&mut self, op: usize) -> f64 {
+        let step = self.next_step(op == 1);
+        let c = if op == 1 { &self.big } else { &self.tiny };
+        self.store.save(step, c, &[("loss", 1.0)]).unwrap().seconds
+    }
+
+    /// The limit: one memcpy of the state into warm memory.
+    fn memcpy(&mut self) -> f64 {
+        let start = Instant::now();
+        let mut at = 0;
+        for t in self.big.model.values() {
+            self.warm[at..at + t.bytes().len()].copy_from_slice(t.bytes());
+            at += t.bytes().len();
+        }
+        black_box(&self.warm);
+        start.elapsed().as_secs_f64()
+    }
+
+    /// The `save_async` stall for the big state (op 4) or 100 MB (op 5).
+    fn async_stall(&mut self, op: usize) -> f64 {
+        let step = self.next_step(op == 4);
+        let c = if op == 4 { &self.big } else { &self.small };
+        // Warm the snapshot buffer for this size first.
+        let start = Instant::now();
+        self.store.save_async(step, c, &[]).unwrap();
+        let t = start.elapsed().as_secs_f64();
+        self.store.wait().unwrap();
+        t
+    }
+
+    /// A load of the newest big save + reading every byte: mapped (ops 6,
+    /// 7) or owned (8, 9), verified (7, 9) or not.
+    fn load(&self, op: usize) -> f64 {
+        let reader = RunReader::open_with(
+            std::sync::Arc::new(ckpt::storage::LocalStorage::new(&self.run_dir)),
+            StoreOptions::default()
+                .verify(op == 7 || op == 9)
+                .mmap(op < 8),
+        )
+        .unwrap();
+        let start = Instant::now();
+        let c = reader.load(self.big_step).unwrap();
+        black_box(touch(&c));
+        start.elapsed().as_secs_f64()
+    }
+}
+
+/// Opening a run directory with 1,000 committed steps and finding the
+/// latest, `runs` times (at least 5): the seconds each took.
+fn open_many(work: &std::path::Path, tiny: &TrainingCheckpoint, runs: usize) -> Vec<f64> {
     let many = work.join("many");
     let _ = std::fs::remove_dir_all(&many);
     {
@@ -178,18 +242,22 @@ fn main() {
             .retention(Retention::default().keep_last(1000));
         let mut store = CheckpointManager::open(&many, options).unwrap();
         for s in 1..=1000 {
-            store.save(s, &tiny, &[("loss", 1.0 / s as f64)]).unwrap();
+            store.save(s, tiny, &[("loss", 1.0 / s as f64)]).unwrap();
         }
     }
-    let open_times: Vec<f64> = (0..runs.max(5))
+    (0..runs.max(5))
         .map(|_| {
             let start = Instant::now();
             let store = CheckpointManager::open(&many, StoreOptions::default()).unwrap();
             black_box(store.latest().unwrap());
             start.elapsed().as_secs_f64()
         })
-        .collect();
+        .collect()
+}
 
+/// The table of medians, with the ratios the targets are stated in.
+fn report(times: Vec<Vec<f64>>, open_times: Vec<f64>, bytes: u64, runs: usize) {
+    let names = NAMES;
     let m: Vec<f64> = times
         .into_iter()
         .map(|t| if t.is_empty() { f64::NAN } else { median(t) })
@@ -241,7 +309,6 @@ fn main() {
         None,
         "target < 50 ms".into(),
     );
-    let _ = std::fs::remove_dir_all(&work);
 }
 
 fn human(b: u64) -> String {

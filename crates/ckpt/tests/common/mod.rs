@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests: fixture paths and the exact
-//! descriptions of loaded values that the Python side writes too.
+//! descriptions of loaded values that the Python side writes too; the
+//! checkpoint store's helpers in [`store`].
 #![allow(dead_code)] // each test crate uses its own subset
+
+pub mod store;
 
 use std::path::{Path, PathBuf};
 

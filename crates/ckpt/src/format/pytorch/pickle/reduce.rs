@@ -3,8 +3,19 @@
 //! inert object that is never constructed. Dangerous globals never get
 //! here: naming one is refused when the stream names it.
 
-use super::{Id, Machine, Obj, QScheme, TensorRef, MAX_WRAPPERS};
+use super::machine::Machine;
+use super::{Id, Obj, QScheme, TensorRef, MAX_WRAPPERS};
 use crate::{DType, Result};
+
+/// What a call builds: a new object, or one of its arguments itself.
+enum Built {
+    /// A new object, put in the arena.
+    New(Obj),
+    /// An argument, returned as it is.
+    Arg(Id),
+}
+
+use Built::{Arg, New};
 
 impl Machine<'_> {
     /// `callable(*args)` as data.
@@ -26,115 +37,148 @@ impl Machine<'_> {
         // Every copy of a memoised name costs its bytes.
         self.charge(module.len() + name.len())?;
         let (module, name) = (module.to_owned(), name.to_owned());
-        let args_id = args;
-        let args = self.tuple(args)?;
-        let obj = match (module.as_str(), name.as_str()) {
-            ("collections", "OrderedDict") => self.ordered_dict(&args)?,
+        Ok(match self.call_of(module, name, args)? {
+            New(obj) => self.alloc(obj),
+            Arg(id) => id,
+        })
+    }
+
+    /// What `module.name(*args)` builds, by the global called.
+    fn call_of(&mut self, module: String, name: String, args_id: Id) -> Result<Built> {
+        let args = self.tuple(args_id)?;
+        Ok(match (module.as_str(), name.as_str()) {
+            ("collections", "OrderedDict") => New(self.ordered_dict(&args)?),
             // `defaultdict(factory)`; its items follow as SETITEMS.
-            ("collections", "defaultdict") => Obj::Dict(Vec::new()),
+            ("collections", "defaultdict") => New(Obj::Dict(Vec::new())),
             // `Counter(dict)`, as in MultiStepLR's state: read as the dict.
-            ("collections", "Counter") => match args[..] {
-                [] => Obj::Dict(Vec::new()),
-                [dict] if matches!(self.arena[dict], Obj::Dict(_)) => return Ok(dict),
-                _ => return Err(self.err("Counter built from something other than a dict")),
-            },
-            ("collections", "deque") => Obj::List(self.sequence(args.first().copied())?),
+            ("collections", "Counter") => self.counter(&args)?,
+            ("collections", "deque") => New(Obj::List(self.sequence(args.first().copied())?)),
             ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-                Obj::Tensor(Box::new(self.rebuild_tensor(&args, None)?))
+                New(Obj::Tensor(Box::new(self.rebuild_tensor(&args, None)?)))
             }
-            ("torch._utils", "_rebuild_tensor_v3") => {
-                let dtype = match args.get(6).map(|&d| &self.arena[d]) {
-                    Some(Obj::Dtype(d)) => *d,
-                    _ => return Err(self.err("_rebuild_tensor_v3 without a dtype")),
-                };
-                Obj::Tensor(Box::new(self.rebuild_tensor(&args, Some(dtype))?))
-            }
-            ("torch._utils", "_rebuild_qtensor") => self.rebuild_qtensor(&args)?,
+            ("torch._utils", "_rebuild_tensor_v3") => New(self.rebuild_tensor_v3(&args)?),
+            ("torch._utils", "_rebuild_qtensor") => New(self.rebuild_qtensor(&args)?),
             ("torch._utils", "_rebuild_parameter")
-            | ("torch._utils", "_rebuild_parameter_with_state") => {
-                let tensor = *args
-                    .first()
-                    .ok_or_else(|| self.err("_rebuild_parameter without a tensor"))?;
-                if !matches!(self.arena[tensor], Obj::Tensor(_)) {
-                    return Err(self.err("_rebuild_parameter of something that is not a tensor"));
-                }
-                return Ok(tensor);
-            }
+            | ("torch._utils", "_rebuild_parameter_with_state") => Arg(self.parameter(&args)?),
             // TorchScript's typed lists and type tags: the value itself.
             (
                 "torch.jit._pickle",
                 "build_intlist" | "build_tensorlist" | "build_doublelist" | "build_boollist"
                 | "restore_type_tag",
-            ) => {
-                return args
-                    .first()
-                    .copied()
-                    .ok_or_else(|| self.err("a TorchScript list builder without a value"))
+            ) => Arg(args
+                .first()
+                .copied()
+                .ok_or_else(|| self.err("a TorchScript list builder without a value"))?),
+            ("torch", "Size") => New(Obj::Tuple(self.sequence(args.first().copied())?)),
+            ("builtins", "set" | "frozenset") => {
+                New(Obj::List(self.sequence(args.first().copied())?))
             }
-            ("torch", "Size") => Obj::Tuple(self.sequence(args.first().copied())?),
-            ("builtins", "set" | "frozenset") => Obj::List(self.sequence(args.first().copied())?),
-            ("torch", "device") => self.device(&args)?,
-            ("_codecs", "encode") => self.encode(&args)?,
-            ("builtins", "bytearray") => match args.first().map(|&a| &self.arena[a]) {
-                Some(Obj::Bytes(b)) => {
-                    self.charge(b.len())?;
-                    Obj::Bytes(b.clone())
-                }
-                None => Obj::Bytes(Vec::new()),
-                _ => return Err(self.err("bytearray of something that is not bytes")),
-            },
-            ("copyreg", "_reconstructor") => {
-                let class = *args
-                    .first()
-                    .ok_or_else(|| self.err("_reconstructor without a class"))?;
-                let (m, n) = self
-                    .global_name(class)
-                    .ok_or_else(|| self.err("_reconstructor of something that is not a class"))?;
-                self.charge(m.len() + n.len())?;
-                Obj::Object {
-                    class: Box::new((m.to_owned(), n.to_owned())),
-                    args: None,
-                    state: None,
-                }
-            }
+            ("torch", "device") => New(self.device(&args)?),
+            ("_codecs", "encode") => New(self.encode(&args)?),
+            ("builtins", "bytearray") => New(self.bytearray(&args)?),
+            ("copyreg", "_reconstructor") => New(self.reconstructor(&args)?),
             ("numpy.core.multiarray" | "numpy._core.multiarray", "_reconstruct") => {
-                Obj::NdArray { state: None }
+                New(Obj::NdArray { state: None })
             }
             // Protocol 5's arrays: `_frombuffer(buffer, dtype, shape, order)`.
             ("numpy.core.numeric" | "numpy._core.numeric", "_frombuffer") => {
-                self.frombuffer(&args, module, name, args_id)
+                New(self.frombuffer(&args, module, name, args_id))
             }
-            ("numpy", "dtype") => {
-                let code = self.as_str(
-                    *args
-                        .first()
-                        .ok_or_else(|| self.err("numpy.dtype without a type code"))?,
-                )?;
-                self.charge(code.len())?;
-                Obj::NpDtype {
-                    code: code.to_owned(),
-                    big_endian: false,
-                }
-            }
+            ("numpy", "dtype") => New(self.np_dtype(&args)?),
             ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar") => {
-                match self.np_scalar(&args)? {
+                New(match self.np_scalar(&args)? {
                     Some(obj) => obj,
                     None => self.object(module, name, args_id),
-                }
+                })
             }
             (
                 "pathlib",
                 "Path" | "PosixPath" | "WindowsPath" | "PurePosixPath" | "PureWindowsPath",
-            ) => Obj::Str(self.path_parts(&args)?),
-            ("datetime", "datetime" | "date") if args.len() == 1 => match self.date(args[0])? {
-                Some(text) => Obj::Str(text),
-                None => self.object(module, name, args_id),
-            },
+            ) => New(Obj::Str(self.path_parts(&args)?)),
+            ("datetime", "datetime" | "date") if args.len() == 1 => {
+                New(match self.date(args[0])? {
+                    Some(text) => Obj::Str(text),
+                    None => self.object(module, name, args_id),
+                })
+            }
             // Anything else is a class (or a function) whose call ckpt
             // records and never makes.
-            _ => self.object(module, name, args_id),
+            _ => New(self.object(module, name, args_id)),
+        })
+    }
+
+    /// `Counter()`, or `Counter(dict)` read as the dict itself.
+    fn counter(&self, args: &[Id]) -> Result<Built> {
+        match args[..] {
+            [] => Ok(New(Obj::Dict(Vec::new()))),
+            [dict] if matches!(self.arena[dict], Obj::Dict(_)) => Ok(Arg(dict)),
+            _ => Err(self.err("Counter built from something other than a dict")),
+        }
+    }
+
+    /// `_rebuild_tensor_v3`: `_rebuild_tensor_v2`'s arguments and a dtype.
+    fn rebuild_tensor_v3(&self, args: &[Id]) -> Result<Obj> {
+        let dtype = match args.get(6).map(|&d| &self.arena[d]) {
+            Some(Obj::Dtype(d)) => *d,
+            _ => return Err(self.err("_rebuild_tensor_v3 without a dtype")),
         };
-        Ok(self.alloc(obj))
+        Ok(Obj::Tensor(Box::new(
+            self.rebuild_tensor(args, Some(dtype))?,
+        )))
+    }
+
+    /// `_rebuild_parameter(tensor, ...)`: the tensor itself.
+    fn parameter(&self, args: &[Id]) -> Result<Id> {
+        let tensor = *args
+            .first()
+            .ok_or_else(|| self.err("_rebuild_parameter without a tensor"))?;
+        if !matches!(self.arena[tensor], Obj::Tensor(_)) {
+            return Err(self.err("_rebuild_parameter of something that is not a tensor"));
+        }
+        Ok(tensor)
+    }
+
+    /// `bytearray(bytes)` as the bytes.
+    fn bytearray(&self, args: &[Id]) -> Result<Obj> {
+        match args.first().map(|&a| &self.arena[a]) {
+            Some(Obj::Bytes(b)) => {
+                self.charge(b.len())?;
+                Ok(Obj::Bytes(b.clone()))
+            }
+            None => Ok(Obj::Bytes(Vec::new())),
+            _ => Err(self.err("bytearray of something that is not bytes")),
+        }
+    }
+
+    /// `copyreg._reconstructor(class, base, state)`: an instance of the
+    /// class, never constructed.
+    fn reconstructor(&self, args: &[Id]) -> Result<Obj> {
+        let class = *args
+            .first()
+            .ok_or_else(|| self.err("_reconstructor without a class"))?;
+        let (m, n) = self
+            .global_name(class)
+            .ok_or_else(|| self.err("_reconstructor of something that is not a class"))?;
+        self.charge(m.len() + n.len())?;
+        Ok(Obj::Object {
+            class: Box::new((m.to_owned(), n.to_owned())),
+            args: None,
+            state: None,
+        })
+    }
+
+    /// `numpy.dtype(code)`.
+    fn np_dtype(&self, args: &[Id]) -> Result<Obj> {
+        let code = self.as_str(
+            *args
+                .first()
+                .ok_or_else(|| self.err("numpy.dtype without a type code"))?,
+        )?;
+        self.charge(code.len())?;
+        Ok(Obj::NpDtype {
+            code: code.to_owned(),
+            big_endian: false,
+        })
     }
 
     fn object(&self, module: String, name: String, args: Id) -> Obj {
