@@ -237,3 +237,27 @@ fn names_metadata_and_values_cannot_drive_the_terminal() {
     assert!(!stderr(&out).contains('\u{1b}'), "{:?}", stderr(&out));
     assert!(stderr(&out).contains("gone\\x1b"), "{}", stderr(&out));
 }
+
+/// An incremental step's index, named from inside its step folder, reads
+/// as its checkpoint: the chunks come from the run's `blobs/`.
+#[test]
+fn inspect_reads_an_incremental_steps_index_from_its_folder() {
+    use ckpt::store::{CheckpointManager, StoreOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions::default().incremental(true);
+    let mut run = CheckpointManager::open(dir.path(), options).unwrap();
+    let mut model = ckpt::StateDict::new();
+    let w = ckpt::TensorData::from_f32(&[6], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+    model.insert("fc.weight".into(), w);
+    run.save(3, &ckpt::TrainingCheckpoint::new(model), &[])
+        .unwrap();
+    drop(run);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ckpt"))
+        .args(["inspect", "checkpoint.index.json"])
+        .current_dir(dir.path().join("step-00000003"))
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("fc.weight") && text.contains("[6]"), "{text}");
+}

@@ -95,6 +95,33 @@ fn writing_shards_splits_by_size_and_reads_back() {
 }
 
 #[test]
+fn shards_are_written_in_the_format_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let sd: StateDict = (0..3)
+        .map(|i| {
+            (
+                format!("w{i}"),
+                TensorData::from_f32(&[10], &[i as f32; 10]).unwrap(),
+            )
+        })
+        .collect();
+    let path = dir.path().join("model.safetensors");
+    let options = SaveOptions::default()
+        .max_shard_size(40)
+        .format(Format::PyTorch);
+    ckpt::save_with(&path, &sd.clone().into(), &options).unwrap();
+    let shard = dir.path().join("model-00001-of-00003.safetensors");
+    let loaded = ckpt::read(&shard, &Default::default()).unwrap();
+    assert_eq!(
+        loaded.format,
+        Format::PyTorch,
+        "the contents, whatever the name"
+    );
+    let index = dir.path().join("model.safetensors.index.json");
+    assert_eq!(ckpt::load_state_dict(&index).unwrap(), sd);
+}
+
+#[test]
 fn an_index_naming_an_index_as_a_shard_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let index = dir.path().join("loop.safetensors.index.json");

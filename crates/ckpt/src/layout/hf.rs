@@ -193,7 +193,12 @@ pub(crate) fn write(
     };
     let mut weight_map = Map::new();
     for (group, file) in groups.iter().zip(&files) {
-        let format = Format::from_path(file)?;
+        // The format asked for, or the shard's extension (which is the
+        // index's base name's).
+        let format = match shard_options.format {
+            Some(format) if format != Format::ShardedIndex => format,
+            _ => Format::from_path(file)?,
+        };
         crate::format::write_file(format, file, &group.clone().into(), &shard_options)?;
         let shard = file
             .file_name()

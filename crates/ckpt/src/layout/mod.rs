@@ -107,7 +107,10 @@ fn dispatch(
 /// Reads the index in `bytes` (the file at `path`) as one state dict, or
 /// an incremental step as its checkpoint.
 fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Loaded> {
-    let folder = path.parent().unwrap_or(Path::new("."));
+    let folder = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     let value = match Index::parse(bytes, path)? {
         Index::HuggingFace(json) => return hf::read(&json, path, options),
         Index::Distributed(json) => {
@@ -118,7 +121,13 @@ fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Loaded> {
         }
         Index::Incremental(index) => {
             // A step folder's parent is the run, whose blobs/ it names.
-            let root = folder.parent().unwrap_or(Path::new("."));
+            let root = match folder.to_str() {
+                Some("") | Some(".") => Path::new(".."),
+                _ => match folder.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p,
+                    _ => Path::new("."),
+                },
+            };
             let storage = Location::parse(root).storage()?;
             let read = |hash: &str| {
                 let name = incremental::blob_name(hash);

@@ -151,10 +151,12 @@ mod tests {
     #[test]
     fn s3_paths_without_the_feature_say_so() {
         let url = Path::new("s3://bucket/run");
-        for err in [
-            crate::load(url.join("m.safetensors")).unwrap_err(),
-            crate::store::RunReader::open(url).err().unwrap(),
-        ] {
+        let file = crate::load(url.join("m.safetensors")).unwrap_err();
+        assert!(
+            file.to_string().contains("s3://bucket/run/m.safetensors"),
+            "{file}"
+        );
+        for err in [file, crate::store::RunReader::open(url).err().unwrap()] {
             let msg = err.to_string();
             assert!(
                 msg.contains("s3://bucket/run") && msg.contains("`s3` feature"),

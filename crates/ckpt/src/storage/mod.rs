@@ -105,38 +105,47 @@ impl Location {
     }
 
     /// The storage of the folder or prefix holding this file, and the
-    /// file's name in it.
+    /// file's name in it. A path that ends in a separator or `.` names a
+    /// folder, not a file, and is refused; so is a local name that is not
+    /// UTF-8 (a run's names are text).
     pub(crate) fn parent_and_name(&self) -> Result<(Arc<dyn Storage>, String)> {
         let path = self.to_path();
-        let bad = || Error::io(&path, io::Error::other("expected a file name"));
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(bad)?
-            .to_owned();
-        let parent = match self {
-            Location::Local(p) => match p.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => Location::Local(dir.to_owned()),
-                _ => Location::Local(PathBuf::from(".")),
-            },
-            Location::S3 { bucket, key } => match key.rsplit_once('/') {
-                Some((prefix, _)) => Location::S3 {
+        let not_a_file = |why: &str| {
+            Error::io(
+                &path,
+                io::Error::new(io::ErrorKind::InvalidInput, why.to_owned()),
+            )
+        };
+        let (parent, name) = match self {
+            Location::Local(p) => {
+                let text = p
+                    .to_str()
+                    .ok_or_else(|| not_a_file("a file name that is not UTF-8"))?;
+                let (dir, name) = text.rsplit_once('/').unwrap_or(("", text));
+                let dir = match dir {
+                    "" if text.starts_with('/') => "/",
+                    "" => ".",
+                    dir => dir,
+                };
+                (Location::Local(dir.into()), name)
+            }
+            Location::S3 { bucket, key } => {
+                let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+                let parent = Location::S3 {
                     bucket: bucket.clone(),
                     key: prefix.to_owned(),
-                },
-                None if !key.is_empty() => Location::S3 {
-                    bucket: bucket.clone(),
-                    key: String::new(),
-                },
-                None => {
-                    return Err(Error::io(
-                        &path,
-                        io::Error::other("expected s3://bucket/key"),
-                    ))
-                }
-            },
+                };
+                (parent, name)
+            }
         };
-        Ok((parent.storage()?, name))
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(not_a_file("expected a file name, not a folder"));
+        }
+        #[cfg(not(feature = "s3"))]
+        if self.is_remote() {
+            return Err(file::no_s3(&path));
+        }
+        Ok((parent.storage()?, name.to_owned()))
     }
 }
 
@@ -307,6 +316,34 @@ mod tests {
         let local = Location::parse("runs/s3:/x");
         assert_eq!(local, Location::Local("runs/s3:/x".into()));
         assert!(!local.is_remote());
+    }
+
+    #[test]
+    fn a_file_location_splits_into_its_folder_and_name() {
+        let names = |text: &str| {
+            Location::parse(text)
+                .parent_and_name()
+                .map(|(storage, name)| (storage.root().to_owned(), name))
+        };
+        assert_eq!(
+            names("m.safetensors").unwrap(),
+            (PathBuf::from("."), "m.safetensors".into())
+        );
+        assert_eq!(
+            names("/m.pth").unwrap(),
+            (PathBuf::from("/"), "m.pth".into())
+        );
+        assert_eq!(
+            names("a/b/m.npz").unwrap(),
+            (PathBuf::from("a/b"), "m.npz".into())
+        );
+        for folder in ["out.safetensors/", "dir/.", "dir/..", "."] {
+            let err = names(folder).err().unwrap().to_string();
+            assert!(
+                err.contains("not a folder") && err.contains(folder),
+                "{err}"
+            );
+        }
     }
 
     #[test]

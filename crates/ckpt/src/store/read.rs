@@ -60,7 +60,7 @@ impl Shared {
             incremental::assemble(&index, read, self.options.verify, root, &path)?
         } else {
             let format = Format::from_path(&path)?;
-            crate::format::read(format, buffer, &path)?.value
+            crate::layout::read_buffer(format, buffer, &path, &Default::default())?.value
         };
         TrainingCheckpoint::from_value(&value).map_err(|e| match e {
             Error::BadCheckpoint { key, reason } => Error::BadCheckpoint {
