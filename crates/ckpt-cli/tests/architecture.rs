@@ -1,26 +1,12 @@
 //! The CLI's dependency rule (ARCHITECTURE.md): commands use the shared
 //! modules, never each other, and shared code names no command.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
+#[path = "../../ckpt/tests/rules/mod.rs"]
+mod rules;
 
-/// The code of `text` without comments, by line number.
-fn code(text: &str) -> Vec<(usize, String)> {
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| (i + 1, line.split("//").next().unwrap_or("").to_owned()))
-        .collect()
-}
+use rules::{code, rust_files};
 
 #[test]
 fn cli_commands_do_not_name_each_other() {

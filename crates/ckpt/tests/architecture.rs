@@ -15,8 +15,12 @@
 //! 6 models   spec, package, export, compress
 //! ```
 
+mod rules;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use rules::{code, rust_files};
 
 const LAYERS: &[&[&str]] = &[
     &[
@@ -40,25 +44,6 @@ const LAYERS: &[&[&str]] = &[
 
 fn layer(module: &str) -> Option<usize> {
     LAYERS.iter().position(|l| l.contains(&module))
-}
-
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
-
-/// The code of `text` without comments (doc comments included).
-fn code(text: &str) -> Vec<(usize, String)> {
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| (i + 1, line.split("//").next().unwrap_or("").to_owned()))
-        .collect()
 }
 
 /// The names the crate root re-exports (`pub use module::...::{A, B}`),
