@@ -41,9 +41,11 @@ pub struct VerifyReport {
 pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
     let path = path.as_ref();
     let loaded = crate::read(path, &LoadOptions::default())?;
-    // A model folder is checked through the file it was read from.
+    // A model folder is checked through the file it was read from (a DCP
+    // folder's items were each parsed whole by the read).
     let chosen;
-    let path = if crate::storage::Location::parse(path).is_local_dir() {
+    let folder = crate::storage::Location::parse(path).is_local_dir();
+    let path = if folder && loaded.format != Format::Dcp {
         chosen = crate::layout::folder::choose(path)?;
         chosen.as_path()
     } else {
@@ -67,7 +69,10 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
             index.checked_files(path).into_iter().collect()
         }
         // .ckptz: every blob's Adler-32 was checked by the read.
-        Format::Safetensors | Format::Npy | Format::Compressed | Format::Pickle => BTreeSet::new(),
+        // DCP: each item is parsed whole as its archive when read.
+        Format::Safetensors | Format::Npy | Format::Compressed | Format::Pickle | Format::Dcp => {
+            BTreeSet::new()
+        }
     };
     let (mut checksums, mut mismatches) = (0, Vec::new());
     for file in files {

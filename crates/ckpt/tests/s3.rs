@@ -131,6 +131,28 @@ fn single_files_read_and_write_as_objects() {
     assert!(err.contains(&missing.display().to_string()), "{err}");
 }
 
+/// A DCP folder copied to a prefix reads as it does from the disk: the
+/// prefix is listed for `.metadata`, the items fetched by name.
+#[test]
+fn a_dcp_folder_on_object_storage_reads_as_one_checkpoint() {
+    if moto::start().is_none() {
+        return;
+    }
+    let prefix = url("dcp");
+    let storage = ObjectStorage::from_url(&prefix).unwrap();
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/dcp/ranks2_dim0");
+    for entry in std::fs::read_dir(&local).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        storage.write(&name, &mut |w| w.write_all(&bytes)).unwrap();
+    }
+    let remote = ckpt::read(&prefix, &Default::default()).unwrap();
+    assert_eq!(remote.format, ckpt::Format::Dcp);
+    let expected = ckpt::load(local.with_extension("expected.pth")).unwrap();
+    assert_eq!(remote.value, expected);
+}
+
 /// Run as a child process: saves step 1, says so, then saves a large
 /// step 2 (a multipart upload) while the parent kills it.
 #[test]

@@ -51,6 +51,10 @@ pub enum Format {
     /// A Hugging Face sharded checkpoint's index
     /// (`model.safetensors.index.json`, `pytorch_model.bin.index.json`).
     ShardedIndex,
+    /// A PyTorch Distributed Checkpoint folder (`torch.distributed.checkpoint`:
+    /// `.metadata` and `__<rank>_<n>.distcp` files), read as one checkpoint.
+    /// Read only.
+    Dcp,
     /// ckpt's compressed format (`.ckptz`): safetensors' contents, each
     /// tensor compressed ([`compressed`]).
     Compressed,
@@ -223,6 +227,7 @@ impl Format {
             Format::Npy => "npy",
             Format::Npz => "npz",
             Format::ShardedIndex => "sharded",
+            Format::Dcp => "dcp",
             Format::Compressed => "ckptz",
             Format::TorchScript => "torchscript",
             Format::Pickle => "pickle",
@@ -239,6 +244,7 @@ impl Format {
             Format::Npy => "npy",
             Format::Npz => "npz",
             Format::ShardedIndex => "safetensors.index.json",
+            Format::Dcp => "distcp",
             Format::Compressed => "ckptz",
             Format::TorchScript => "pt",
             Format::Pickle => "pkl",
@@ -250,7 +256,7 @@ impl Format {
     pub fn writable(self) -> bool {
         !matches!(
             self,
-            Format::TorchScript | Format::Pickle | Format::ExportedProgram
+            Format::TorchScript | Format::Pickle | Format::ExportedProgram | Format::Dcp
         )
     }
 
@@ -266,6 +272,8 @@ impl Format {
             Format::Npy => found == Content::Npy,
             Format::Npz => found == Content::Zip,
             Format::ShardedIndex => head.first() == Some(&b'{'),
+            // A folder: its `.metadata` is a bare pickle.
+            Format::Dcp => found == Content::BarePickle,
             Format::Compressed => found == Content::Compressed,
             Format::TorchScript | Format::ExportedProgram => found == Content::Zip,
             Format::Pickle => found == Content::BarePickle,
@@ -291,6 +299,7 @@ impl fmt::Display for Format {
             Format::Npy => "NumPy .npy",
             Format::Npz => "NumPy .npz",
             Format::ShardedIndex => "sharded checkpoint",
+            Format::Dcp => "PyTorch distributed checkpoint (DCP)",
             Format::Compressed => "ckpt compressed",
             Format::TorchScript => "TorchScript",
             Format::Pickle => "pickle",

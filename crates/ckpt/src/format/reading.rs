@@ -68,7 +68,7 @@ pub(crate) fn read(format: Format, buffer: Arc<Buffer>, path: &Path) -> Result<L
         Format::Npy | Format::Npz => super::numpy::read(format, buffer, path),
         Format::Compressed => super::compressed::read(buffer, path),
         // Not one file: `layout` reads what an index names.
-        Format::ShardedIndex => Err(Error::UnknownExtension {
+        Format::ShardedIndex | Format::Dcp => Err(Error::UnknownExtension {
             path: path.to_owned(),
         }),
     }

@@ -122,7 +122,7 @@ pub(crate) fn plan(
                 path: path.to_owned(),
             })
         }
-        Format::TorchScript | Format::Pickle | Format::ExportedProgram => {
+        Format::TorchScript | Format::Pickle | Format::ExportedProgram | Format::Dcp => {
             return Err(crate::Error::ReadOnlyFormat {
                 path: path.to_owned(),
                 format,

@@ -25,6 +25,10 @@ const PREFERRED: [&str; 4] = [
 
 /// Reads the model a folder holds.
 pub(crate) fn read(dir: &Path, options: &LoadOptions) -> Result<Loaded> {
+    if dir.join(super::dcp::METADATA).is_file() {
+        let storage = crate::storage::LocalStorage::new(dir);
+        return super::dcp::read(dir, &storage, options);
+    }
     let weights = choose(dir)?;
     let mut loaded = super::read_path(&weights, options)?;
     let name = weights

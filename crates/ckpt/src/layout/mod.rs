@@ -26,6 +26,7 @@ use crate::storage::Location;
 use crate::tensor::Buffer;
 use crate::{Error, Result};
 
+pub(crate) mod dcp;
 pub mod distributed;
 pub(crate) mod folder;
 pub mod hf;
@@ -70,8 +71,17 @@ impl Index {
 /// Reads what `path` names: a model folder, an index and the files it
 /// names, or one file, each recognised by its contents.
 pub(crate) fn read_path(path: &Path, options: &LoadOptions) -> Result<Loaded> {
-    if Location::parse(path).is_local_dir() {
+    let location = Location::parse(path);
+    if location.is_local_dir() {
         return folder::read(path, options);
+    }
+    // A DCP folder on object storage: a prefix holding `.metadata`.
+    if location.is_remote() && Format::from_path(path).is_err() {
+        let storage = location.storage()?;
+        let names = storage.list().map_err(|e| Error::io(path, e))?;
+        if names.iter().any(|n| n == dcp::METADATA) {
+            return dcp::read(path, &*storage, options);
+        }
     }
     let buffer = crate::storage::open(path, options.mmap)?;
     let format = Format::detect(buffer.as_slice(), path)?;

@@ -5,7 +5,7 @@
 
 mod legacy;
 mod module;
-mod pickle;
+pub(crate) mod pickle;
 pub(crate) mod pt2;
 pub(crate) mod safety;
 mod write;
