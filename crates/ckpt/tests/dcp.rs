@@ -35,3 +35,44 @@ fn a_sharded_tensor_is_assembled_from_its_chunks() {
     let ids = &loaded["ids"];
     assert_eq!(ids.shape(), [2, 5], "an empty chunk on the last rank");
 }
+
+/// A `.metadata` rewritten by torch's own pickle to lie: a tensor whose
+/// one chunk claims 16 GiB is refused before anything is allocated, and
+/// chunks that leave a gap are refused by name.
+#[test]
+fn indexes_that_lie_are_refused_without_allocating() {
+    let Some(python) = std::env::var_os("CKPT_PYTHON") else {
+        return;
+    };
+    let cases = [
+        ("huge", "m.size = torch.Size([65536, 65536]); c = m.chunks[0]; c.sizes = torch.Size([65536, 65536])", "claim more bytes"),
+        ("gap", "m.size = torch.Size([m.size[0] + 1] + list(m.size[1:]))", "elements of"),
+    ];
+    for (name, change, problem) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(fixture("dcp/single")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+        let script = format!(
+            "import pickle, sys, torch\n\
+             p = sys.argv[1] + '/.metadata'\n\
+             md = pickle.load(open(p, 'rb'))\n\
+             m = md.state_dict_metadata['model.0.weight']\n\
+             {change}\n\
+             pickle.dump(md, open(p, 'wb'))\n"
+        );
+        let status = std::process::Command::new(&python)
+            .args(["-c", &script, dir.path().to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{name}: the python rewrite failed");
+        let err = ckpt::read(dir.path(), &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(problem) && err.contains("model.0.weight"),
+            "{name}: {err}"
+        );
+    }
+}

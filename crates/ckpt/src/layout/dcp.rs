@@ -6,7 +6,7 @@
 //! non-tensor values read through the safe pickle reader, nesting rebuilt
 //! from `planner_data`. The facts are in `tests/fixtures/dcp/NOTES.md`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -78,8 +78,12 @@ pub(crate) fn read(dir: &Path, storage: &dyn Storage, options: &LoadOptions) -> 
         storage,
         mmap: options.mmap,
         open: HashMap::new(),
+        counted: HashSet::new(),
+        held: 0,
+        allocated: 0,
     };
     let mut root = Value::Dict(Dict::new());
+    let longest = entries.len();
     for entry in entries {
         let value = match &entry.stored {
             Stored::Bytes(item) => files.value(item)?,
@@ -89,7 +93,7 @@ pub(crate) fn read(dir: &Path, storage: &dyn Storage, options: &LoadOptions) -> 
                 chunks,
             } => Value::Tensor(files.tensor(&entry.path, *dtype, size, chunks)?),
         };
-        place(&mut root, &entry.path, value, &meta_path)?;
+        place(&mut root, &entry.path, value, longest, &meta_path)?;
     }
     Ok(Loaded {
         format: Format::Dcp,
@@ -334,12 +338,22 @@ fn planner_paths(o: &Objects<'_>, id: Id) -> Result<HashMap<String, Vec<Key>>> {
     Ok(paths)
 }
 
-/// The `.distcp` files of a folder, each opened once.
+/// Slack over the items' bytes that whole tensors may take.
+const SLACK: u64 = 16 << 20;
+
+/// The `.distcp` files of a folder, each opened once, and the memory
+/// budget: whole tensors take at most the bytes of the distinct items
+/// that hold them (+ [`SLACK`]), so a table that names one item many
+/// times, or claims a tensor larger than its chunks, allocates nothing.
 struct Files<'a> {
     dir: &'a Path,
     storage: &'a dyn Storage,
     mmap: bool,
     open: HashMap<String, Arc<Buffer>>,
+    /// The items counted into `held`.
+    counted: HashSet<(String, u64)>,
+    held: u64,
+    allocated: u64,
 }
 
 impl Files<'_> {
@@ -401,15 +415,24 @@ impl Files<'_> {
             .join(".");
         let meta = self.dir.join(METADATA);
         check_cover(size, chunks).map_err(|p| bad(&meta, format!("{name}: {p}")))?;
-        // Every chunk's item holds at least its bytes: the whole tensor is
-        // no larger than the items that hold it.
+        // Every chunk's item holds at least its bytes: the tensors are no
+        // larger than the distinct items that hold them.
         let total =
             byte_len(dtype, size).ok_or_else(|| bad(&meta, format!("{name}: too large")))?;
-        let held: u64 = chunks.iter().map(|c| c.item.length).sum();
-        if total > held {
+        for chunk in chunks {
+            self.bytes(&chunk.item)?;
+            if self
+                .counted
+                .insert((chunk.item.file.clone(), chunk.item.offset))
+            {
+                self.held += chunk.item.length;
+            }
+        }
+        self.allocated = self.allocated.saturating_add(total);
+        if self.allocated > self.held + SLACK {
             return Err(bad(
                 &meta,
-                format!("{name}: {total} bytes claimed, {held} stored"),
+                format!("{name}: the tensors claim more bytes than the items holding them"),
             ));
         }
         let mut bytes = vec![0u8; total as usize];
@@ -515,7 +538,9 @@ fn place_chunk(whole: &mut [u8], size: &[usize], item: usize, chunk: &Chunk, src
 
 /// Puts `value` at `path` in the tree: a string is a dict key, an integer a
 /// list index (the list padded with `None`, as torch does).
-fn place(root: &mut Value, path: &[Key], value: Value, meta: &Path) -> Result<()> {
+/// A list index is at most `longest` (a list has no more elements than the
+/// index has entries).
+fn place(root: &mut Value, path: &[Key], value: Value, longest: usize, meta: &Path) -> Result<()> {
     let clash = || {
         bad(
             meta,
@@ -536,20 +561,24 @@ fn place(root: &mut Value, path: &[Key], value: Value, meta: &Path) -> Result<()
             true => Value::List(Vec::new()),
             false => Value::Dict(Dict::new()),
         };
-        node = slot(node, key, empty).ok_or_else(clash)?;
+        node = slot(node, key, longest, empty).ok_or_else(clash)?;
     }
-    *slot(node, last, || Value::None).ok_or_else(clash)? = value;
+    *slot(node, last, longest, || Value::None).ok_or_else(clash)? = value;
     Ok(())
 }
 
 /// The child of `node` at `key`, made with `make` when missing.
-fn slot<'a>(node: &'a mut Value, key: &Key, make: impl FnOnce() -> Value) -> Option<&'a mut Value> {
+fn slot<'a>(
+    node: &'a mut Value,
+    key: &Key,
+    longest: usize,
+    make: impl FnOnce() -> Value,
+) -> Option<&'a mut Value> {
     match (node, key) {
         (Value::Dict(d), Key::Str(_)) => Some(d.entry(key.clone()).or_insert_with(make)),
         (Value::List(l), Key::Int(i)) => {
             let i = usize::try_from(*i).ok()?;
-            // A list index cannot run ahead of the items a file holds.
-            if i > l.len() + (1 << 20) {
+            if i >= longest {
                 return None;
             }
             if l.len() <= i {
@@ -634,6 +663,7 @@ mod tests {
             &mut root,
             &[key("opt"), key("groups"), Key::Int(1), key("lr")],
             Value::Float(0.5),
+            4,
             meta,
         )
         .unwrap();
@@ -650,15 +680,11 @@ mod tests {
             &mut root,
             &[key("opt"), key("groups"), key("x")],
             Value::Int(1),
+            4,
             meta,
         )
         .unwrap_err();
-        place(
-            &mut root,
-            &[key("a"), Key::Int(1 << 40)],
-            Value::Int(1),
-            meta,
-        )
-        .unwrap_err();
+        // No list longer than the index has entries.
+        place(&mut root, &[key("a"), Key::Int(4)], Value::Int(1), 4, meta).unwrap_err();
     }
 }
