@@ -86,7 +86,7 @@ pub(crate) fn read(dir: &Path, storage: &dyn Storage, options: &LoadOptions) -> 
     let longest = entries.len();
     for entry in entries {
         let value = match &entry.stored {
-            Stored::Bytes(item) => files.value(item)?,
+            Stored::Bytes(item) => files.load(item)?,
             Stored::Tensor {
                 dtype,
                 size,
@@ -387,17 +387,13 @@ impl Files<'_> {
         }
     }
 
-    /// An item read as the `torch.save` archive it is.
+    /// An item read as the `torch.save` archive it is: a tensor chunk, or
+    /// a non-tensor value.
     fn load(&mut self, item: &Item) -> Result<Value> {
         let path = self.dir.join(&item.file);
         let bytes = self.bytes(item)?.to_vec();
         let entry = path.join(format!("@{}", item.offset));
         crate::format::read(Format::PyTorch, Arc::new(Buffer::Heap(bytes)), &entry).map(|l| l.value)
-    }
-
-    /// A non-tensor value (or a tensor saved whole as one item).
-    fn value(&mut self, item: &Item) -> Result<Value> {
-        self.load(item)
     }
 
     /// The whole tensor its chunks make, each chunk placed at its offsets.
