@@ -317,7 +317,10 @@ pub struct ConvertArgs {
     /// writes `.pth`) unless --format says otherwise.
     pub output: PathBuf,
     /// Write this format whatever OUT is called (for names such as
-    /// `checkpoint.tar` or `weights`).
+    /// `checkpoint.tar` or `weights`). `dcp` writes OUT as a PyTorch
+    /// Distributed Checkpoint folder (`.metadata`, `__0_0.distcp`) that
+    /// `torch.distributed.checkpoint.load` reads into a model sharded any
+    /// way; OUT must not hold one already.
     #[arg(long, value_enum)]
     pub format: Option<WriteFormat>,
     /// Cast every float tensor to this dtype: float32, float16,
@@ -474,6 +477,8 @@ pub enum WriteFormat {
     Npz,
     Npy,
     Ckptz,
+    /// A PyTorch Distributed Checkpoint folder (OUT is the folder).
+    Dcp,
 }
 
 impl WriteFormat {
@@ -485,6 +490,7 @@ impl WriteFormat {
             WriteFormat::Npz => Format::Npz,
             WriteFormat::Npy => Format::Npy,
             WriteFormat::Ckptz => Format::Compressed,
+            WriteFormat::Dcp => Format::Dcp,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! files, argument errors, and readers that go away.
 
 mod common;
+#[path = "../../../tests/interop/python.rs"]
+mod python;
 
 use std::process::Command;
 
@@ -169,6 +171,38 @@ fn convert_format_writes_that_format_whatever_the_name() {
     assert_eq!(
         loaded.value,
         ckpt::load(fixture("mlp.safetensors")).unwrap()
+    );
+}
+
+/// `--format dcp` writes a folder that reads back as the same tree, that
+/// `verify` checks, that is never overwritten, and that torch's
+/// `dcp.load` reads with 1 and 2 ranks.
+#[test]
+fn convert_format_dcp_writes_a_folder_torch_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    for source in ["dcp/single.expected.pth", "pth/checkpoint.pth"] {
+        let source = fixture(source);
+        let folder = dir.path().join(source.file_stem().unwrap());
+        let (src, out_dir) = (source.to_str().unwrap(), folder.to_str().unwrap());
+        let out = ckpt(&["convert", src, out_dir, "--format", "dcp"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("(PyTorch distributed checkpoint (DCP))"));
+        assert!(folder.join(".metadata").is_file());
+        let verify = ckpt(&["verify", out_dir]);
+        assert!(verify.status.success(), "{}", stdout(&verify));
+        let again = ckpt(&["convert", src, out_dir, "--format", "dcp"]);
+        assert!(stderr(&again).contains("already holds a committed DCP checkpoint"));
+        if let Some(python) = python::python() {
+            for world in ["1", "2"] {
+                python::run_peer(&python, "dcp_peer.py", &["load", out_dir, src, world]);
+            }
+        }
+    }
+    // A tree whose keys are already strings reads back as it was.
+    let back = ckpt::load(dir.path().join("single.expected")).unwrap();
+    assert_eq!(
+        back,
+        ckpt::load(fixture("dcp/single.expected.pth")).unwrap()
     );
 }
 

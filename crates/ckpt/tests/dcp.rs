@@ -1,6 +1,7 @@
 //! PyTorch Distributed Checkpoint folders written by real torch
-//! (`tests/fixtures/make_fixtures.py dcp`): ckpt reads each as one tree
-//! equal to what torch's `dcp_to_torch_save` consolidates.
+//! (`tests/fixtures/make_fixtures.py dcp`, one through torch's zstd
+//! transform): ckpt reads each as one tree equal to what torch's
+//! `dcp_to_torch_save` consolidates; folders that lie are refused by name.
 
 mod common;
 
@@ -8,7 +9,7 @@ use common::fixture;
 
 #[test]
 fn dcp_folders_read_as_what_dcp_to_torch_save_gives() {
-    for name in ["single", "ranks2_dim0", "ranks4_dim1"] {
+    for name in ["single", "ranks2_dim0", "ranks4_dim1", "zstd"] {
         let folder = fixture(&format!("dcp/{name}"));
         let loaded =
             ckpt::read(&folder, &Default::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -74,5 +75,60 @@ fn indexes_that_lie_are_refused_without_allocating() {
             err.contains(problem) && err.contains("model.0.weight"),
             "{name}: {err}"
         );
+    }
+}
+
+/// A folder ckpt writes reads back as the tree it saved, carries each
+/// item's hash in `ckpt.integrity.json` (which torch never opens), and a
+/// flipped byte in a data file is found by `verify` and by every read.
+#[test]
+fn a_folder_ckpt_wrote_carries_hashes_that_reads_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("out");
+    let value = ckpt::load(fixture("dcp/ranks2_dim0.expected.pth")).unwrap();
+    let options = ckpt::SaveOptions::default().format(ckpt::Format::Dcp);
+    ckpt::save_with(&folder, &value, &options).unwrap();
+    assert_eq!(ckpt::load(&folder).unwrap(), value);
+    assert!(ckpt::verify(&folder).unwrap().mismatches.is_empty());
+    assert!(folder.join("ckpt.integrity.json").is_file());
+    let data = folder.join("__0_0.distcp");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let at = bytes.len() - 200;
+    bytes[at] ^= 1;
+    std::fs::write(&data, bytes).unwrap();
+    for err in [
+        ckpt::verify(&folder).unwrap_err(),
+        ckpt::load(&folder).unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, ckpt::Error::HashMismatch { .. })
+                && err.to_string().contains("__0_0.distcp"),
+            "{err}"
+        );
+    }
+}
+
+/// The hostile DCP folders (made from ranks2_dim0 by torch's own pickle)
+/// are refused, each for what it is, before anything large is allocated
+/// (the CLI's hostile test runs them under a 1 GiB limit).
+#[test]
+fn hostile_folders_are_refused_by_name() {
+    for (name, problem) in [
+        ("dcp_claims_16gib", "claim more bytes"),
+        ("dcp_escape", "is not a file in the folder"),
+        ("dcp_past_end", "past the file"),
+        ("dcp_zstd_bomb", "claim more bytes"),
+    ] {
+        let folder = fixture(&format!("hostile/{name}"));
+        let err = ckpt::read(&folder, &Default::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(problem) && err.contains(name), "{name}: {err}");
+        let err = ckpt::layout::distributed::Distributed::open(&folder)
+            .and_then(|d| d.load())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(name), "{name}: {err}");
     }
 }

@@ -1,15 +1,22 @@
 //! Multi-rank checkpoints with real processes: W = 4 writer processes
-//! save their parts of one checkpoint (tensors split by rows, unevenly,
-//! and tensors owned whole); the coordinator commits only when all are
-//! there; a rank killed before saving leaves nothing committed; loading
-//! with 1, 2 and 3 ranks gives bit-identical tensors; `ckpt::read` of the
-//! index sees the whole state dict.
+//! save their parts of one DCP checkpoint (tensors split by rows,
+//! unevenly, and tensors owned whole); the coordinator commits only when
+//! all are there; a rank killed before saving leaves nothing committed;
+//! loading with 1, 2 and 3 ranks gives bit-identical tensors; `ckpt::read`
+//! of the folder sees the whole state dict; torch's `dcp.load` reads it
+//! with 1 and 2 ranks. Folders torch wrote load by rank too, and folders
+//! in ckpt's earlier layout (`ckpt.index.json`) still read.
+
+mod common;
+#[path = "../../../tests/interop/python.rs"]
+mod python;
 
 use std::path::Path;
 use std::process::{Child, Command};
 
 use ckpt::layout::distributed::{commit, save_part, Distributed, Part, INDEX};
 use ckpt::{DType, StateDict, TensorData};
+use common::fixture;
 
 const WORLD: usize = 4;
 
@@ -137,15 +144,59 @@ fn four_writer_processes_commit_one_checkpoint_that_any_world_size_loads() {
         ckpt.read_rows("embed.weight", 2..8).unwrap(),
         rows(&whole["embed.weight"], 2..8)
     );
-    // The index is the whole checkpoint for every command.
-    let read = ckpt::load_state_dict(dir.path().join(INDEX)).unwrap();
+    // The folder is the whole checkpoint for every command.
+    let read = ckpt::load_state_dict(dir.path()).unwrap();
     for (name, t) in whole.iter() {
         assert_eq!(read[name], *t, "{name}");
     }
-    assert!(ckpt::verify(dir.path().join(INDEX))
-        .unwrap()
-        .mismatches
-        .is_empty());
+    assert!(ckpt::verify(dir.path()).unwrap().mismatches.is_empty());
+    // torch reads it, whole and sharded across 2 ranks.
+    if let Some(python) = python::python() {
+        let expected = dir.path().join("expected.pth");
+        ckpt::save(&expected, &whole.clone().into()).unwrap();
+        let (d, e) = (dir.path().to_str().unwrap(), expected.to_str().unwrap());
+        for world in ["1", "2"] {
+            python::run_peer(&python, "dcp_peer.py", &["load", d, e, world]);
+        }
+    }
+}
+
+/// Folders real torch wrote (2 ranks on dimension 0, 4 on dimension 1)
+/// load by rank with 1, 2 and 3 ranks, bit-identical to the whole.
+#[test]
+fn folders_torch_wrote_load_by_rank_with_any_world_size() {
+    for name in ["ranks2_dim0", "ranks4_dim1", "single", "zstd"] {
+        let ckpt = Distributed::open(&fixture(&format!("dcp/{name}"))).unwrap();
+        // DCP's keys are the tree's paths joined with dots.
+        let whole: std::collections::HashMap<String, TensorData> =
+            ckpt::load_state_dict(fixture(&format!("dcp/{name}.expected.pth")))
+                .unwrap()
+                .iter()
+                .map(|(k, t)| (k.replace('/', "."), t.clone()))
+                .collect();
+        assert!(!ckpt.tensors().is_empty());
+        for world in 1..=3 {
+            let shards: Vec<StateDict> = (0..world)
+                .map(|r| ckpt.load_shard(r, world).unwrap())
+                .collect();
+            for (tensor, _, shape) in ckpt.tensors() {
+                let mut bytes = Vec::new();
+                for s in &shards {
+                    if shape.is_empty() {
+                        assert_eq!(s[&tensor], whole[&tensor]);
+                        bytes = s[&tensor].bytes().to_vec();
+                    } else {
+                        bytes.extend_from_slice(s[&tensor].bytes());
+                    }
+                }
+                assert_eq!(
+                    bytes,
+                    whole[&tensor].bytes(),
+                    "{name}: {tensor} with {world} ranks"
+                );
+            }
+        }
+    }
 }
 
 #[test]
@@ -160,8 +211,8 @@ fn a_rank_killed_before_its_part_leaves_nothing_committed() {
     children[2].kill().unwrap();
     children[2].wait().unwrap();
     let err = commit(dir.path(), WORLD).unwrap_err().to_string();
-    assert!(err.contains("parts of ranks [2] of 4 are missing"), "{err}");
-    assert!(!dir.path().join(INDEX).exists());
+    assert!(err.contains("ranks [2] of 4 are not whole"), "{err}");
+    assert!(!dir.path().join(".metadata").exists());
     let err = Distributed::open(dir.path()).err().unwrap().to_string();
     assert!(err.contains("no committed checkpoint"), "{err}");
     // Rank 2 comes back and saves: now it commits.
@@ -191,10 +242,13 @@ fn gaps_overlaps_and_bad_ranks_are_refused() {
     save_part(dir.path(), 0, 2, &[part(0..4)]).unwrap();
     save_part(dir.path(), 1, 2, &[part(3..7)]).unwrap();
     let err = commit(dir.path(), 2).unwrap_err().to_string();
-    assert!(err.contains("bias") && err.contains("saved twice"), "{err}");
+    assert!(err.contains("bias") && err.contains("overlap"), "{err}");
     save_part(dir.path(), 1, 2, &[part(5..7)]).unwrap();
     let err = commit(dir.path(), 2).unwrap_err().to_string();
-    assert!(err.contains("bias") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("bias") && err.contains("6 elements of 7"),
+        "{err}"
+    );
     assert!(save_part(dir.path(), 2, 2, &[part(0..7)]).is_err());
     let bad = Part {
         name: "bias".into(),
@@ -205,14 +259,37 @@ fn gaps_overlaps_and_bad_ranks_are_refused() {
     assert!(save_part(dir.path(), 0, 2, &[bad]).is_err());
 }
 
+/// A copy of the folder ckpt 0.x wrote in its own layout (2 ranks:
+/// `layer.weight` split 1 + 3 rows, `layer.bias` and a 0-d `scale` whole).
+fn earlier_layout() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("ckpt-distributed-v1")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn folders_in_the_earlier_layout_still_read() {
+    let dir = earlier_layout();
+    let ckpt = Distributed::open(dir.path()).unwrap();
+    assert_eq!(ckpt.world(), 2);
+    let w: Vec<f32> = (0..12).map(|i| i as f32 * 0.5 - 1.0).collect();
+    let weight = TensorData::from_f32(&[4, 3], &w).unwrap();
+    assert_eq!(ckpt.read_rows("layer.weight", 0..4).unwrap(), weight);
+    assert_eq!(
+        ckpt.read_rows("layer.weight", 2..3).unwrap(),
+        rows(&weight, 2..3)
+    );
+    let whole = ckpt::load_state_dict(dir.path().join(INDEX)).unwrap();
+    assert_eq!(whole["layer.weight"], weight);
+    assert_eq!(whole["scale"], TensorData::from_f32(&[], &[2.5]).unwrap());
+}
+
 #[test]
 fn an_index_whose_pieces_are_out_of_order_or_overlap_is_refused_on_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = model();
-    let part = |r| bias_part(&m, r);
-    save_part(dir.path(), 0, 2, &[part(0..4)]).unwrap();
-    save_part(dir.path(), 1, 2, &[part(4..7)]).unwrap();
-    commit(dir.path(), 2).unwrap();
+    let dir = earlier_layout();
     let index = dir.path().join(INDEX);
     let good: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
@@ -228,7 +305,7 @@ fn an_index_whose_pieces_are_out_of_order_or_overlap_is_refused_on_read() {
     assert!(ckpt::load_state_dict(&index).is_err());
     // The second piece claiming rows the first already covers.
     let mut overlapping = good;
-    overlapping["tensors"][0]["pieces"][1]["rows"] = serde_json::json!([3, 6]);
+    overlapping["tensors"][0]["pieces"][1]["rows"] = serde_json::json!([0, 3]);
     std::fs::write(&index, overlapping.to_string()).unwrap();
     let err = Distributed::open(dir.path()).err().unwrap().to_string();
     assert!(err.contains("saved twice"), "{err}");

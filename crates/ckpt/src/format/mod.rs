@@ -256,7 +256,7 @@ impl Format {
     pub fn writable(self) -> bool {
         !matches!(
             self,
-            Format::TorchScript | Format::Pickle | Format::ExportedProgram | Format::Dcp
+            Format::TorchScript | Format::Pickle | Format::ExportedProgram
         )
     }
 

@@ -117,12 +117,13 @@ pub(crate) fn plan(
         Format::PyTorch => Box::new(super::pytorch::Plan::new(value, path)?),
         Format::Npy | Format::Npz => Box::new(super::numpy::Plan::new(format, value, path)?),
         Format::Compressed => Box::new(super::compressed::Plan::new(value, &options.metadata)?),
-        Format::ShardedIndex => {
+        // Folders, written by their layouts.
+        Format::ShardedIndex | Format::Dcp => {
             return Err(crate::Error::UnknownExtension {
                 path: path.to_owned(),
             })
         }
-        Format::TorchScript | Format::Pickle | Format::ExportedProgram | Format::Dcp => {
+        Format::TorchScript | Format::Pickle | Format::ExportedProgram => {
             return Err(crate::Error::ReadOnlyFormat {
                 path: path.to_owned(),
                 format,

@@ -1,37 +1,42 @@
-//! Multi-rank checkpoints: each of W ranks saves its part (whole tensors
-//! it owns, or row ranges of tensors split across ranks) on its own; the
-//! checkpoint commits when a coordinator (any rank) finds all W parts and
-//! writes the index. Loading with any number of ranks reads exactly the
-//! byte ranges each needs (ranged reads on object storage).
+//! Multi-rank checkpoints, written as PyTorch Distributed Checkpoint (DCP)
+//! folders: each of W ranks saves its part (whole tensors it owns, or row
+//! ranges of tensors split across ranks) on its own; the checkpoint commits
+//! when a coordinator (any rank) finds all W parts and writes `.metadata`.
+//! `torch.distributed.checkpoint.load` reads the folder into a model
+//! sharded any way, and loading here with any number of ranks reads only
+//! the items each needs (ranged reads on object storage).
 //!
 //! ```text
 //! DIR/                        (a local directory or s3://bucket/prefix)
-//!   part-00002.bin            rank 2's slices, back to back
-//!   part-00002.json           what they are: written after the .bin, so
-//!                             its presence says the part is whole
-//!   ckpt.index.json           the commit: {"format": "ckpt-distributed",
-//!                             "version": 1, "world": W, "tensors": [{"name",
-//!                             "dtype", "shape", "pieces": [{"rank", "rows":
-//!                             [a, b], "offset", "length", "hash"}]}]}
+//!   __2_0.distcp              rank 2's slices, each a torch.save archive
+//!   __2_0.ckpt.json           what they are: written after the .distcp,
+//!                             so its presence says the part is whole
+//!   ckpt.integrity.json       each item's content hash (torch ignores it)
+//!   .metadata                 the commit: torch's Metadata pickle
 //! ```
 //!
-//! Rows are ranges of dimension 0 (a 0-d tensor is one whole piece). The
-//! index, read through [`crate::read`] (`ckpt inspect`, `ckpt convert`),
-//! is the whole checkpoint as one state dict.
+//! Rows are ranges of dimension 0 (a 0-d tensor is one whole piece).
+//! Folders a DCP-writing PyTorch job saved open the same way, their chunks
+//! cut along any dimension; folders in ckpt's earlier layout
+//! (`ckpt.index.json` + `part-*.bin`) still read. The folder, read through
+//! [`crate::read`] (`ckpt inspect`, `ckpt convert`), is the whole
+//! checkpoint.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 
+use super::dcp::write::{Piece, What};
+use super::dcp::{self, place_chunk};
 use crate::storage::Storage;
-use crate::{byte_len, DType, Error, Result, StateDict, TensorData};
+use crate::{byte_len, DType, Error, Key, Result, StateDict, TensorData};
 
-/// The commit file's name.
+/// The commit file of folders in ckpt's earlier layout, still read.
 pub const INDEX: &str = "ckpt.index.json";
-/// The `format` of a multi-rank checkpoint's index.
+/// The `format` of an earlier multi-rank checkpoint's index.
 pub(crate) const FORMAT: &str = "ckpt-distributed";
 
 /// One slice a rank saves: rows `rows` of the tensor `name`, whose whole
@@ -60,6 +65,23 @@ impl Part {
             data,
         }
     }
+
+    /// The slice as a DCP chunk: where it sits in the whole tensor.
+    fn piece(&self) -> Piece<'_> {
+        let mut offsets = vec![0; self.shape.len()];
+        if let Some(first) = offsets.first_mut() {
+            *first = self.rows.start;
+        }
+        Piece {
+            fqn: self.name.clone(),
+            path: vec![Key::Str(self.name.clone())],
+            what: What::Chunk {
+                size: self.shape.clone(),
+                offsets,
+                data: &self.data,
+            },
+        }
+    }
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
@@ -82,19 +104,9 @@ fn row_bytes(dtype: DType, shape: &[usize]) -> u64 {
     byte_len(dtype, shape.get(1..).unwrap_or(&[])).unwrap_or(0)
 }
 
-/// Saves rank `rank`'s part of a `world`-rank checkpoint in `dir`: the
-/// slices, then the description that marks the part whole.
+/// Saves rank `rank`'s part of a `world`-rank checkpoint in `dir`: its
+/// `.distcp` file, then the description that marks the part whole.
 pub fn save_part(dir: &Path, rank: usize, world: usize, parts: &[Part]) -> Result<()> {
-    if rank >= world {
-        return Err(bad(
-            dir,
-            format!("rank {rank} is not below the world size {world}"),
-        ));
-    }
-    let store = storage(dir)?;
-    store.create_root().map_err(|e| Error::io(dir, e))?;
-    let mut entries = Vec::new();
-    let mut offset = 0u64;
     for p in parts {
         let rows = p.shape.first().copied().unwrap_or(1);
         let mut slice_shape = vec![p.rows.len()];
@@ -114,43 +126,50 @@ pub fn save_part(dir: &Path, rank: usize, world: usize, parts: &[Part]) -> Resul
                 ),
             ));
         }
-        let length = p.data.bytes().len() as u64;
-        entries.push(json!({
-            "name": p.name,
-            "dtype": p.data.dtype().safetensors_name(),
-            "shape": p.shape,
-            "rows": [p.rows.start, p.rows.end],
-            "offset": offset,
-            "length": length,
-            "hash": super::incremental::chunk_hash(p.data.bytes()),
-        }));
-        offset += length;
     }
-    let bin = part_name(rank, "bin");
-    store
-        .write(&bin, &mut |out| {
-            for p in parts {
-                out.write_all(p.data.bytes())?;
-            }
-            Ok(())
-        })
-        .map_err(|e| Error::io(dir.join(&bin), e))?;
-    store.sync(&bin).map_err(|e| Error::io(dir.join(&bin), e))?;
-    let meta =
-        json!({"rank": rank, "world": world, "bytes": offset, "entries": entries}).to_string();
-    let name = part_name(rank, "json");
-    store
-        .write(&name, &mut |out| out.write_all(meta.as_bytes()))
-        .map_err(|e| Error::io(dir.join(&name), e))?;
-    store
-        .sync(&name)
-        .map_err(|e| Error::io(dir.join(&name), e))?;
-    store.sync("").map_err(|e| Error::io(dir, e))
+    let pieces: Vec<Piece<'_>> = parts.iter().map(Part::piece).collect();
+    dcp::write::write_rank(&*storage(dir)?, dir, rank, world, &pieces)
 }
 
-/// One piece of a tensor: which rank's file, which rows, where.
+/// Commits the checkpoint in `dir` when all `world` parts are there:
+/// checks that the pieces of every tensor cover it exactly once, then
+/// writes `.metadata`. Any rank may run it; until it succeeds, no reader
+/// sees the checkpoint.
+pub fn commit(dir: &Path, world: usize) -> Result<()> {
+    dcp::write::commit(&*storage(dir)?, dir, world)
+}
+
+/// Where a piece's bytes are.
 #[derive(Debug, Clone)]
-struct Piece {
+enum Source {
+    /// Raw rows in an earlier layout's `part-*.bin`, and their hash.
+    Raw {
+        file: String,
+        offset: u64,
+        hash: String,
+    },
+    /// A DCP item: a `torch.save` archive of the chunk.
+    Saved(dcp::Chunk),
+}
+
+/// One piece of a tensor: where it sits in the whole, and its bytes.
+#[derive(Debug, Clone)]
+struct Slice {
+    offsets: Vec<usize>,
+    sizes: Vec<usize>,
+    source: Source,
+}
+
+/// A tensor of the whole checkpoint and its pieces.
+#[derive(Debug, Clone)]
+struct Entry {
+    dtype: DType,
+    shape: Vec<usize>,
+    pieces: Vec<Slice>,
+}
+
+/// A piece of an earlier layout's index: rows of one rank's `part-*.bin`.
+struct Rows {
     rank: usize,
     rows: Range<usize>,
     offset: u64,
@@ -158,15 +177,8 @@ struct Piece {
     hash: String,
 }
 
-/// A tensor of the whole checkpoint and its pieces, in row order.
-#[derive(Debug, Clone)]
-struct Entry {
-    dtype: DType,
-    shape: Vec<usize>,
-    pieces: Vec<Piece>,
-}
-
-fn parse_entry(e: &Json, path: &Path) -> Result<(String, DType, Vec<usize>, Piece)> {
+/// One entry of an earlier layout's index (`ckpt.index.json`).
+fn parse_entry(e: &Json, path: &Path) -> Result<(String, DType, Vec<usize>, Rows)> {
     let field = |k: &str| {
         e.get(k)
             .ok_or_else(|| bad(path, format!("an entry has no {k}")))
@@ -194,7 +206,7 @@ fn parse_entry(e: &Json, path: &Path) -> Result<(String, DType, Vec<usize>, Piec
             .as_u64()
             .ok_or_else(|| bad(path, format!("{name}: bad {k}")))
     };
-    let piece = Piece {
+    let piece = Rows {
         rank: e.get("rank").and_then(Json::as_u64).unwrap_or(0) as usize,
         rows: rows[0]..rows[1],
         offset: num("offset")?,
@@ -213,14 +225,12 @@ fn parse_entry(e: &Json, path: &Path) -> Result<(String, DType, Vec<usize>, Piec
     Ok((name, dtype, shape, piece))
 }
 
-/// Checks that `e`'s pieces, in row order, cover its rows exactly once:
-/// at commit (after sorting) and again when an index is read, where pieces
-/// out of order or overlapping would be read differently by different
-/// readers.
-fn check_pieces(name: &str, e: &Entry, at: &Path) -> Result<()> {
-    let rows = e.shape.first().copied().unwrap_or(1);
+/// Checks that an earlier index's pieces, in row order, cover the rows
+/// exactly once: pieces out of order or overlapping would be read
+/// differently by different readers.
+fn check_rows(name: &str, total: usize, pieces: &[Rows], at: &Path) -> Result<()> {
     let mut next = 0;
-    for p in &e.pieces {
+    for p in pieces {
         if p.rows.start != next {
             return Err(bad(
                 at,
@@ -232,89 +242,10 @@ fn check_pieces(name: &str, e: &Entry, at: &Path) -> Result<()> {
         }
         next = p.rows.end;
     }
-    if next != rows {
-        return Err(bad(at, format!("{name}: rows {next}..{rows} are missing")));
+    if next != total {
+        return Err(bad(at, format!("{name}: rows {next}..{total} are missing")));
     }
     Ok(())
-}
-
-/// Commits the checkpoint in `dir` when all `world` parts are there:
-/// checks that the pieces of every tensor cover its rows exactly once,
-/// then writes the index. Any rank may run it; until it succeeds, no
-/// reader sees the checkpoint.
-pub fn commit(dir: &Path, world: usize) -> Result<()> {
-    let store = storage(dir)?;
-    let mut missing = Vec::new();
-    let mut tensors: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut order = Vec::new();
-    for rank in 0..world {
-        let name = part_name(rank, "json");
-        let bytes = match store.read(&name) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                missing.push(rank);
-                continue;
-            }
-            Err(e) => return Err(Error::io(dir.join(&name), e)),
-        };
-        let path = dir.join(&name);
-        let meta: Json =
-            crate::json::parse(&bytes).map_err(|e| bad(&path, format!("not JSON ({e})")))?;
-        if meta.get("world").and_then(Json::as_u64) != Some(world as u64)
-            || meta.get("rank").and_then(Json::as_u64) != Some(rank as u64)
-        {
-            return Err(bad(&path, format!("not rank {rank} of {world}")));
-        }
-        for e in meta
-            .get("entries")
-            .and_then(Json::as_array)
-            .ok_or_else(|| bad(&path, "no entries"))?
-        {
-            let (tensor, dtype, shape, mut piece) = parse_entry(e, &path)?;
-            piece.rank = rank;
-            let entry = tensors.entry(tensor.clone()).or_insert_with(|| {
-                order.push(tensor.clone());
-                Entry {
-                    dtype,
-                    shape: shape.clone(),
-                    pieces: Vec::new(),
-                }
-            });
-            if entry.dtype != dtype || entry.shape != shape {
-                return Err(bad(
-                    &path,
-                    format!("{tensor}: ranks disagree on its dtype or shape"),
-                ));
-            }
-            entry.pieces.push(piece);
-        }
-    }
-    if !missing.is_empty() {
-        return Err(bad(
-            dir,
-            format!("not committed: parts of ranks {missing:?} of {world} are missing"),
-        ));
-    }
-    let mut list = Vec::new();
-    for name in &order {
-        let e = tensors.get_mut(name).expect("inserted");
-        e.pieces.sort_by_key(|p| p.rows.start);
-        check_pieces(name, e, dir)?;
-        let pieces: Vec<Json> = e
-            .pieces
-            .iter()
-            .map(|p| {
-                json!({"rank": p.rank, "rows": [p.rows.start, p.rows.end], "offset": p.offset,
-                       "length": p.length, "hash": p.hash})
-            })
-            .collect();
-        list.push(json!({"name": name, "dtype": e.dtype.safetensors_name(), "shape": e.shape, "pieces": pieces}));
-    }
-    let index =
-        json!({"format": FORMAT, "version": 1, "world": world, "tensors": list}).to_string();
-    crate::storage::write_atomic(&dir.join(INDEX), true, |out| {
-        out.write_all(index.as_bytes())
-    })
 }
 
 /// A committed multi-rank checkpoint, open for reading.
@@ -327,25 +258,72 @@ pub struct Distributed {
 }
 
 impl Distributed {
-    /// Opens the committed checkpoint in `dir`.
+    /// Opens the committed checkpoint in `dir`: a DCP folder (`.metadata`)
+    /// or one in ckpt's earlier layout (`ckpt.index.json`).
     pub fn open(dir: &Path) -> Result<Distributed> {
-        let store = storage(dir)?;
-        let bytes = store.read(INDEX).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                bad(dir, "no committed checkpoint (no ckpt.index.json)")
-            }
-            _ => Error::io(dir.join(INDEX), e),
-        })?;
-        Distributed::from_index(&bytes, dir, store)
+        Distributed::open_in(dir, storage(dir)?)
     }
 
-    fn from_index(bytes: &[u8], dir: &Path, store: Arc<dyn Storage>) -> Result<Distributed> {
-        let json: Json = crate::json::parse(bytes)
+    /// [`open`](Distributed::open) through `store`, whose root is `dir`
+    /// (any [`Storage`], such as one in memory).
+    pub fn open_in(dir: &Path, store: Arc<dyn Storage>) -> Result<Distributed> {
+        match store.read(dcp::METADATA) {
+            Ok(_) => return Distributed::from_dcp(dir, store),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(dir.join(dcp::METADATA), e))
+            }
+            Err(_) => {}
+        }
+        let bytes = store.read(INDEX).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => bad(dir, "no committed checkpoint (no .metadata)"),
+            _ => Error::io(dir.join(INDEX), e),
+        })?;
+        let json: Json = crate::json::parse(&bytes)
             .map_err(|e| bad(&dir.join(INDEX), format!("not JSON ({e})")))?;
         Distributed::from_json(&json, dir, store)
     }
 
-    /// The checkpoint the parsed index `json` (in `dir`) describes.
+    /// A DCP folder's tensors; its world size counted from the ranks that
+    /// named its data files (`__<rank>_<n>.distcp`).
+    fn from_dcp(dir: &Path, store: Arc<dyn Storage>) -> Result<Distributed> {
+        let mut order = Vec::new();
+        let mut tensors = BTreeMap::new();
+        let mut world = 1;
+        for t in dcp::tensors(&*store, dir)? {
+            let pieces =
+                t.chunks
+                    .into_iter()
+                    .map(|c| {
+                        let rank = c.item.file.strip_prefix("__").and_then(|f| {
+                            f.split('_').next().and_then(|r| r.parse::<usize>().ok())
+                        });
+                        world = world.max(rank.map_or(1, |r| r.saturating_add(1)));
+                        Slice {
+                            offsets: c.offsets.clone(),
+                            sizes: c.sizes.clone(),
+                            source: Source::Saved(c),
+                        }
+                    })
+                    .collect();
+            order.push(t.fqn.clone());
+            let entry = Entry {
+                dtype: t.dtype,
+                shape: t.size,
+                pieces,
+            };
+            tensors.insert(t.fqn, entry);
+        }
+        Ok(Distributed {
+            dir: dir.to_owned(),
+            store,
+            world,
+            order,
+            tensors,
+        })
+    }
+
+    /// The checkpoint an earlier layout's parsed index `json` (in `dir`)
+    /// describes.
     pub(crate) fn from_json(
         json: &Json,
         dir: &Path,
@@ -391,13 +369,16 @@ impl Distributed {
                 .get("name")
                 .and_then(Json::as_str)
                 .ok_or_else(|| bad(&path, "name"))?;
-            order.push(name.to_owned());
+            check_rows(name, shape.first().copied().unwrap_or(1), &pieces, &path)?;
             let entry = Entry {
+                pieces: pieces
+                    .into_iter()
+                    .map(|p| legacy_slice(p, &shape))
+                    .collect(),
                 dtype,
                 shape,
-                pieces,
             };
-            check_pieces(name, &entry, &path)?;
+            order.push(name.to_owned());
             if tensors.insert(name.to_owned(), entry).is_some() {
                 return Err(bad(&path, format!("{name}: named twice")));
             }
@@ -430,9 +411,9 @@ impl Distributed {
             .collect()
     }
 
-    /// Rows `rows` of tensor `name`, reading exactly their bytes from the
-    /// parts that hold them (a whole piece read is checked against its
-    /// hash).
+    /// Rows `rows` of tensor `name`, reading only the pieces that hold
+    /// them (of an earlier layout's raw rows, exactly their bytes); whole
+    /// pieces are checked against their hashes.
     pub fn read_rows(&self, name: &str, rows: Range<usize>) -> Result<TensorData> {
         let e = self
             .tensors
@@ -442,45 +423,79 @@ impl Distributed {
         if rows.end > total || rows.start > rows.end {
             return Err(bad(&self.dir, format!("{name}: rows {rows:?} of {total}")));
         }
-        let row = row_bytes(e.dtype, &e.shape);
-        // Grown as bytes arrive: an index's claims are not allocated.
-        let mut bytes = Vec::new();
+        let mut shape = e.shape.clone();
+        if let Some(first) = shape.first_mut() {
+            *first = rows.len();
+        }
+        // Pieces are read before the result is allocated: an index's
+        // claims are never allocated, only bytes that arrived.
+        let mut got = Vec::new();
+        let mut held = 0u64;
         for p in &e.pieces {
-            let (a, b) = (rows.start.max(p.rows.start), rows.end.min(p.rows.end));
-            if a >= b {
+            let (a, b) = match p.offsets.first() {
+                Some(&o) => (rows.start.max(o), rows.end.min(o + p.sizes[0])),
+                None => (0, 1),
+            };
+            if a >= b || p.sizes.contains(&0) {
                 continue;
             }
-            let at = |r: usize| {
-                ((r - p.rows.start) as u64)
-                    .checked_mul(row)
-                    .and_then(|o| o.checked_add(p.offset))
-                    .ok_or_else(|| bad(&self.dir, format!("{name}: offsets overflow")))
-            };
-            let (start, end) = (at(a)?, at(b)?);
-            let file = part_name(p.rank, "bin");
-            let got = self
-                .store
-                .read_range(&file, start..end)
-                .map_err(|e| Error::io(self.dir.join(&file), e))?;
-            if got.len() as u64 != end - start {
-                return Err(bad(&self.dir.join(&file), format!("{name}: short read")));
+            let bytes = self.slice_rows(name, e.dtype, p, a..b)?;
+            held += bytes.len() as u64;
+            let mut offsets = p.offsets.clone();
+            let mut sizes = p.sizes.clone();
+            if let (Some(o), Some(s)) = (offsets.first_mut(), sizes.first_mut()) {
+                (*o, *s) = (a - rows.start, b - a);
             }
-            if (a, b) == (p.rows.start, p.rows.end)
-                && super::incremental::chunk_hash(&got) != p.hash
-            {
-                return Err(Error::HashMismatch {
-                    path: self.dir.join(&file),
-                    expected: p.hash.clone(),
-                    found: super::incremental::chunk_hash(&got),
-                });
-            }
-            bytes.extend_from_slice(&got);
+            got.push((offsets, sizes, bytes));
         }
-        let mut shape = e.shape.clone();
-        if !shape.is_empty() {
-            shape[0] = rows.len();
+        let len = byte_len(e.dtype, &shape).filter(|&n| n <= held);
+        let len =
+            len.ok_or_else(|| bad(&self.dir, format!("{name}: its pieces do not fill it")))?;
+        let mut bytes = vec![0u8; len as usize];
+        for (offsets, sizes, src) in &got {
+            place_chunk(&mut bytes, &shape, e.dtype.size(), (offsets, sizes), src);
         }
         TensorData::new(e.dtype, shape, bytes)
+    }
+
+    /// Rows `rows` (of the whole tensor) of piece `p`, as bytes.
+    fn slice_rows(
+        &self,
+        name: &str,
+        dtype: DType,
+        p: &Slice,
+        rows: Range<usize>,
+    ) -> Result<Vec<u8>> {
+        let first = p.offsets.first().copied().unwrap_or(0);
+        let row = row_bytes(dtype, &p.sizes);
+        let local = (rows.start - first) as u64 * row..(rows.end - first) as u64 * row;
+        let whole = local.end - local.start == byte_len(dtype, &p.sizes).unwrap_or(0);
+        match &p.source {
+            Source::Saved(chunk) => {
+                let t = dcp::read_chunk(&*self.store, &self.dir, dtype, chunk)?;
+                Ok(t.bytes()[local.start as usize..local.end as usize].to_vec())
+            }
+            Source::Raw { file, offset, hash } => {
+                let path = self.dir.join(file);
+                let range = offset + local.start..offset + local.end;
+                let got = self
+                    .store
+                    .read_range(file, range.clone())
+                    .map_err(|e| Error::io(&path, e))?;
+                if got.len() as u64 != range.end - range.start {
+                    return Err(bad(&path, format!("{name}: short read")));
+                }
+                let found = super::incremental::chunk_hash(&got);
+                if whole && &found != hash {
+                    return Err(Error::HashMismatch {
+                        path,
+                        expected: hash.clone(),
+                        found,
+                    });
+                }
+                Ok(got)
+            }
+        }
     }
 
     /// What rank `rank` of `world` holds when every tensor's rows are
@@ -502,5 +517,23 @@ impl Distributed {
     /// The whole checkpoint as one state dict.
     pub fn load(&self) -> Result<StateDict> {
         self.load_shard(0, 1)
+    }
+}
+
+/// An earlier layout's rows as a piece placed in the whole tensor.
+fn legacy_slice(p: Rows, shape: &[usize]) -> Slice {
+    let mut offsets = vec![0; shape.len()];
+    let mut sizes = shape.to_vec();
+    if let (Some(o), Some(s)) = (offsets.first_mut(), sizes.first_mut()) {
+        (*o, *s) = (p.rows.start, p.rows.len());
+    }
+    Slice {
+        offsets,
+        sizes,
+        source: Source::Raw {
+            file: part_name(p.rank, "bin"),
+            offset: p.offset,
+            hash: p.hash,
+        },
     }
 }

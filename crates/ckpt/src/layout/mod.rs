@@ -26,7 +26,7 @@ use crate::storage::Location;
 use crate::tensor::Buffer;
 use crate::{Error, Result};
 
-pub(crate) mod dcp;
+pub mod dcp;
 pub mod distributed;
 pub(crate) mod folder;
 pub mod hf;

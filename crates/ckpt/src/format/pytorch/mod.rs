@@ -8,7 +8,7 @@ mod module;
 pub(crate) mod pickle;
 pub(crate) mod pt2;
 pub(crate) mod safety;
-mod write;
+pub(crate) mod write;
 pub mod zip;
 
 use std::collections::HashMap;

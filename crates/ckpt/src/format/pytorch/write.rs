@@ -28,16 +28,13 @@ impl Plan {
     /// Plans the file for `value`, to be saved at `path` (whose file stem
     /// names the archive's top folder, as torch does).
     pub(crate) fn new(value: &Value, path: &Path) -> Result<Plan> {
-        let mut pickler = Pickler {
-            out: vec![0x80, 0x02],
-            tensors: Vec::new(),
-        };
+        let mut pickler = Pickler::new();
         pickler.value(value, 0)?;
-        pickler.out.push(b'.');
+        let tensors = std::mem::take(&mut pickler.tensors);
         Ok(Plan {
             prefix: archive_prefix(path),
-            pickle: pickler.out,
-            tensors: pickler.tensors,
+            pickle: pickler.finish(),
+            tensors,
         })
     }
 }
@@ -84,13 +81,35 @@ fn serialization_id() -> String {
     format!("{:040}", seed % 10u128.pow(38))
 }
 
-struct Pickler {
+/// A protocol-2 pickle being written. Beside whole values, the parts
+/// other writers build objects from: opcodes, integers, strings, globals.
+pub(crate) struct Pickler {
     out: Vec<u8>,
     tensors: Vec<TensorData>,
 }
 
 impl Pickler {
-    fn value(&mut self, value: &Value, depth: usize) -> Result<()> {
+    /// A pickle opened with `PROTO 2`.
+    pub(crate) fn new() -> Pickler {
+        Pickler {
+            out: vec![0x80, 0x02],
+            tensors: Vec::new(),
+        }
+    }
+
+    /// Closes the pickle with `STOP`; its bytes.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.out.push(b'.');
+        self.out
+    }
+
+    /// Raw opcodes.
+    pub(crate) fn op(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// `value`, its tensors as storages of the archive.
+    pub(crate) fn value(&mut self, value: &Value, depth: usize) -> Result<()> {
         if depth > crate::tree::MAX_DEPTH {
             return Err(crate::Error::TreeTooDeep {
                 limit: crate::tree::MAX_DEPTH,
@@ -161,7 +180,8 @@ impl Pickler {
         Ok(())
     }
 
-    fn int(&mut self, i: i64) {
+    /// An integer in the shortest opcode.
+    pub(crate) fn int(&mut self, i: i64) {
         match i {
             0..=0xFF => self.out.extend_from_slice(&[b'K', i as u8]),
             0x100..=0xFFFF => {
@@ -181,13 +201,15 @@ impl Pickler {
         }
     }
 
-    fn str(&mut self, s: &str) {
+    /// A string (`BINUNICODE`).
+    pub(crate) fn str(&mut self, s: &str) {
         self.out.push(b'X');
         self.out.extend_from_slice(&(s.len() as u32).to_le_bytes());
         self.out.extend_from_slice(s.as_bytes());
     }
 
-    fn global(&mut self, module: &str, name: &str) {
+    /// `GLOBAL module name`.
+    pub(crate) fn global(&mut self, module: &str, name: &str) {
         self.out.push(b'c');
         self.out.extend_from_slice(module.as_bytes());
         self.out.push(b'\n');
@@ -195,7 +217,8 @@ impl Pickler {
         self.out.push(b'\n');
     }
 
-    fn dims(&mut self, dims: &[u64]) {
+    /// A tuple of dimensions.
+    pub(crate) fn dims(&mut self, dims: &[u64]) {
         let items: Vec<Value> = dims.iter().map(|&d| Value::Int(d as i64)).collect();
         // Cannot fail: ints only, depth 1.
         let _ = self.value(&Value::Tuple(items), 0);
