@@ -132,3 +132,23 @@ fn hostile_folders_are_refused_by_name() {
         assert!(err.contains(name), "{name}: {err}");
     }
 }
+
+/// The per-rank shards torch's Hugging Face DCP writer leaves
+/// (`hf_ranks2/sharded/`, each rank's chunk under the plain key with its
+/// offsets in `DCP_SHARDING_INFO`) consolidate into the tensors torch's own
+/// reader gives (its key order follows the directory listing: compared as
+/// maps).
+#[test]
+fn hugging_face_dcp_shards_consolidate_by_their_sharding_info() {
+    let folder = fixture("dcp/hf_ranks2/sharded");
+    let loaded = ckpt::read(&folder, &Default::default()).unwrap();
+    assert_eq!(loaded.format, ckpt::Format::Dcp);
+    let got = ckpt::StateDict::flatten(&loaded.value).unwrap();
+    let want = ckpt::load_state_dict(fixture("dcp/hf_ranks2.expected.pth")).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (name, t) in want.iter() {
+        assert_eq!(&got[name], t, "{name}");
+    }
+    assert_eq!(got["w"].shape(), [7, 3], "rank 1's rows follow rank 0's");
+    assert!(ckpt::verify(&folder).unwrap().mismatches.is_empty());
+}

@@ -1,7 +1,8 @@
 //! Folders that hold one model, read as one file would be: a Hugging Face
 //! model folder (`config.json` beside `model.safetensors`,
-//! `pytorch_model.bin`, or a sharded index and its shards), or any folder
-//! with exactly one weight file.
+//! `pytorch_model.bin`, or a sharded index and its shards), a DCP folder
+//! (`.metadata`, or the per-rank shards of torch's Hugging Face DCP
+//! writer), or any folder with exactly one weight file.
 //!
 //! The weights are chosen as `transformers` chooses them
 //! (`modeling_utils`): `model.safetensors`, then its index, then
@@ -28,6 +29,10 @@ pub(crate) fn read(dir: &Path, options: &LoadOptions) -> Result<Loaded> {
     if dir.join(super::dcp::METADATA).is_file() {
         let storage = crate::storage::LocalStorage::new(dir);
         return super::dcp::read(dir, &storage, options);
+    }
+    let shards = super::dcp::hf::shard_files(dir);
+    if !shards.is_empty() && !PREFERRED.iter().any(|n| dir.join(n).is_file()) {
+        return super::dcp::hf::read(dir, &shards, options);
     }
     let weights = choose(dir)?;
     let mut loaded = super::read_path(&weights, options)?;

@@ -20,6 +20,7 @@ use crate::tensor::Buffer;
 use crate::{byte_len, DType, Dict, Error, Key, Result, TensorData, Value};
 
 mod assemble;
+pub(crate) mod hf;
 mod metadata;
 pub(crate) mod write;
 

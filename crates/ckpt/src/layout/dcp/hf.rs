@@ -1,0 +1,142 @@
+//! The Hugging Face flavour of DCP: the per-rank safetensors shards torch's
+//! `HuggingFaceStorageWriter(save_distributed=True)` writes
+//! (`shard-<rank+1>-model-<i>-of-<n>.safetensors`), each holding its
+//! rank's local chunk of every tensor under the plain key, with the
+//! chunk's global offsets in `__metadata__["DCP_SHARDING_INFO"]`. Read as
+//! one state dict, consolidating as torch's reader does: a tensor's whole
+//! shape is the furthest any chunk reaches.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use super::assemble::{check_cover, place_chunk};
+use super::{bad, Chunk, Item, SLACK};
+use crate::format::{Format, LoadOptions, Loaded};
+use crate::{byte_len, DType, Dict, Key, Result, TensorData, Value};
+
+/// The metadata key that holds each tensor's saved offsets.
+const SHARDING_INFO: &str = "DCP_SHARDING_INFO";
+
+/// The shard files of a folder torch's Hugging Face DCP writer filled, in
+/// name order; none when it holds other files' kinds of weights.
+pub(crate) fn shard_files(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("shard-") && n.contains("-of-") && n.ends_with(".safetensors")
+            })
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// One tensor being consolidated: its dtype and its chunks with their data.
+struct Pieces {
+    dtype: DType,
+    chunks: Vec<(Chunk, TensorData)>,
+}
+
+/// Reads the shards `files` (of the folder `dir`) as one state dict.
+pub(crate) fn read(dir: &Path, files: &[PathBuf], options: &LoadOptions) -> Result<Loaded> {
+    let mut order = Vec::new();
+    let mut tensors: HashMap<String, Pieces> = HashMap::new();
+    for file in files {
+        let buffer = crate::storage::open(file, options.mmap)?;
+        let loaded = crate::format::read(Format::Safetensors, buffer, file)?;
+        let info = loaded
+            .metadata
+            .get(SHARDING_INFO)
+            .and_then(|s| crate::json::parse(s.as_bytes()).ok())
+            .ok_or_else(|| bad(file, format!("no readable {SHARDING_INFO} in its metadata")))?;
+        let Value::Dict(dict) = loaded.value else {
+            return Err(bad(file, "holds no tensors"));
+        };
+        for (key, value) in dict {
+            let (Key::Str(fqn), Value::Tensor(t)) = (key, value) else {
+                return Err(bad(file, "holds a value that is not a tensor"));
+            };
+            let offsets = saved_offsets(&info, &fqn, t.shape().len())
+                .ok_or_else(|| bad(file, format!("{fqn}: no saved offsets of its rank")))?;
+            let chunk = Chunk {
+                offsets,
+                sizes: t.shape().to_vec(),
+                item: Item {
+                    file: file.display().to_string(),
+                    offset: 0,
+                    length: t.bytes().len() as u64,
+                    hash: None,
+                    zstd: false,
+                },
+            };
+            let entry = tensors.entry(fqn.clone()).or_insert_with(|| {
+                order.push(fqn.clone());
+                Pieces {
+                    dtype: t.dtype(),
+                    chunks: Vec::new(),
+                }
+            });
+            if entry.dtype != t.dtype() {
+                return Err(bad(file, format!("{fqn}: shards disagree on its dtype")));
+            }
+            // A replicated tensor every rank saved is kept once.
+            if !entry.chunks.iter().any(|(c, _)| c.offsets == chunk.offsets) {
+                entry.chunks.push((chunk, t));
+            }
+        }
+    }
+    let mut root = Dict::new();
+    for fqn in order {
+        let pieces = tensors.remove(&fqn).expect("listed");
+        root.insert(
+            Key::Str(fqn.clone()),
+            Value::Tensor(whole(dir, &fqn, pieces)?),
+        );
+    }
+    Ok(Loaded {
+        format: Format::Dcp,
+        value: Value::Dict(root),
+        metadata: Default::default(),
+        pickle: None,
+    })
+}
+
+/// `info[fqn]["saved_offsets"]`, one per dimension.
+fn saved_offsets(info: &Json, fqn: &str, rank: usize) -> Option<Vec<usize>> {
+    let list = info.get(fqn)?.get("saved_offsets")?.as_array()?;
+    let offsets: Option<Vec<usize>> = list
+        .iter()
+        .map(|o| o.as_u64().and_then(|o| usize::try_from(o).ok()))
+        .collect();
+    offsets.filter(|o| o.len() == rank)
+}
+
+/// The whole tensor the chunks make: as large as the furthest chunk
+/// reaches, tiled exactly, never larger than the chunks' bytes + slack.
+fn whole(dir: &Path, fqn: &str, pieces: Pieces) -> Result<TensorData> {
+    let chunks: Vec<Chunk> = pieces.chunks.iter().map(|(c, _)| c.clone()).collect();
+    let rank = chunks.first().map_or(0, |c| c.sizes.len());
+    let mut size = vec![0usize; rank];
+    for c in &chunks {
+        for (d, (o, s)) in c.offsets.iter().zip(&c.sizes).enumerate() {
+            size[d] = size[d].max(o.saturating_add(*s));
+        }
+    }
+    check_cover(&size, &chunks).map_err(|p| bad(dir, format!("{fqn}: {p}")))?;
+    let held: u64 = chunks.iter().map(|c| c.item.length).sum();
+    let total = byte_len(pieces.dtype, &size)
+        .filter(|&n| n <= held + SLACK)
+        .ok_or_else(|| bad(dir, format!("{fqn}: its chunks claim more than they hold")))?;
+    let mut bytes = vec![0u8; total as usize];
+    for (c, t) in &pieces.chunks {
+        let at = (c.offsets.as_slice(), c.sizes.as_slice());
+        place_chunk(&mut bytes, &size, pieces.dtype.size(), at, t.bytes());
+    }
+    TensorData::new(pieces.dtype, size, bytes)
+}
