@@ -234,6 +234,23 @@ fn bias_part(m: &StateDict, r: std::ops::Range<usize>) -> Part {
     }
 }
 
+/// A tensor every rank saves whole (replicated) is kept once.
+#[test]
+fn a_tensor_every_rank_saves_whole_is_kept_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    for (rank, rows) in [(0, 0..3), (1, 3..7)] {
+        let parts = [
+            bias_part(&m, rows),
+            Part::whole("scale", m["scale"].clone()),
+        ];
+        save_part(dir.path(), rank, 2, &parts).unwrap();
+    }
+    commit(dir.path(), 2).unwrap();
+    let whole = Distributed::open(dir.path()).unwrap().load().unwrap();
+    assert_eq!((&whole["bias"], &whole["scale"]), (&m["bias"], &m["scale"]));
+}
+
 #[test]
 fn gaps_overlaps_and_bad_ranks_are_refused() {
     let dir = tempfile::tempdir().unwrap();

@@ -477,7 +477,12 @@ impl Distributed {
             }
             Source::Raw { file, offset, hash } => {
                 let path = self.dir.join(file);
-                let range = offset + local.start..offset + local.end;
+                let at = |o: u64| {
+                    offset
+                        .checked_add(o)
+                        .ok_or_else(|| bad(&path, format!("{name}: offsets overflow")))
+                };
+                let range = at(local.start)?..at(local.end)?;
                 let got = self
                     .store
                     .read_range(file, range.clone())

@@ -8,6 +8,13 @@ use crate::{Dict, Key, Result, Value};
 
 use super::{bad, Chunk};
 
+/// The number of elements of `sizes`, when it can be counted.
+fn elements(sizes: &[usize]) -> Option<u128> {
+    sizes
+        .iter()
+        .try_fold(1u128, |n, &s| n.checked_mul(s as u128))
+}
+
 /// Checks that the chunks lie inside `size`, do not overlap, and cover it.
 pub(super) fn check_cover(size: &[usize], chunks: &[Chunk]) -> std::result::Result<(), String> {
     let mut covered: u128 = 0;
@@ -23,9 +30,11 @@ pub(super) fn check_cover(size: &[usize], chunks: &[Chunk]) -> std::result::Resu
                 ));
             }
         }
-        covered += c.sizes.iter().map(|&s| s as u128).product::<u128>();
+        covered = elements(&c.sizes)
+            .and_then(|n| covered.checked_add(n))
+            .ok_or("its chunks hold more elements than can be counted")?;
     }
-    let whole: u128 = size.iter().map(|&s| s as u128).product();
+    let whole = elements(size).ok_or("its size has more elements than can be counted")?;
     for (i, a) in chunks.iter().enumerate() {
         for b in &chunks[i + 1..] {
             let meet = a

@@ -85,9 +85,21 @@ pub(crate) fn read(dir: &Path, files: &[PathBuf], options: &LoadOptions) -> Resu
             if entry.dtype != t.dtype() {
                 return Err(bad(file, format!("{fqn}: shards disagree on its dtype")));
             }
-            // A replicated tensor every rank saved is kept once.
-            if !entry.chunks.iter().any(|(c, _)| c.offsets == chunk.offsets) {
-                entry.chunks.push((chunk, t));
+            // A replicated tensor every rank saved is kept once; another
+            // chunk at the same place is a contradiction.
+            match entry
+                .chunks
+                .iter()
+                .find(|(c, _)| c.offsets == chunk.offsets)
+            {
+                None => entry.chunks.push((chunk, t)),
+                Some((c, old)) if c.sizes == chunk.sizes && old.bytes() == t.bytes() => {}
+                Some(_) => {
+                    return Err(bad(
+                        file,
+                        format!("{fqn}: shards disagree at {:?}", chunk.offsets),
+                    ))
+                }
             }
         }
     }
@@ -122,6 +134,9 @@ fn saved_offsets(info: &Json, fqn: &str, rank: usize) -> Option<Vec<usize>> {
 fn whole(dir: &Path, fqn: &str, pieces: Pieces) -> Result<TensorData> {
     let chunks: Vec<Chunk> = pieces.chunks.iter().map(|(c, _)| c.clone()).collect();
     let rank = chunks.first().map_or(0, |c| c.sizes.len());
+    if chunks.iter().any(|c| c.sizes.len() != rank) {
+        return Err(bad(dir, format!("{fqn}: shards disagree on its rank")));
+    }
     let mut size = vec![0usize; rank];
     for c in &chunks {
         for (d, (o, s)) in c.offsets.iter().zip(&c.sizes).enumerate() {

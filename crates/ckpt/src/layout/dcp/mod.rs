@@ -101,6 +101,8 @@ pub fn read(dir: &Path, storage: &dyn Storage, options: &LoadOptions) -> Result<
         open: HashMap::new(),
         counted: HashSet::new(),
         held: 0,
+        credited: HashSet::new(),
+        in_files: 0,
         allocated: 0,
     };
     let mut root = Value::Dict(Dict::new());
@@ -330,6 +332,10 @@ struct Files<'a> {
     /// The items counted into `held`.
     counted: HashSet<(String, u64)>,
     held: u64,
+    /// The files counted into `in_files`: what their bytes may stand for
+    /// (items that overlap in a file never count its bytes twice).
+    credited: HashSet<String>,
+    in_files: u64,
     allocated: u64,
 }
 
@@ -394,22 +400,29 @@ impl Files<'_> {
             byte_len(dtype, size).ok_or_else(|| bad(&meta, format!("{name}: too large")))?;
         for chunk in chunks {
             self.bytes(&chunk.item)?;
-            if self
-                .counted
-                .insert((chunk.item.file.clone(), chunk.item.offset))
-            {
+            let item = &chunk.item;
+            if self.credited.insert(item.file.clone()) {
+                let len = self.open[&item.file].as_slice().len() as u64;
+                let ratio = if item.zstd { ZSTD_MAX_RATIO } else { 1 };
+                self.in_files = self.in_files.saturating_add(len.saturating_mul(ratio));
+            }
+            if self.counted.insert((item.file.clone(), item.offset)) {
                 let claim = byte_len(dtype, &chunk.sizes).unwrap_or(u64::MAX);
-                self.held = self.held.saturating_add(stands_for(&chunk.item, claim));
+                self.held = self.held.saturating_add(stands_for(item, claim));
             }
         }
         self.allocated = self.allocated.saturating_add(total);
-        if self.allocated > self.held + SLACK {
+        if self.allocated > self.held.min(self.in_files).saturating_add(SLACK) {
             return Err(bad(
                 &meta,
                 format!("{name}: the tensors claim more bytes than the items holding them"),
             ));
         }
-        let mut bytes = vec![0u8; total as usize];
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(total as usize)
+            .map_err(|_| bad(&meta, format!("{name}: cannot allocate {total} bytes")))?;
+        bytes.resize(total as usize, 0u8);
         for chunk in chunks {
             let dir = self.dir;
             let t = chunk_tensor(

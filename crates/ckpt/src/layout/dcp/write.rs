@@ -182,6 +182,15 @@ pub(crate) fn write_rank(
             Plan::new(&value, Path::new("archive"))
         })
         .collect::<Result<Vec<_>>>()?;
+    // A rank saving again: its old description goes first, so that no
+    // commit takes the data file while it is rewritten.
+    let name = description(rank);
+    match storage.remove(&name) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::io(dir.join(&name), e))
+        }
+        _ => storage.sync("").map_err(|e| Error::io(dir, e))?,
+    }
     let file = data_file(rank);
     let mut written: Vec<(u64, u64, String)> = Vec::new();
     storage
@@ -210,7 +219,6 @@ pub(crate) fn write_rank(
         .map(|(p, (offset, length, hash))| describe(p, *offset, *length, hash))
         .collect();
     let text = json!({"rank": rank, "world": world, "file": file, "items": items}).to_string();
-    let name = description(rank);
     storage
         .write(&name, &mut |out| out.write_all(text.as_bytes()))
         .and_then(|()| storage.sync(&name))
@@ -298,11 +306,14 @@ pub(crate) fn commit(storage: &dyn Storage, dir: &Path, world: usize) -> Result<
         }
     }
     let integrity = json!({"format": INTEGRITY_FORMAT, "version": 1, "items": hashes}).to_string();
-    crate::storage::write_atomic(&dir.join(INTEGRITY), true, |out| {
-        out.write_all(integrity.as_bytes())
-    })?;
-    let pickle = metadata::write(&entries);
-    crate::storage::write_atomic(&dir.join(METADATA), true, |out| out.write_all(&pickle))
+    replace(storage, dir, INTEGRITY, integrity.as_bytes())?;
+    replace(storage, dir, METADATA, &metadata::write(&entries))
+}
+
+/// `name` in `dir` becomes `bytes`, whole or not at all, through `storage`.
+fn replace(storage: &dyn Storage, dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    crate::storage::replace(storage, name, true, &mut |out| out.write_all(bytes))
+        .map_err(|e| Error::io(dir.join(name), e.into_io()))
 }
 
 /// Drops empty chunks whose offsets another chunk has (a rank that held
@@ -358,8 +369,10 @@ fn merge(
                 return Err(clash("dtype or shape"));
             }
             for c in new {
-                // A replicated chunk more than one rank saved.
-                if !chunks.contains(&c) {
+                // A replicated chunk more than one rank saved (kept from
+                // the first, as torch's planner keeps one writer's).
+                let copy = |o: &Chunk| (&o.offsets, &o.sizes) == (&c.offsets, &c.sizes);
+                if !chunks.iter().any(copy) {
                     chunks.push(c);
                 }
             }
