@@ -198,6 +198,26 @@ fn convert_format_dcp_writes_a_folder_torch_loads() {
             }
         }
     }
+    // A folder to one safetensors file streams tensor by tensor: the same
+    // tensors as the whole tree.
+    let streamed = dir.path().join("ranks4.safetensors");
+    let folder = fixture("dcp/ranks4_dim1");
+    let out = ckpt(&[
+        "convert",
+        folder.to_str().unwrap(),
+        streamed.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("(PyTorch distributed checkpoint (DCP)) ->")
+            && stdout(&out).contains("(safetensors): 5 tensors"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        ckpt::load(&streamed).unwrap(),
+        ckpt::load(fixture("dcp/ranks4_dim1.expected.pth")).unwrap()
+    );
     // A tree whose keys are already strings reads back as it was.
     let back = ckpt::load(dir.path().join("single.expected")).unwrap();
     assert_eq!(

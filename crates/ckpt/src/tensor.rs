@@ -101,6 +101,11 @@ impl TensorData {
         })
     }
 
+    /// Where this tensor starts in `buffer`, when it is a view of it.
+    pub(crate) fn offset_in(&self, buffer: &Arc<Buffer>) -> Option<usize> {
+        Arc::ptr_eq(&self.buffer, buffer).then_some(self.range.start)
+    }
+
     /// The element type.
     pub fn dtype(&self) -> DType {
         self.dtype

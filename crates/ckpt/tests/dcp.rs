@@ -152,3 +152,40 @@ fn hugging_face_dcp_shards_consolidate_by_their_sharding_info() {
     assert_eq!(got["w"].shape(), [7, 3], "rank 1's rows follow rank 0's");
     assert!(ckpt::verify(&folder).unwrap().mismatches.is_empty());
 }
+
+/// Streaming consolidation writes, byte for byte, the file the in-memory
+/// path writes (same names, tree and order), for folders torch wrote
+/// (sharded on rows, on columns, through zstd) and one ckpt wrote.
+#[test]
+fn consolidating_tensor_by_tensor_writes_what_the_whole_tree_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours");
+    let value = ckpt::load(fixture("pth/checkpoint.pth")).unwrap();
+    let options = ckpt::SaveOptions::default().format(ckpt::Format::Dcp);
+    ckpt::save_with(&ours, &value, &options).unwrap();
+    let folders = [
+        "dcp/single",
+        "dcp/ranks2_dim0",
+        "dcp/ranks4_dim1",
+        "dcp/zstd",
+    ];
+    for folder in folders.map(fixture).into_iter().chain([ours]) {
+        let streamed = dir.path().join("streamed.safetensors");
+        let whole = dir.path().join("whole.safetensors");
+        let done = ckpt::layout::dcp::consolidate(&folder, &streamed, &Default::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", folder.display()));
+        let tree = ckpt::read(&folder, &Default::default()).unwrap().value;
+        ckpt::save(&whole, &tree).unwrap();
+        let tensors = ckpt::StateDict::flatten(&tree).unwrap();
+        assert_eq!(
+            (done.tensors, done.bytes),
+            (tensors.len(), tensors.total_bytes())
+        );
+        assert!(
+            std::fs::read(&streamed).unwrap() == std::fs::read(&whole).unwrap(),
+            "{}",
+            folder.display()
+        );
+        assert_eq!(ckpt::load(&streamed).unwrap(), tree);
+    }
+}

@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use anyhow::{Context, Result};
+use ckpt::layout::dcp::Consolidated;
 use ckpt::{LoadOptions, StateDict};
 
 use crate::args::ConvertArgs;
@@ -15,6 +16,9 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
     let (input, output) = (&args.input, &args.output);
     let (dtype, max_shard_size) = (args.dtype, args.max_shard_size);
     let format = args.format.map(|f| f.format());
+    if let Some(summary) = consolidate(args, format)? {
+        return report(args, ckpt::Format::Dcp, "safetensors", summary, out);
+    }
     let loaded = ckpt::read(input, &LoadOptions::default())?;
     let mut value = loaded.value;
     if let Some(prefix) = &args.strip_prefix {
@@ -47,19 +51,55 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
     }
     ckpt::save_with(output, &value, &options)?;
     let tensors = StateDict::flatten(&value)?;
+    let written = match (max_shard_size, format) {
+        (Some(_), _) => "sharded".to_owned(),
+        (None, Some(format)) => format.to_string(),
+        (None, None) => ckpt::Format::from_path(output)?.to_string(),
+    };
+    let summary = Consolidated {
+        tensors: tensors.len(),
+        bytes: tensors.total_bytes(),
+    };
+    report(args, loaded.format, &written, summary, out)
+}
+
+/// A DCP folder to one safetensors file, streamed tensor by tensor, when
+/// nothing asks to change the tensors on the way.
+fn consolidate(args: &ConvertArgs, format: Option<ckpt::Format>) -> Result<Option<Consolidated>> {
+    let to = format.or_else(|| ckpt::Format::from_path(&args.output).ok());
+    let plain = args.dtype.is_none() && args.strip_prefix.is_none();
+    if !plain || args.max_shard_size.is_some() || to != Some(ckpt::Format::Safetensors) {
+        return Ok(None);
+    }
+    if !ckpt::layout::dcp::is_folder(&args.input) {
+        return Ok(None);
+    }
+    let mut options = ckpt::SaveOptions::default();
+    if progress::shown() {
+        options = options.on_progress(progress::bytes("writing"));
+    }
+    Ok(Some(ckpt::layout::dcp::consolidate(
+        &args.input,
+        &args.output,
+        &options,
+    )?))
+}
+
+/// The line that says what was converted.
+fn report(
+    args: &ConvertArgs,
+    from: ckpt::Format,
+    to: &str,
+    summary: Consolidated,
+    out: &mut dyn Write,
+) -> Result<()> {
     writeln!(
         out,
-        "{} ({}) -> {} ({}): {} tensors, {}",
-        input.display(),
-        loaded.format,
-        output.display(),
-        match (max_shard_size, format) {
-            (Some(_), _) => "sharded".to_owned(),
-            (None, Some(format)) => format.to_string(),
-            (None, None) => ckpt::Format::from_path(output)?.to_string(),
-        },
-        tensors.len(),
-        human_bytes(tensors.total_bytes()),
+        "{} ({from}) -> {} ({to}): {} tensors, {}",
+        args.input.display(),
+        args.output.display(),
+        summary.tensors,
+        human_bytes(summary.bytes),
     )?;
     Ok(())
 }

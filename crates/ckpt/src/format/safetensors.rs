@@ -318,61 +318,82 @@ impl Plan {
     /// A flat dict of tensors becomes a plain safetensors file; anything
     /// else also carries its tree.
     pub(crate) fn new(value: &Value, metadata: &IndexMap<String, String>) -> Result<Plan> {
-        if let Some(key) = metadata.keys().find(|k| k.starts_with(RESERVED_PREFIX)) {
-            return Err(Error::ReservedMetadataKey { key: key.clone() });
-        }
         let (tree, tensors) = flatten(value)?;
-        if let Some((name, t)) = tensors.iter().find(|(_, t)| t.dtype() == DType::C128) {
-            return Err(Error::SafetensorsDType {
-                tensor: name.clone(),
-                dtype: t.dtype(),
-            });
-        }
-
-        // Widest dtype first keeps every tensor aligned to its element size.
-        let mut order: Vec<(&String, &TensorData)> = tensors.iter().collect();
-        order.sort_by_key(|(_, t)| std::cmp::Reverse(t.dtype().size()));
-        let mut offsets = IndexMap::with_capacity(order.len());
-        let mut offset = 0u64;
-        for (name, t) in &order {
-            let end = offset + t.bytes().len() as u64;
-            offsets.insert(name.as_str(), (offset, end));
-            offset = end;
-        }
-
-        let mut header = Map::new();
-        let mut meta = Map::new();
-        for (k, v) in metadata {
-            meta.insert(k.clone(), Json::String(v.clone()));
-        }
-        if !meta.contains_key("format") {
-            meta.insert("format".into(), Json::String("pt".into()));
-        }
-        if let Some(tree) = tree {
-            meta.insert(TREE_KEY.into(), Json::String(tree));
-        }
-        header.insert(METADATA_KEY.into(), Json::Object(meta));
-        for (name, t) in tensors.iter() {
-            let (start, end) = offsets[name.as_str()];
-            let mut info = Map::new();
-            info.insert("dtype".into(), t.dtype().safetensors_name().into());
-            info.insert("shape".into(), t.shape().into());
-            info.insert("data_offsets".into(), vec![start, end].into());
-            header.insert(name.clone(), Json::Object(info));
-        }
-        let mut json = Json::Object(header).to_string().into_bytes();
-        // Pad with spaces so the data starts on an 8-byte boundary.
-        while !(json.len() + 8).is_multiple_of(8) {
-            json.push(b' ');
-        }
-        let mut bytes = Vec::with_capacity(8 + json.len());
-        bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&json);
+        let described: Vec<Described> = tensors
+            .iter()
+            .map(|(name, t)| (name.as_str(), t.dtype(), t.shape()))
+            .collect();
+        let (header, order) = header(tree, &described, metadata)?;
+        let all: Vec<&TensorData> = tensors.values().collect();
         Ok(Plan {
-            header: bytes,
-            tensors: order.into_iter().map(|(_, t)| t.clone()).collect(),
+            header,
+            tensors: order.into_iter().map(|i| all[i].clone()).collect(),
         })
     }
+}
+
+/// A tensor as a header describes it: name, dtype, shape.
+pub(crate) type Described<'a> = (&'a str, DType, &'a [usize]);
+
+/// The header of a file holding `tensors` (in the order given, each of a
+/// byte size that fits in 64 bits) and the
+/// order their bytes follow it in (indices into `tensors`): widest dtype
+/// first, which keeps every tensor aligned to its element size. `tree` is
+/// the checkpoint's tree when it is not a flat dict of tensors.
+pub(crate) fn header(
+    tree: Option<String>,
+    tensors: &[Described<'_>],
+    metadata: &IndexMap<String, String>,
+) -> Result<(Vec<u8>, Vec<usize>)> {
+    if let Some(key) = metadata.keys().find(|k| k.starts_with(RESERVED_PREFIX)) {
+        return Err(Error::ReservedMetadataKey { key: key.clone() });
+    }
+    if let Some((name, dtype, _)) = tensors.iter().find(|(_, d, _)| *d == DType::C128) {
+        return Err(Error::SafetensorsDType {
+            tensor: name.to_string(),
+            dtype: *dtype,
+        });
+    }
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(tensors[i].1.size()));
+    let mut offsets = vec![(0u64, 0u64); tensors.len()];
+    let mut offset = 0u64;
+    for &i in &order {
+        let (_, dtype, shape) = tensors[i];
+        // Callers pass tensors whose byte sizes they checked.
+        let end = offset.saturating_add(byte_len(dtype, shape).unwrap_or(u64::MAX));
+        offsets[i] = (offset, end);
+        offset = end;
+    }
+
+    let mut header = Map::new();
+    let mut meta = Map::new();
+    for (k, v) in metadata {
+        meta.insert(k.clone(), Json::String(v.clone()));
+    }
+    if !meta.contains_key("format") {
+        meta.insert("format".into(), Json::String("pt".into()));
+    }
+    if let Some(tree) = tree {
+        meta.insert(TREE_KEY.into(), Json::String(tree));
+    }
+    header.insert(METADATA_KEY.into(), Json::Object(meta));
+    for (&(name, dtype, shape), (start, end)) in tensors.iter().zip(offsets) {
+        let mut info = Map::new();
+        info.insert("dtype".into(), dtype.safetensors_name().into());
+        info.insert("shape".into(), shape.into());
+        info.insert("data_offsets".into(), vec![start, end].into());
+        header.insert(name.to_owned(), Json::Object(info));
+    }
+    let mut json = Json::Object(header).to_string().into_bytes();
+    // Pad with spaces so the data starts on an 8-byte boundary.
+    while !(json.len() + 8).is_multiple_of(8) {
+        json.push(b' ');
+    }
+    let mut bytes = Vec::with_capacity(8 + json.len());
+    bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&json);
+    Ok((bytes, order))
 }
 
 impl crate::format::WritePlan for Plan {

@@ -76,12 +76,8 @@ pub(crate) fn read_path(path: &Path, options: &LoadOptions) -> Result<Loaded> {
         return folder::read(path, options);
     }
     // A DCP folder on object storage: a prefix holding `.metadata`.
-    if location.is_remote() && Format::from_path(path).is_err() {
-        let storage = location.storage()?;
-        let names = storage.list().map_err(|e| Error::io(path, e))?;
-        if names.iter().any(|n| n == dcp::METADATA) {
-            return dcp::read(path, &*storage, options);
-        }
+    if location.is_remote() && dcp::is_folder(path) {
+        return dcp::read(path, &*location.storage()?, options);
     }
     let buffer = crate::storage::open(path, options.mmap)?;
     let format = Format::detect(buffer.as_slice(), path)?;

@@ -20,10 +20,12 @@ use crate::tensor::Buffer;
 use crate::{byte_len, DType, Dict, Error, Key, Result, TensorData, Value};
 
 mod assemble;
+mod consolidate;
 pub(crate) mod hf;
 mod metadata;
 pub(crate) mod write;
 
+pub use consolidate::{consolidate, Consolidated};
 pub use write::INTEGRITY;
 
 pub(crate) use assemble::place_chunk;
@@ -126,6 +128,21 @@ pub fn read(dir: &Path, storage: &dyn Storage, options: &LoadOptions) -> Result<
     })
 }
 
+/// Whether `path` is a DCP folder: a local folder or an `s3://` prefix
+/// holding `.metadata` (a prefix that cannot be listed is not).
+pub fn is_folder(path: &Path) -> bool {
+    let location = crate::storage::Location::parse(path);
+    if location.is_local_dir() {
+        return path.join(METADATA).is_file();
+    }
+    location.is_remote()
+        && Format::from_path(path).is_err()
+        && location
+            .storage()
+            .and_then(|s| s.list().map_err(|e| Error::io(path, e)))
+            .is_ok_and(|names| names.iter().any(|n| n == METADATA))
+}
+
 /// A whole tensor of a DCP folder: its key, dtype, size and the chunks
 /// that tile it.
 pub(crate) struct Tensor {
@@ -164,7 +181,7 @@ pub(crate) fn tensors(storage: &dyn Storage, dir: &Path) -> Result<Vec<Tensor>> 
     Ok(tensors)
 }
 
-/// Reads one chunk of a tensor of `dtype` with ranged reads: its item,
+/// Reads one chunk of a tensor of `dtype` with a ranged read: its item,
 /// checked against its hash when known, as the `torch.save` archive it is.
 pub(crate) fn read_chunk(
     storage: &dyn Storage,
@@ -172,7 +189,25 @@ pub(crate) fn read_chunk(
     dtype: DType,
     chunk: &Chunk,
 ) -> Result<TensorData> {
-    let item = &chunk.item;
+    let bytes = item_bytes(storage, dir, &chunk.item)?;
+    chunk_tensor(&bytes, &chunk.item, dtype, &chunk.sizes, dir)
+}
+
+/// Reads a non-tensor value's item with a ranged read.
+pub(crate) fn read_value(storage: &dyn Storage, dir: &Path, item: &Item) -> Result<Value> {
+    let bytes = item_bytes(storage, dir, item)?;
+    item_value(&bytes, item, value_need(item), dir)
+}
+
+/// What a value's archive may decode to: 1024 bytes per stored byte, as
+/// deflate.
+fn value_need(item: &Item) -> u64 {
+    item.length.saturating_mul(1024)
+}
+
+/// An item's stored bytes, read with one ranged read and checked to be
+/// all there.
+fn item_bytes(storage: &dyn Storage, dir: &Path, item: &Item) -> Result<Vec<u8>> {
     let path = dir.join(&item.file);
     let end = item
         .offset
@@ -190,7 +225,7 @@ pub(crate) fn read_chunk(
             ),
         ));
     }
-    chunk_tensor(&bytes, item, dtype, &chunk.sizes, dir)
+    Ok(bytes)
 }
 
 /// The most a zstd frame expands: one 128 KiB run-length block per 4
@@ -374,9 +409,7 @@ impl Files<'_> {
     /// a non-tensor value.
     fn load(&mut self, item: &Item) -> Result<Value> {
         let dir = self.dir;
-        // A value's archive: at most 1024 bytes per stored byte, as deflate.
-        let need = item.length.saturating_mul(1024);
-        item_value(self.bytes(item)?, item, need, dir)
+        item_value(self.bytes(item)?, item, value_need(item), dir)
     }
 
     /// The whole tensor its chunks make, each chunk placed at its offsets.
