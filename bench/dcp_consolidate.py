@@ -6,8 +6,8 @@ ckpt against torch's own tool, in one run, on the same folder.
 torch writes X GiB (default 1) of float32 tensors (64 of them) as a
 4-rank DCP folder, once: 4 gloo processes on the CPU, each tensor a DTensor
 sharded on rows. Then, RUNS times (default 3), in turns, two child
-processes consolidate it, each measured by the kernel through wait4 (wall
-time, user + system CPU time, peak resident memory):
+processes consolidate it, each measured by /usr/bin/time (wall time,
+user + system CPU time, peak resident memory):
 
   ckpt   `ckpt convert DIR out.safetensors`: streams tensor by tensor
   torch  `dcp_to_torch_save(DIR, out.pth)`: torch's consolidation, which
@@ -67,14 +67,21 @@ def make_folder(folder, gib):
 
 
 def measured(cmd):
-    """Runs cmd; its wall seconds, CPU seconds and peak RSS in MiB."""
+    """Runs cmd under /usr/bin/time (a small process, so the peak RSS is
+    the command's own, not this Python's, which a fork would copy); its
+    wall seconds, CPU seconds and peak RSS in MiB."""
     start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "%U %S %M", *cmd],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wall = time.perf_counter() - start
-    if status != 0:
-        sys.exit(f"{cmd} failed ({status})")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    if done.returncode != 0:
+        sys.exit(f"{cmd} failed: {done.stderr}")
+    user, system, rss_kib = done.stderr.strip().splitlines()[-1].split()
+    return wall, float(user) + float(system), int(rss_kib) / 1024
 
 
 def check(ckpt_out, torch_out):
