@@ -1,6 +1,7 @@
 """torch.distributed.checkpoint's side of the DCP interop tests.
 
     dcp_peer.py load DIR EXPECTED.pth WORLD
+    dcp_peer.py save-big DIR
 
 Loads the DCP folder DIR with torch's own `dcp.load` and checks it equals
 EXPECTED.pth (read with torch.load):
@@ -126,8 +127,18 @@ def load(folder, expected_path, world):
     print(f"torch dcp.load with {world} rank(s): equal to {os.path.basename(expected_path)}")
 
 
+def save_big(folder):
+    """One process saves {"w": a [1000, 512] float32 tensor whose element
+    i is i / 2}: one 2 MB item."""
+    w = torch.arange(512_000, dtype=torch.float32).reshape(1000, 512) * 0.5
+    dcp.save({"w": w}, checkpoint_id=folder, no_dist=True)
+    print(f"torch dcp.save: {folder}")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "load":
         load(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "save-big":
+        save_big(sys.argv[2])
     else:
         sys.exit(f"unknown command {sys.argv[1]}")

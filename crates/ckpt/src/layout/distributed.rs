@@ -472,8 +472,8 @@ impl Distributed {
         let whole = local.end - local.start == byte_len(dtype, &p.sizes).unwrap_or(0);
         match &p.source {
             Source::Saved(chunk) => {
-                let t = dcp::read_chunk(&*self.store, &self.dir, dtype, chunk)?;
-                Ok(t.bytes()[local.start as usize..local.end as usize].to_vec())
+                let rows = rows.start - first..rows.end - first;
+                dcp::read_chunk_rows(&*self.store, &self.dir, dtype, chunk, rows)
             }
             Source::Raw { file, offset, hash } => {
                 let path = self.dir.join(file);

@@ -269,7 +269,7 @@ impl Pickler {
 }
 
 /// torch's strides for a contiguous tensor (sizes of 0 count as 1).
-fn contiguous_strides(shape: &[u64]) -> Vec<u64> {
+pub(crate) fn contiguous_strides(shape: &[u64]) -> Vec<u64> {
     let mut strides = vec![1u64; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {
         strides[i] = strides[i + 1].saturating_mul(shape[i + 1].max(1));

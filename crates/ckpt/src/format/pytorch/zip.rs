@@ -95,80 +95,138 @@ fn to_usize(v: u64, path: &Path, offset: usize) -> Result<usize> {
     usize::try_from(v).map_err(|_| bad(path, offset, "an offset does not fit in memory"))
 }
 
+/// An entry as the central directory describes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Central {
+    /// The entry's full name.
+    pub name: String,
+    /// 0 stored, 8 deflated.
+    pub method: u16,
+    /// The CRC-32 of its contents.
+    pub crc32: u32,
+    /// Its size, uncompressed.
+    pub size: u64,
+    /// Its size as stored.
+    pub compressed: u64,
+    /// Where its local header starts in the archive.
+    pub local: u64,
+}
+
+/// The central directory of an archive whose bytes from `start` on are
+/// `bytes` (the whole archive when `start` is 0): the end records found
+/// at the end of `bytes`, the directory read where they say, which must
+/// lie within `bytes`.
+pub(crate) fn directory(bytes: &[u8], start: u64, path: &Path) -> Result<Vec<Central>> {
+    let r = Reader { bytes, path };
+    let end = find_end(bytes)
+        .ok_or_else(|| bad(path, bytes.len(), "no end-of-central-directory record"))?;
+    let mut count = r.u16(end + 10, "the end record")? as u64;
+    let mut dir_size = r.u32(end + 12, "the end record")? as u64;
+    let mut dir_offset = r.u32(end + 16, "the end record")? as u64;
+    // torch always writes the zip64 records; use them when present.
+    if end >= 20 && r.u32(end - 20, "the zip64 locator")? == END64_LOCATOR_SIG {
+        let at = r.u64(end - 12, "the zip64 locator")?;
+        let at = to_usize(at.wrapping_sub(start), path, end - 12)?;
+        if at.checked_add(56).is_none_or(|e| e > end)
+            || r.u32(at, "the zip64 end record")? != END64_SIG
+        {
+            return Err(bad(
+                path,
+                at,
+                "the zip64 locator points at no zip64 end record",
+            ));
+        }
+        count = r.u64(at + 32, "the zip64 end record")?;
+        dir_size = r.u64(at + 40, "the zip64 end record")?;
+        dir_offset = r.u64(at + 48, "the zip64 end record")?;
+    }
+    let dir_start = dir_offset
+        .checked_sub(start)
+        .ok_or_else(|| bad(path, end, "the central directory starts before these bytes"))?;
+    let dir_start = to_usize(dir_start, path, end)?;
+    let dir_len = to_usize(dir_size, path, end)?;
+    r.slice(dir_start, dir_len, "the central directory")?;
+
+    // Each central entry takes at least 46 bytes, which bounds the count
+    // by what is really there.
+    let mut entries = Vec::with_capacity((count as usize).min(dir_len / 46));
+    let mut at = dir_start;
+    for _ in 0..count {
+        if r.u32(at, "a central directory entry")? != CENTRAL_SIG {
+            return Err(bad(
+                path,
+                at,
+                "a central directory entry has a bad signature",
+            ));
+        }
+        let method = r.u16(at + 10, "a central directory entry")?;
+        let crc32 = r.u32(at + 16, "a central directory entry")?;
+        let mut compressed = r.u32(at + 20, "a central directory entry")? as u64;
+        let mut size = r.u32(at + 24, "a central directory entry")? as u64;
+        let name_len = r.u16(at + 28, "a central directory entry")? as usize;
+        let extra_len = r.u16(at + 30, "a central directory entry")? as usize;
+        let comment_len = r.u16(at + 32, "a central directory entry")? as usize;
+        let mut local = r.u32(at + 42, "a central directory entry")? as u64;
+        let name =
+            String::from_utf8_lossy(r.slice(at + 46, name_len, "an entry name")?).into_owned();
+        let extra = r.slice(at + 46 + name_len, extra_len, "an entry's extra field")?;
+        read_zip64_extra(extra, &mut size, &mut compressed, &mut local);
+        entries.push(Central {
+            name,
+            method,
+            crc32,
+            size,
+            compressed,
+            local,
+        });
+        at += 46 + name_len + extra_len + comment_len;
+    }
+    Ok(entries)
+}
+
+/// Where a local header's entry data starts, from the header's first 30
+/// bytes (at `local` in the archive).
+pub(crate) fn data_start(header: &[u8], local: u64, path: &Path) -> Result<u64> {
+    let r = Reader {
+        bytes: header,
+        path,
+    };
+    if r.u32(0, "a local header")? != LOCAL_SIG {
+        return Err(bad(path, 0, "a local header has a bad signature"));
+    }
+    let name = r.u16(26, "a local header")? as u64;
+    let extra = r.u16(28, "a local header")? as u64;
+    Ok(local + 30 + name + extra)
+}
+
 impl ZipArchive {
     /// Parses the central directory of the archive held in `bytes`.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<ZipArchive> {
         let r = Reader { bytes, path };
-        let end = find_end(bytes)
-            .ok_or_else(|| bad(path, bytes.len(), "no end-of-central-directory record"))?;
-        let mut count = r.u16(end + 10, "the end record")? as u64;
-        let mut dir_size = r.u32(end + 12, "the end record")? as u64;
-        let mut dir_offset = r.u32(end + 16, "the end record")? as u64;
-        // torch always writes the zip64 records; use them when present.
-        if end >= 20 && r.u32(end - 20, "the zip64 locator")? == END64_LOCATOR_SIG {
-            let at = to_usize(r.u64(end - 12, "the zip64 locator")?, path, end - 12)?;
-            if r.u32(at, "the zip64 end record")? != END64_SIG {
-                return Err(bad(
-                    path,
-                    at,
-                    "the zip64 locator points at no zip64 end record",
-                ));
-            }
-            count = r.u64(at + 32, "the zip64 end record")?;
-            dir_size = r.u64(at + 40, "the zip64 end record")?;
-            dir_offset = r.u64(at + 48, "the zip64 end record")?;
-        }
-        let dir_start = to_usize(dir_offset, path, end)?;
-        let dir_len = to_usize(dir_size, path, end)?;
-        r.slice(dir_start, dir_len, "the central directory")?;
-
-        // Each central entry takes at least 46 bytes, which bounds the count
-        // by what is really there.
-        let mut entries = Vec::with_capacity((count as usize).min(dir_len / 46));
-        let mut locals = Vec::with_capacity(entries.capacity());
-        let mut at = dir_start;
-        for _ in 0..count {
-            if r.u32(at, "a central directory entry")? != CENTRAL_SIG {
-                return Err(bad(
-                    path,
-                    at,
-                    "a central directory entry has a bad signature",
-                ));
-            }
-            let method = r.u16(at + 10, "a central directory entry")?;
-            let crc32 = r.u32(at + 16, "a central directory entry")?;
-            let mut compressed = r.u32(at + 20, "a central directory entry")? as u64;
-            let mut size = r.u32(at + 24, "a central directory entry")? as u64;
-            let name_len = r.u16(at + 28, "a central directory entry")? as usize;
-            let extra_len = r.u16(at + 30, "a central directory entry")? as usize;
-            let comment_len = r.u16(at + 32, "a central directory entry")? as usize;
-            let mut local = r.u32(at + 42, "a central directory entry")? as u64;
-            let name =
-                String::from_utf8_lossy(r.slice(at + 46, name_len, "an entry name")?).into_owned();
-            let extra = r.slice(at + 46 + name_len, extra_len, "an entry's extra field")?;
-            read_zip64_extra(extra, &mut size, &mut compressed, &mut local);
-
-            let local = to_usize(local, path, at)?;
+        let central = directory(bytes, 0, path)?;
+        let mut entries = Vec::with_capacity(central.len());
+        let mut locals = Vec::with_capacity(central.len());
+        for c in central {
+            let local = to_usize(c.local, path, 0)?;
             if r.u32(local, "a local header")? != LOCAL_SIG {
                 return Err(bad(path, local, "a local header has a bad signature"));
             }
             let local_name = r.u16(local + 26, "a local header")? as usize;
             let local_extra = r.u16(local + 28, "a local header")? as usize;
             let data_start = local + 30 + local_name + local_extra;
-            let data_len = to_usize(compressed, path, at)?;
+            let data_len = to_usize(c.compressed, path, local)?;
             r.slice(data_start, data_len, "an entry's data")?;
-            if method == 0 && compressed != size {
-                return Err(bad(path, at, "a stored entry's sizes disagree"));
+            if c.method == 0 && c.compressed != c.size {
+                return Err(bad(path, local, "a stored entry's sizes disagree"));
             }
             entries.push(ZipEntry {
-                name,
-                method,
-                crc32,
-                size,
+                name: c.name,
+                method: c.method,
+                crc32: c.crc32,
+                size: c.size,
                 data: data_start..data_start + data_len,
             });
             locals.push(local);
-            at += 46 + name_len + extra_len + comment_len;
         }
         // Entries may not share bytes: overlapping entries are how zip bombs
         // multiply one compressed block (Python's zipfile refuses them too).

@@ -23,6 +23,7 @@ mod assemble;
 mod consolidate;
 pub(crate) mod hf;
 mod metadata;
+mod ranged;
 pub(crate) mod write;
 
 pub use consolidate::{consolidate, Consolidated};
@@ -191,6 +192,35 @@ pub(crate) fn read_chunk(
 ) -> Result<TensorData> {
     let bytes = item_bytes(storage, dir, &chunk.item)?;
     chunk_tensor(&bytes, &chunk.item, dtype, &chunk.sizes, dir)
+}
+
+/// Rows `rows` (counted within the chunk) of a chunk's data. Some rows of
+/// a large chunk are read alone where its item allows (their hash is not
+/// checked: it covers the whole item); otherwise the whole item is read,
+/// checked and cut.
+pub(crate) fn read_chunk_rows(
+    storage: &dyn Storage,
+    dir: &Path,
+    dtype: DType,
+    chunk: &Chunk,
+    rows: std::ops::Range<usize>,
+) -> Result<Vec<u8>> {
+    let row = byte_len(dtype, chunk.sizes.get(1..).unwrap_or(&[])).unwrap_or(0);
+    let (a, b) = (rows.start as u64 * row, rows.end as u64 * row);
+    if rows.len() < chunk.sizes.first().copied().unwrap_or(1) {
+        if let Some(at) = ranged::locate(storage, dir, dtype, chunk)? {
+            let path = dir.join(&chunk.item.file);
+            let got = storage
+                .read_range(&chunk.item.file, at + a..at + b)
+                .map_err(|e| Error::io(&path, e))?;
+            if got.len() as u64 != b - a {
+                return Err(bad(&path, "a chunk's rows lie past the file's end"));
+            }
+            return Ok(got);
+        }
+    }
+    let t = read_chunk(storage, dir, dtype, chunk)?;
+    Ok(t.bytes()[a as usize..b as usize].to_vec())
 }
 
 /// Reads a non-tensor value's item with a ranged read.
