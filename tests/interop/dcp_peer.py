@@ -2,6 +2,7 @@
 
     dcp_peer.py load DIR EXPECTED.pth WORLD
     dcp_peer.py save-big DIR
+    dcp_peer.py load-hf DIR EXPECTED.safetensors
 
 Loads the DCP folder DIR with torch's own `dcp.load` and checks it equals
 EXPECTED.pth (read with torch.load):
@@ -135,9 +136,24 @@ def save_big(folder):
     print(f"torch dcp.save: {folder}")
 
 
+def load_hf(folder, expected_path):
+    """Loads the Hugging Face flavoured folder with torch's own
+    HuggingFaceStorageReader into zeroed tensors: equal to EXPECTED."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    expected = load_file(expected_path)
+    state = {k: torch.zeros_like(v) for k, v in expected.items()}
+    dcp.load(state, storage_reader=HuggingFaceStorageReader(folder), no_dist=True)
+    same(state, expected)
+    print(f"torch HuggingFaceStorageReader: equal to {os.path.basename(expected_path)}")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "load":
         load(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    elif sys.argv[1] == "load-hf":
+        load_hf(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "save-big":
         save_big(sys.argv[2])
     else:

@@ -320,7 +320,10 @@ pub struct ConvertArgs {
     /// `checkpoint.tar` or `weights`). `dcp` writes OUT as a PyTorch
     /// Distributed Checkpoint folder (`.metadata`, `__0_0.distcp`) that
     /// `torch.distributed.checkpoint.load` reads into a model sharded any
-    /// way; OUT must not hold one already.
+    /// way; OUT must not hold one already. `dcp-hf` writes the Hugging Face
+    /// flavour torch's `HuggingFaceStorageWriter` writes
+    /// (`model-00001-of-00001.safetensors` with its `DCP_SHARDING_INFO`,
+    /// and `model.safetensors.index.json`): tensors only.
     #[arg(long, value_enum)]
     pub format: Option<WriteFormat>,
     /// Cast every float tensor to this dtype: float32, float16,
@@ -479,6 +482,8 @@ pub enum WriteFormat {
     Ckptz,
     /// A PyTorch Distributed Checkpoint folder (OUT is the folder).
     Dcp,
+    /// DCP's Hugging Face flavour (OUT is the folder; tensors only).
+    DcpHf,
 }
 
 impl WriteFormat {
@@ -490,7 +495,7 @@ impl WriteFormat {
             WriteFormat::Npz => Format::Npz,
             WriteFormat::Npy => Format::Npy,
             WriteFormat::Ckptz => Format::Compressed,
-            WriteFormat::Dcp => Format::Dcp,
+            WriteFormat::Dcp | WriteFormat::DcpHf => Format::Dcp,
         }
     }
 }

@@ -226,6 +226,49 @@ fn convert_format_dcp_writes_a_folder_torch_loads() {
     );
 }
 
+/// `--format dcp-hf` writes the Hugging Face flavour: torch's
+/// `HuggingFaceStorageReader` loads it, ckpt reads it back, and a tree
+/// with values other than tensors is refused by key.
+#[test]
+fn convert_format_dcp_hf_writes_what_torchs_hugging_face_reader_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("hf");
+    let source = fixture("mlp.safetensors");
+    let (src, out_dir) = (source.to_str().unwrap(), folder.to_str().unwrap());
+    let out = ckpt(&["convert", src, out_dir, "--format", "dcp-hf"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("(DCP, Hugging Face flavour)"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(folder.join("model.safetensors.index.json").is_file());
+    let model = ckpt::read(
+        folder.join("model-00001-of-00001.safetensors"),
+        &Default::default(),
+    );
+    let info = &model.unwrap().metadata["DCP_SHARDING_INFO"];
+    assert!(info.contains("saved_offsets"), "{info}");
+    assert_eq!(ckpt::load(&folder).unwrap(), ckpt::load(&source).unwrap());
+    if let Some(python) = python::python() {
+        python::run_peer(&python, "dcp_peer.py", &["load-hf", out_dir, src]);
+    }
+    let nested = fixture("pth/checkpoint.pth");
+    let refused = dir.path().join("refused");
+    let out = ckpt(&[
+        "convert",
+        nested.to_str().unwrap(),
+        refused.to_str().unwrap(),
+        "--format",
+        "dcp-hf",
+    ]);
+    assert!(
+        stderr(&out).contains("holds tensors only"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn diff_reports_differences_with_exit_1_and_json() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use ckpt::layout::dcp::Consolidated;
 use ckpt::{LoadOptions, StateDict};
 
-use crate::args::ConvertArgs;
+use crate::args::{ConvertArgs, WriteFormat};
 use crate::shared::output::human_bytes;
 use crate::shared::progress;
 
@@ -49,10 +49,15 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
     if progress::shown() {
         options = options.on_progress(progress::bytes("writing"));
     }
-    ckpt::save_with(output, &value, &options)?;
+    let hf_flavour = matches!(args.format, Some(WriteFormat::DcpHf));
+    match hf_flavour {
+        true => ckpt::layout::dcp::hf::write(output, &value, &options)?,
+        false => ckpt::save_with(output, &value, &options)?,
+    }
     let tensors = StateDict::flatten(&value)?;
     let written = match (max_shard_size, format) {
         (Some(_), _) => "sharded".to_owned(),
+        (None, _) if hf_flavour => "DCP, Hugging Face flavour".to_owned(),
         (None, Some(format)) => format.to_string(),
         (None, None) => ckpt::Format::from_path(output)?.to_string(),
     };

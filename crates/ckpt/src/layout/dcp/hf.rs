@@ -4,7 +4,10 @@
 //! rank's local chunk of every tensor under the plain key, with the
 //! chunk's global offsets in `__metadata__["DCP_SHARDING_INFO"]`. Read as
 //! one state dict, consolidating as torch's reader does: a tensor's whole
-//! shape is the furthest any chunk reaches.
+//! shape is the furthest any chunk reaches. Written as its one-process
+//! form: `model-00001-of-00001.safetensors` (every offset zero) and
+//! `model.safetensors.index.json`, which torch's `HuggingFaceStorageReader`
+//! and any Hugging Face loader read.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,8 +16,8 @@ use serde_json::Value as Json;
 
 use super::assemble::{check_cover, place_chunk};
 use super::{bad, Chunk, Item, SLACK};
-use crate::format::{Format, LoadOptions, Loaded};
-use crate::{byte_len, DType, Dict, Key, Result, TensorData, Value};
+use crate::format::{Format, LoadOptions, Loaded, SaveOptions};
+use crate::{byte_len, DType, Dict, Error, Key, Result, TensorData, Value};
 
 /// The metadata key that holds each tensor's saved offsets.
 const SHARDING_INFO: &str = "DCP_SHARDING_INFO";
@@ -35,6 +38,62 @@ pub(crate) fn shard_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// The file the one-process form holds its tensors in.
+const MODEL: &str = "model-00001-of-00001.safetensors";
+
+/// The index beside it, written last.
+const INDEX: &str = "model.safetensors.index.json";
+
+/// Writes `value`'s tensors (a dict at the top; nested dicts and lists of
+/// tensors flatten to torch's dotted keys) as the Hugging Face flavour's
+/// one-process folder `dir`. Other values have no place in it and are
+/// refused by key.
+pub fn write(dir: &Path, value: &Value, options: &SaveOptions) -> Result<()> {
+    let mut flat = Dict::new();
+    let mut info = serde_json::Map::new();
+    let mut total = 0u64;
+    for piece in super::write::flatten(value, dir)? {
+        let super::write::What::Chunk { data, .. } = piece.what else {
+            return Err(bad(
+                dir,
+                format!(
+                    "{}: the Hugging Face DCP flavour holds tensors only",
+                    piece.fqn
+                ),
+            ));
+        };
+        info.insert(
+            piece.fqn.clone(),
+            serde_json::json!({"saved_offsets": vec![0; data.shape().len()]}),
+        );
+        total += data.bytes().len() as u64;
+        flat.insert(Key::Str(piece.fqn), Value::Tensor(data.clone()));
+    }
+    let weight_map: serde_json::Map<String, Json> = info
+        .keys()
+        .map(|k| (k.clone(), Json::from(MODEL)))
+        .collect();
+    let mut model_options = options
+        .clone()
+        .metadata("DCP_VERSION", "1.0")
+        .metadata("format", "pt")
+        .metadata(SHARDING_INFO, Json::Object(info).to_string());
+    model_options.format = Some(Format::Safetensors);
+    let storage = crate::storage::Location::parse(dir).storage()?;
+    storage.create_root().map_err(|e| Error::io(dir, e))?;
+    crate::format::write_file(
+        Format::Safetensors,
+        &dir.join(MODEL),
+        &Value::Dict(flat),
+        &model_options,
+    )?;
+    let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    let text = serde_json::to_string_pretty(&index).unwrap_or_default();
+    crate::storage::write_atomic(&dir.join(INDEX), options.durable, |out| {
+        out.write_all(text.as_bytes())
+    })
 }
 
 /// One tensor being consolidated: its dtype and its chunks with their data.

@@ -21,7 +21,7 @@ use crate::{byte_len, DType, Dict, Error, Key, Result, TensorData, Value};
 
 mod assemble;
 mod consolidate;
-pub(crate) mod hf;
+pub mod hf;
 mod metadata;
 mod ranged;
 pub(crate) mod write;
