@@ -151,6 +151,20 @@ fn a_dcp_folder_on_object_storage_reads_as_one_checkpoint() {
     assert_eq!(remote.format, ckpt::Format::Dcp);
     let expected = ckpt::load(local.with_extension("expected.pth")).unwrap();
     assert_eq!(remote.value, expected);
+    // By rank, with ranged GETs, and streamed into one local file.
+    let whole = ckpt::StateDict::flatten(&expected).unwrap();
+    let ckpt = ckpt::layout::distributed::Distributed::open(&prefix).unwrap();
+    for world in 1..=3 {
+        let mut bytes = Vec::new();
+        for rank in 0..world {
+            bytes.extend_from_slice(ckpt.load_shard(rank, world).unwrap()["w"].bytes());
+        }
+        assert_eq!(bytes, whole["w"].bytes(), "{world} ranks");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("whole.safetensors");
+    ckpt::layout::dcp::consolidate(&prefix, &out, &Default::default()).unwrap();
+    assert_eq!(ckpt::load(&out).unwrap(), expected);
 }
 
 /// Run as a child process: saves step 1, says so, then saves a large
