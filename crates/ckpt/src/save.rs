@@ -24,12 +24,12 @@ pub fn save_with(path: impl AsRef<Path>, value: &Value, options: &SaveOptions) -
         Some(format) => format,
         None => Format::from_path(path)?,
     };
+    if format == Format::Dcp {
+        return crate::layout::dcp::write::save(path, value);
+    }
     if let (Format::ShardedIndex, max) | (_, max @ Some(_)) = (format, options.max_shard_size) {
         let max = max.unwrap_or(crate::layout::hf::DEFAULT_MAX_SHARD_SIZE);
         return crate::layout::hf::write(path, value, max, options);
-    }
-    if format == Format::Dcp {
-        return crate::layout::dcp::write::save(path, value);
     }
     crate::format::write_file(format, path, value, options)
 }

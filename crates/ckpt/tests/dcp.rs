@@ -130,6 +130,11 @@ fn hostile_folders_are_refused_by_name() {
             .unwrap()
             .to_string();
         assert!(err.contains(name), "{name}: {err}");
+        let out = tempfile::tempdir().unwrap();
+        let file = out.path().join("whole.safetensors");
+        let err = ckpt::layout::dcp::consolidate(&folder, &file, &Default::default()).unwrap_err();
+        assert!(err.to_string().contains(name), "{name}: {err}");
+        assert!(!file.exists(), "{name}: a partial file was left");
     }
 }
 

@@ -16,6 +16,9 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
     let (input, output) = (&args.input, &args.output);
     let (dtype, max_shard_size) = (args.dtype, args.max_shard_size);
     let format = args.format.map(|f| f.format());
+    if format == Some(ckpt::Format::Dcp) && max_shard_size.is_some() {
+        anyhow::bail!("--max-shard-size does not apply to DCP folders (--format dcp, dcp-hf)");
+    }
     if let Some(summary) = consolidate(args, format)? {
         return report(args, ckpt::Format::Dcp, "safetensors", summary, out);
     }

@@ -196,7 +196,9 @@ pub(crate) fn data_start(header: &[u8], local: u64, path: &Path) -> Result<u64> 
     }
     let name = r.u16(26, "a local header")? as u64;
     let extra = r.u16(28, "a local header")? as u64;
-    Ok(local + 30 + name + extra)
+    local
+        .checked_add(30 + name + extra)
+        .ok_or_else(|| bad(path, 0, "a local header lies past any archive"))
 }
 
 impl ZipArchive {

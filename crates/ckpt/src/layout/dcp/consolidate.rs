@@ -5,13 +5,16 @@
 //! the largest tensor (twice it while a tensor of several chunks is put
 //! together), not the checkpoint.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::assemble::{check_cover, place, place_chunk};
 use super::metadata::parse;
-use super::{attach_hashes, bad, read_chunk, read_value, Chunk, Stored, METADATA};
+use super::{
+    attach_hashes, bad, read_chunk, read_value, stands_for, Chunk, Stored, METADATA, SLACK,
+};
 use crate::format::safetensors::{self, Described};
 use crate::format::SaveOptions;
 use crate::storage::{Location, Storage};
@@ -55,6 +58,9 @@ pub fn consolidate(dir: &Path, out: &Path, options: &SaveOptions) -> Result<Cons
     // as the assembled tree would.
     let marks = Arc::new(Buffer::Heap(vec![0u8; entries.len()]));
     let mut root = Value::Dict(Dict::new());
+    // As when the tree is read whole: tensors take no more bytes than the
+    // distinct items holding them (+ slack), however often one is named.
+    let (mut counted, mut held, mut claimed) = (HashSet::new(), 0u64, 0u64);
     for (i, e) in entries.iter().enumerate() {
         let value = match &e.stored {
             Stored::Bytes(item) => read_value(&*storage, dir, item)?,
@@ -65,8 +71,19 @@ pub fn consolidate(dir: &Path, out: &Path, options: &SaveOptions) -> Result<Cons
             } => {
                 let name = &e.fqn;
                 check_cover(size, chunks).map_err(|p| bad(&meta_path, format!("{name}: {p}")))?;
-                byte_len(*dtype, size)
+                let total = byte_len(*dtype, size)
                     .ok_or_else(|| bad(&meta_path, format!("{name}: too large")))?;
+                for c in chunks.iter() {
+                    if counted.insert((c.item.file.as_str(), c.item.offset)) {
+                        let claim = byte_len(*dtype, &c.sizes).unwrap_or(u64::MAX);
+                        held = held.saturating_add(stands_for(&c.item, claim));
+                    }
+                }
+                claimed = claimed.saturating_add(total);
+                if claimed > held.saturating_add(SLACK) {
+                    let problem = "the tensors claim more bytes than the items holding them";
+                    return Err(bad(&meta_path, format!("{name}: {problem}")));
+                }
                 Value::Tensor(TensorData::shared(
                     DType::U8,
                     vec![],

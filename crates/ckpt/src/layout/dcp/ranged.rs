@@ -52,29 +52,42 @@ pub(super) fn locate(
     let Ok(entries) = zip::directory(&read(tail_start, TAIL)?, tail_start, &path) else {
         return Ok(None);
     };
-    let find = |suffix: &str| {
-        entries
-            .iter()
-            .find(|e| e.name.ends_with(suffix) && e.method == 0)
-    };
-    let (Some(pickle), Some(data)) = (find("/data.pkl"), find("/data/0")) else {
+    // Stored entries only, whose sizes agree, found by exact name under
+    // the pickle's folder.
+    let stored = |e: &&zip::Central| e.method == 0 && e.compressed == e.size;
+    let Some(pickle) = entries
+        .iter()
+        .filter(stored)
+        .find(|e| e.name.ends_with("/data.pkl"))
+    else {
         return Ok(None);
     };
+    let prefix = &pickle.name[..pickle.name.len() - "/data.pkl".len()];
+    let named = |name: String| entries.iter().filter(stored).find(|e| e.name == name);
     // The pickle: its local header, then as many bytes as it holds.
-    let head = read(pickle.local, HEADER)?;
-    let Ok(start) = zip::data_start(&head, pickle.local, &path) else {
+    let Some(pickle_bytes) = contents(&read, pickle, &path)? else {
         return Ok(None);
     };
-    let pickle_bytes = read(start, pickle.size.min(TAIL))?;
     let Ok(u) = unpickle(&pickle_bytes, pickle_bytes.len(), &path, "data.pkl") else {
         return Ok(None);
     };
     let Obj::Tensor(t) = &u.arena[u.root] else {
         return Ok(None);
     };
+    // A big-endian archive is read whole, where its bytes are swapped.
+    if let Some(order) = named(format!("{prefix}/byteorder")) {
+        if contents(&read, order, &path)?.as_deref() != Some(b"little") {
+            return Ok(None);
+        }
+    }
+    let Some(data) = named(format!("{prefix}/data/{}", t.storage.key)) else {
+        return Ok(None);
+    };
+    let element = t.storage.dtype.map_or(1, |d| d.size() as u64);
     let shape: Vec<u64> = chunk.sizes.iter().map(|&s| s as u64).collect();
     let row_major = t.stride == contiguous_strides(&shape);
-    if t.storage.key != "0" || t.dtype != dtype || t.shape != shape || !row_major {
+    let whole_storage = t.storage.numel.checked_mul(element) == Some(data.size);
+    if t.dtype != dtype || t.shape != shape || !row_major || !whole_storage {
         return Ok(None);
     }
     let head = read(data.local, HEADER)?;
@@ -89,4 +102,18 @@ pub(super) fn locate(
         return Ok(None);
     }
     Ok(item.offset.checked_add(start + first))
+}
+
+/// A small stored entry's bytes (at most [`TAIL`]), read after its local
+/// header; `None` when the header is not one.
+fn contents(
+    read: &dyn Fn(u64, u64) -> Result<Vec<u8>>,
+    entry: &zip::Central,
+    path: &Path,
+) -> Result<Option<Vec<u8>>> {
+    let head = read(entry.local, HEADER)?;
+    let Ok(start) = zip::data_start(&head, entry.local, path) else {
+        return Ok(None);
+    };
+    Ok(Some(read(start, entry.size.min(TAIL))?))
 }
