@@ -1,0 +1,129 @@
+"""ckpt.save / ckpt.load against torch.save / torch.load(weights_only=True)
+on the same trees, both ways, every dtype; NumPy mode; the folders and
+fixtures ckpt reads; errors as ckpt.CkptError."""
+
+import random
+from pathlib import Path
+
+import numpy
+import pytest
+import torch
+
+import ckpt
+
+FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures"
+
+DTYPES = [
+    torch.float32, torch.float64, torch.float16, torch.bfloat16,
+    torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool,
+    torch.complex64, torch.float8_e4m3fn, torch.float8_e5m2,
+]
+
+
+def random_tensor(rng, dtype):
+    shape = tuple(rng.randint(0, 4) for _ in range(rng.randint(0, 3)))
+    bits = torch.randint(0, 256, (int(numpy.prod(shape)) * dtype.itemsize,), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(rng.randint(0, 1 << 30)))
+    if dtype is torch.bool:
+        return (bits[: int(numpy.prod(shape))] & 1).bool().reshape(shape)
+    return bits.view(dtype).reshape(shape)
+
+
+def random_tree(rng, depth=0):
+    kinds = ["none", "bool", "int", "float", "str", "tensor"] + (["list", "tuple", "dict"] if depth < 3 else [])
+    kind = rng.choice(kinds)
+    if kind == "none":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "int":
+        return rng.randint(-(1 << 62), 1 << 62)
+    if kind == "float":
+        return rng.uniform(-1e6, 1e6)
+    if kind == "str":
+        return "".join(rng.choice("abcü_ 0") for _ in range(rng.randint(0, 6)))
+    if kind == "tensor":
+        return random_tensor(rng, rng.choice(DTYPES))
+    items = [random_tree(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    if kind == "list":
+        return items
+    if kind == "tuple":
+        return tuple(items)
+    return {(f"k{i}" if rng.random() < 0.7 else i): v for i, v in enumerate(items)}
+
+
+def same(a, b, at="root"):
+    """Raises unless a and b are the same tree: same types, key types,
+    dtypes, shapes and bits."""
+    assert type(a) is type(b), f"{at}: {type(a)} != {type(b)}"
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{at}: {a.dtype}{tuple(a.shape)} != {b.dtype}{tuple(b.shape)}"
+        bits = lambda t: t.reshape(-1).view(torch.uint8) if t.numel() else t.reshape(-1)
+        assert torch.equal(bits(a), bits(b)), f"{at}: values differ"
+    elif isinstance(a, dict):
+        assert list(a.keys()) == list(b.keys()), f"{at}: keys {list(a)} != {list(b)}"
+        for k in a:
+            same(a[k], b[k], f"{at}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), f"{at}: lengths differ"
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{at}[{i}]")
+    else:
+        assert a == b, f"{at}: {a!r} != {b!r}"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ckpt_save_is_what_torch_load_reads_and_back(tmp_path, seed):
+    rng = random.Random(seed)
+    tree = {f"t{i}": random_tree(rng) for i in range(6)}
+    ours = tmp_path / "ours.pth"
+    ckpt.save(tree, ours)
+    same(torch.load(ours, weights_only=True), tree)
+    theirs = tmp_path / "theirs.pth"
+    torch.save(tree, theirs)
+    same(ckpt.load(theirs), torch.load(theirs, weights_only=True))
+    same(ckpt.load(ours, mmap=False), tree)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_dtype_round_trips_through_safetensors(tmp_path, dtype):
+    t = random_tensor(random.Random(7), dtype)
+    path = tmp_path / "t.safetensors"
+    ckpt.save({"t": t, "step": 3}, path)
+    same(ckpt.load(path), {"t": t, "step": 3})
+
+
+def test_numpy_arrays_in_and_out(tmp_path):
+    arrays = {"a": numpy.arange(12, dtype=numpy.float32).reshape(3, 4), "b": numpy.array([True, False])}
+    path = tmp_path / "a.npz"
+    ckpt.save(arrays, path)
+    back = ckpt.load(path, tensors="numpy")
+    assert set(back) == {"a", "b"}
+    for k in arrays:
+        assert back[k].dtype == arrays[k].dtype and numpy.array_equal(back[k], arrays[k])
+    with pytest.raises(ckpt.CkptError, match="needs torch"):
+        p = tmp_path / "bf16.safetensors"
+        ckpt.save({"x": torch.zeros(2, dtype=torch.bfloat16)}, p)
+        ckpt.load(p, tensors="numpy")
+
+
+def test_folders_and_fixtures_ckpt_reads(tmp_path):
+    dcp = ckpt.load(FIXTURES / "dcp" / "ranks4_dim1")
+    same(dcp, ckpt.load(FIXTURES / "dcp" / "ranks4_dim1.expected.pth"))
+    flat = ckpt.load_state_dict(FIXTURES / "pth" / "checkpoint.pth")
+    assert flat and all(isinstance(v, torch.Tensor) for v in flat.values())
+
+
+def test_errors_are_ckpt_errors_naming_the_file(tmp_path):
+    with pytest.raises(ckpt.CkptError, match="missing.pth"):
+        ckpt.load(tmp_path / "missing.pth")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    with pytest.raises(ckpt.CkptError, match="bad.safetensors"):
+        ckpt.load(bad)
+    with pytest.raises(ckpt.CkptError):
+        ckpt.load(FIXTURES / "hostile" / "malicious.pth")
+    with pytest.raises(TypeError, match="set"):
+        ckpt.save({"x": {1, 2}}, tmp_path / "x.pth")
+    with pytest.raises(TypeError, match="key"):
+        ckpt.save({(1, 2): 3}, tmp_path / "x.pth")
