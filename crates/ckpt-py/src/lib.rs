@@ -69,6 +69,23 @@ fn save(py: Python<'_>, tree: &Bound<'_, PyAny>, path: PathBuf, durable: bool) -
         .map_err(error)
 }
 
+/// Reads the whole file at `path` as `load` would, every tensor byte
+/// included, and compares every stored checksum: a dict of `format` (a
+/// short id such as `"pytorch"`), `tensors`, `bytes`, `checksums` (how many
+/// were compared) and `mismatches` (entries whose data does not match).
+/// Structural problems, and hash mismatches in ckpt's own folders, raise.
+#[pyfunction]
+fn verify(py: Python<'_>, path: PathBuf) -> PyResult<Py<PyDict>> {
+    let report = py.detach(|| ckpt::verify(&path)).map_err(error)?;
+    let dict = PyDict::new(py);
+    dict.set_item("format", report.format.id())?;
+    dict.set_item("tensors", report.tensors)?;
+    dict.set_item("bytes", report.bytes)?;
+    dict.set_item("checksums", report.checksums)?;
+    dict.set_item("mismatches", report.mismatches)?;
+    Ok(dict.unbind())
+}
+
 /// A ckpt value as a Python object (an inert pickled object as the plain
 /// dict that stands in for it).
 fn to_py(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
@@ -178,5 +195,6 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<RawTensor>()?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(save, m)?)?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
     Ok(())
 }

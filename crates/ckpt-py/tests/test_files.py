@@ -127,3 +127,21 @@ def test_errors_are_ckpt_errors_naming_the_file(tmp_path):
         ckpt.save({"x": {1, 2}}, tmp_path / "x.pth")
     with pytest.raises(TypeError, match="key"):
         ckpt.save({(1, 2): 3}, tmp_path / "x.pth")
+
+
+
+def test_verify_compares_the_stored_checksums(tmp_path):
+    path = tmp_path / "m.pth"
+    torch.save({"w": torch.arange(64.0)}, path)
+    report = ckpt.verify(path)
+    assert report["format"] == "pytorch" and report["tensors"] == 1
+    assert report["checksums"] >= 1 and report["mismatches"] == []
+    # A flipped bit in the tensor's bytes: the zip CRC-32 no longer
+    # matches; the file still loads, as in torch.
+    data = bytearray(path.read_bytes())
+    at = data.index(torch.arange(64.0)[10:12].numpy().tobytes())
+    data[at] ^= 1
+    path.write_bytes(bytes(data))
+    assert any("data/0" in m for m in ckpt.verify(path)["mismatches"])
+    with pytest.raises(ckpt.CkptError, match="nothing.pth"):
+        ckpt.verify(tmp_path / "nothing.pth")

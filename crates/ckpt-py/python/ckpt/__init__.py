@@ -17,8 +17,9 @@ import os
 from ._ckpt import CkptError, RawTensor
 from ._ckpt import load as _load
 from ._ckpt import save as _save
+from ._ckpt import verify as _verify
 
-__all__ = ["CkptError", "load", "load_state_dict", "save"]
+__all__ = ["CkptError", "load", "load_state_dict", "save", "verify"]
 
 try:
     import torch
@@ -60,6 +61,16 @@ def load_state_dict(path, mmap=True, tensors=None):
 
     walk("", load(path, mmap=mmap, tensors=tensors))
     return flat
+
+
+def verify(path):
+    """Reads the whole file (or folder) at `path`, every tensor byte
+    included, and compares every checksum it stores. Returns a dict:
+    `format`, `tensors`, `bytes`, `checksums` (how many were compared) and
+    `mismatches` (entries whose data does not match; the file still loads,
+    as in torch). A structural problem, or a hash mismatch in a checkpoint
+    ckpt wrote, raises CkptError."""
+    return _verify(os.fspath(path))
 
 
 def _kind(tensors):
