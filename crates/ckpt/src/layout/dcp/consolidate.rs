@@ -11,15 +11,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::assemble::{check_cover, place, place_chunk};
-use super::metadata::parse;
-use super::{
-    attach_hashes, bad, read_chunk, read_value, stands_for, Chunk, Stored, METADATA, SLACK,
-};
+use super::{bad, entries, read_chunk, read_value, stands_for, Chunk, Stored, METADATA, SLACK};
 use crate::format::safetensors::{self, Described};
 use crate::format::SaveOptions;
 use crate::storage::{Location, Storage};
 use crate::tensor::Buffer;
-use crate::{byte_len, DType, Dict, Error, Result, TensorData, Value};
+use crate::{byte_len, DType, Dict, Result, TensorData, Value};
 
 /// What was written: the tensors and their bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,11 +45,7 @@ enum Source<'a> {
 pub fn consolidate(dir: &Path, out: &Path, options: &SaveOptions) -> Result<Consolidated> {
     let storage = Location::parse(dir).storage()?;
     let meta_path = dir.join(METADATA);
-    let bytes = storage
-        .read(METADATA)
-        .map_err(|e| Error::io(&meta_path, e))?;
-    let mut entries = parse(&bytes, &meta_path)?;
-    attach_hashes(&mut entries, &*storage, dir)?;
+    let entries = entries(&*storage, dir)?;
     // The tree with each sharded tensor standing in as a 0-d view of one
     // marker buffer at its entry's index: flattened, it names every tensor
     // as the assembled tree would.

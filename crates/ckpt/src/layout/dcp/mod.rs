@@ -92,11 +92,7 @@ struct Entry {
 /// comes here.
 pub fn read(dir: &Path, storage: &dyn Storage, options: &LoadOptions) -> Result<Loaded> {
     let meta_path = dir.join(METADATA);
-    let bytes = storage
-        .read(METADATA)
-        .map_err(|e| Error::io(&meta_path, e))?;
-    let mut entries = parse(&bytes, &meta_path)?;
-    attach_hashes(&mut entries, storage, dir)?;
+    let entries = entries(storage, dir)?;
     let mut files = Files {
         dir,
         storage,
@@ -157,11 +153,7 @@ pub(crate) struct Tensor {
 /// to be tiled by its chunks, without reading any data file.
 pub(crate) fn tensors(storage: &dyn Storage, dir: &Path) -> Result<Vec<Tensor>> {
     let meta_path = dir.join(METADATA);
-    let bytes = storage
-        .read(METADATA)
-        .map_err(|e| Error::io(&meta_path, e))?;
-    let mut entries = parse(&bytes, &meta_path)?;
-    attach_hashes(&mut entries, storage, dir)?;
+    let entries = entries(storage, dir)?;
     let mut tensors = Vec::new();
     for e in entries {
         if let Stored::Tensor {
@@ -352,6 +344,18 @@ fn item_value(bytes: &[u8], item: &Item, need: u64, dir: &Path) -> Result<Value>
     let entry = path.join(format!("@{}", item.offset));
     let archive = decoded(bytes, item, need, dir)?.into_owned();
     crate::format::read(Format::PyTorch, Arc::new(Buffer::Heap(archive)), &entry).map(|l| l.value)
+}
+
+/// The entries of the folder's `.metadata`, each item with the content
+/// hash `ckpt.integrity.json` records for it (when ckpt wrote the folder).
+fn entries(storage: &dyn Storage, dir: &Path) -> Result<Vec<Entry>> {
+    let meta_path = dir.join(METADATA);
+    let bytes = storage
+        .read(METADATA)
+        .map_err(|e| Error::io(&meta_path, e))?;
+    let mut entries = parse(&bytes, &meta_path)?;
+    attach_hashes(&mut entries, storage, dir)?;
+    Ok(entries)
 }
 
 /// Gives each item the content hash `ckpt.integrity.json` records for it,
