@@ -1,17 +1,17 @@
-//! `ckpt._ckpt`: the native core of the `ckpt` Python package. Trees cross
-//! as Python's own types (None, bool, int, float, str, bytes, list, tuple,
-//! dict with str or int keys); tensors as [`RawTensor`] (a torch dtype name,
-//! a shape and the bytes), which the package's Python side turns into
-//! torch tensors or NumPy arrays. Reading and writing run with the GIL
-//! released.
+//! `ckpt._ckpt`: the native core of the `ckpt` Python package. Trees and
+//! tensors cross as `tree.rs` describes; the run store is `manager.rs`.
+//! Reading and writing run with the GIL released.
+
+mod manager;
+mod tree;
 
 use std::path::PathBuf;
 
-use ckpt::{DType, Dict, Key, LoadOptions, SaveOptions, TensorData, Value};
+use ckpt::{LoadOptions, SaveOptions};
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::PyDict;
 
 create_exception!(
     _ckpt,
@@ -21,49 +21,64 @@ create_exception!(
      malicious, or a value a format cannot hold. The message names the file \
      and the place."
 );
+create_exception!(
+    _ckpt,
+    IntegrityError,
+    CkptError,
+    "A checkpoint whose bytes do not match the content hash recorded when \
+     it was written, or a run in which no committed step loads."
+);
+create_exception!(
+    _ckpt,
+    UnsafeFileError,
+    CkptError,
+    "A pickle that would run code or build objects if torch.load opened it \
+     with weights_only=False; ckpt refuses it and runs nothing."
+);
+create_exception!(
+    _ckpt,
+    StepError,
+    CkptError,
+    "A step a run does not hold, or one it already holds."
+);
+create_exception!(
+    _ckpt,
+    LockedError,
+    CkptError,
+    "A run directory another live process is writing to."
+);
 
-/// A `ckpt::Error` as the Python exception.
+/// A `ckpt::Error` as the Python exception for its kind.
 fn error(e: ckpt::Error) -> PyErr {
-    CkptError::new_err(e.to_string())
-}
-
-/// A tensor crossing between Python and ckpt: torch's name for its dtype
-/// (`"float32"`, `"bfloat16"`), its shape, and its little-endian bytes in
-/// row-major order.
-#[pyclass(frozen, module = "ckpt._ckpt")]
-struct RawTensor {
-    #[pyo3(get)]
-    dtype: String,
-    #[pyo3(get)]
-    shape: Vec<usize>,
-    #[pyo3(get)]
-    data: Py<PyBytes>,
-}
-
-#[pymethods]
-impl RawTensor {
-    #[new]
-    fn new(dtype: String, shape: Vec<usize>, data: Py<PyBytes>) -> Self {
-        RawTensor { dtype, shape, data }
+    use ckpt::Error as E;
+    let message = e.to_string();
+    match e {
+        E::HashMismatch { .. } | E::NoIntactCheckpoint { .. } => IntegrityError::new_err(message),
+        E::DangerousGlobal { .. } | E::RefusedGlobal { .. } => UnsafeFileError::new_err(message),
+        E::NoSuchStep { .. } | E::StepExists { .. } => StepError::new_err(message),
+        E::StoreLocked { .. } => LockedError::new_err(message),
+        _ => CkptError::new_err(message),
     }
 }
 
 /// The tree in the file at `path` (any format or folder ckpt reads, or an
-/// `s3://` URL), memory-mapped unless `mmap` is false.
+/// `s3://` URL): mapped copy-on-write unless `mmap` is false, so its
+/// tensors may be written without touching the file.
 #[pyfunction]
 #[pyo3(signature = (path, mmap = true))]
 fn load(py: Python<'_>, path: PathBuf, mmap: bool) -> PyResult<Py<PyAny>> {
-    let options = LoadOptions::default().mmap(mmap);
+    let options = LoadOptions::default().mmap(mmap).writable(true);
     let loaded = py.detach(|| ckpt::read(&path, &options)).map_err(error)?;
-    to_py(py, &loaded.value)
+    tree::to_py(py, &loaded.value)
 }
 
 /// Saves `tree` to `path` in the format its extension names, atomically;
-/// `durable` syncs it to disk before returning.
+/// `durable` syncs it to disk before returning. Tensors are written
+/// straight from the memory the tree's RawTensors name.
 #[pyfunction]
 #[pyo3(signature = (tree, path, durable = false))]
 fn save(py: Python<'_>, tree: &Bound<'_, PyAny>, path: PathBuf, durable: bool) -> PyResult<()> {
-    let value = from_py(tree, 0)?;
+    let value = tree::from_py(tree, 0)?;
     let options = SaveOptions::default().durable(durable);
     py.detach(|| ckpt::save_with(&path, &value, &options))
         .map_err(error)
@@ -86,113 +101,17 @@ fn verify(py: Python<'_>, path: PathBuf) -> PyResult<Py<PyDict>> {
     Ok(dict.unbind())
 }
 
-/// A ckpt value as a Python object (an inert pickled object as the plain
-/// dict that stands in for it).
-fn to_py(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
-    Ok(match value {
-        Value::None => py.None(),
-        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any().unbind(),
-        Value::Int(i) => i.into_pyobject(py)?.into_any().unbind(),
-        Value::Float(f) => PyFloat::new(py, *f).into_any().unbind(),
-        Value::Str(s) => PyString::new(py, s).into_any().unbind(),
-        Value::Bytes(b) => PyBytes::new(py, b).into_any().unbind(),
-        Value::List(items) => {
-            let items = items
-                .iter()
-                .map(|v| to_py(py, v))
-                .collect::<PyResult<Vec<_>>>()?;
-            PyList::new(py, items)?.into_any().unbind()
-        }
-        Value::Tuple(items) => {
-            let items = items
-                .iter()
-                .map(|v| to_py(py, v))
-                .collect::<PyResult<Vec<_>>>()?;
-            PyTuple::new(py, items)?.into_any().unbind()
-        }
-        Value::Dict(d) => {
-            let dict = PyDict::new(py);
-            for (k, v) in d {
-                match k {
-                    Key::Str(s) => dict.set_item(s, to_py(py, v)?)?,
-                    Key::Int(i) => dict.set_item(i, to_py(py, v)?)?,
-                }
-            }
-            dict.into_any().unbind()
-        }
-        Value::Tensor(t) => {
-            let raw = RawTensor {
-                dtype: t.dtype().torch_name().to_owned(),
-                shape: t.shape().to_vec(),
-                data: PyBytes::new(py, t.bytes()).unbind(),
-            };
-            Py::new(py, raw)?.into_any()
-        }
-        Value::Object(o) => to_py(py, &o.to_plain())?,
-    })
-}
-
-/// A Python tree as a ckpt value; anything else is a `TypeError` naming
-/// its type.
-fn from_py(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
-    if depth > ckpt::tree::MAX_DEPTH {
-        return Err(PyTypeError::new_err(format!(
-            "the tree is deeper than {} levels",
-            ckpt::tree::MAX_DEPTH
-        )));
-    }
-    let child = |v: Bound<'_, PyAny>| from_py(&v, depth + 1);
-    Ok(if obj.is_none() {
-        Value::None
-    } else if let Ok(b) = obj.cast::<PyBool>() {
-        Value::Bool(b.is_true())
-    } else if obj.is_instance_of::<PyInt>() {
-        Value::Int(obj.extract()?)
-    } else if obj.is_instance_of::<PyFloat>() {
-        Value::Float(obj.extract()?)
-    } else if let Ok(s) = obj.cast::<PyString>() {
-        Value::Str(s.to_cow()?.into_owned())
-    } else if let Ok(b) = obj.cast::<PyBytes>() {
-        Value::Bytes(b.as_bytes().to_vec())
-    } else if let Ok(l) = obj.cast::<PyList>() {
-        Value::List(l.iter().map(child).collect::<PyResult<_>>()?)
-    } else if let Ok(t) = obj.cast::<PyTuple>() {
-        Value::Tuple(t.iter().map(child).collect::<PyResult<_>>()?)
-    } else if let Ok(d) = obj.cast::<PyDict>() {
-        let mut dict = Dict::new();
-        for (k, v) in d.iter() {
-            let key = if let Ok(s) = k.cast::<PyString>() {
-                Key::Str(s.to_cow()?.into_owned())
-            } else if k.is_instance_of::<PyInt>() && !k.is_instance_of::<PyBool>() {
-                Key::Int(k.extract()?)
-            } else {
-                let kind = k.get_type().name()?;
-                return Err(PyTypeError::new_err(format!(
-                    "a dict key is a {kind}: ckpt saves str and int keys"
-                )));
-            };
-            dict.insert(key, child(v)?);
-        }
-        Value::Dict(dict)
-    } else if let Ok(raw) = obj.cast::<RawTensor>() {
-        let raw = raw.get();
-        let dtype = DType::from_torch(&raw.dtype)
-            .ok_or_else(|| PyTypeError::new_err(format!("unknown dtype {}", raw.dtype)))?;
-        let bytes = raw.data.bind(obj.py()).as_bytes().to_vec();
-        Value::Tensor(TensorData::new(dtype, raw.shape.clone(), bytes).map_err(error)?)
-    } else {
-        let kind = obj.get_type().name()?;
-        return Err(PyTypeError::new_err(format!(
-            "ckpt saves tensors, dicts, lists, tuples, numbers, strings, bytes and None, not {kind}"
-        )));
-    })
-}
-
 /// The native module.
 #[pymodule]
 fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("CkptError", m.py().get_type::<CkptError>())?;
-    m.add_class::<RawTensor>()?;
+    let py = m.py();
+    m.add("CkptError", py.get_type::<CkptError>())?;
+    m.add("IntegrityError", py.get_type::<IntegrityError>())?;
+    m.add("UnsafeFileError", py.get_type::<UnsafeFileError>())?;
+    m.add("StepError", py.get_type::<StepError>())?;
+    m.add("LockedError", py.get_type::<LockedError>())?;
+    m.add_class::<tree::RawTensor>()?;
+    m.add_class::<manager::Manager>()?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(save, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;

@@ -6,13 +6,18 @@ use std::sync::Arc;
 
 use crate::{DType, Error, Result};
 
-/// Where a tensor's bytes live: a heap buffer or a memory-mapped file,
-/// shared by every tensor that was read from it.
+/// Where a tensor's bytes live: a heap buffer, a memory-mapped file or
+/// another library's memory, shared by every tensor that was read from it.
 pub(crate) enum Buffer {
     /// Bytes on the heap.
     Heap(Vec<u8>),
     /// A read-only map of a whole file.
     Map(memmap2::Mmap),
+    /// A copy-on-write map of a whole file ([`crate::LoadOptions::writable`]).
+    PrivateMap(memmap2::MmapMut),
+    /// Bytes owned outside ckpt (a Python tensor's memory), borrowed for
+    /// as long as the owner lives.
+    Borrowed(Box<dyn AsRef<[u8]> + Send + Sync>),
 }
 
 impl Buffer {
@@ -20,6 +25,8 @@ impl Buffer {
         match self {
             Buffer::Heap(vec) => vec,
             Buffer::Map(map) => map,
+            Buffer::PrivateMap(map) => map,
+            Buffer::Borrowed(owner) => (**owner).as_ref(),
         }
     }
 }
@@ -77,6 +84,20 @@ impl TensorData {
         })
     }
 
+    /// Makes a tensor over memory `owner` holds (another library's tensor),
+    /// without copying it: the bytes are read from the owner, which lives
+    /// as long as the tensor or any clone of it. The length is checked as
+    /// in [`TensorData::new`].
+    pub fn borrowed(
+        dtype: DType,
+        shape: Vec<usize>,
+        owner: impl AsRef<[u8]> + Send + Sync + 'static,
+    ) -> Result<TensorData> {
+        let buffer = Arc::new(Buffer::Borrowed(Box::new(owner)));
+        let len = buffer.as_slice().len();
+        TensorData::shared(dtype, shape, buffer, 0..len)
+    }
+
     /// Makes an f32 tensor from values (a convenience for tests and examples).
     pub fn from_f32(shape: &[usize], values: &[f32]) -> Result<TensorData> {
         let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -130,7 +151,16 @@ impl TensorData {
     /// True when the bytes are a range of a memory-mapped file rather than
     /// heap memory.
     pub fn is_mapped(&self) -> bool {
-        matches!(*self.buffer, Buffer::Map(_))
+        matches!(*self.buffer, Buffer::Map(_) | Buffer::PrivateMap(_))
+    }
+
+    /// True when the bytes are ckpt's own private memory (the heap, or a
+    /// copy-on-write map) that whoever holds this tensor may write through
+    /// a raw pointer (a torch tensor over them) without touching any file
+    /// or anyone else's memory; false for read-only maps and borrowed
+    /// memory.
+    pub fn is_writable(&self) -> bool {
+        matches!(*self.buffer, Buffer::Heap(_) | Buffer::PrivateMap(_))
     }
 
     /// A copy whose bytes are owned by this tensor alone.

@@ -250,6 +250,22 @@ impl Value {
         })
     }
 
+    /// Calls `f` with every tensor of the tree, in order.
+    pub fn for_each_tensor<'a>(&'a self, f: &mut impl FnMut(&'a TensorData)) {
+        match self {
+            Value::Tensor(t) => f(t),
+            Value::List(items) | Value::Tuple(items) => {
+                items.iter().for_each(|v| v.for_each_tensor(f))
+            }
+            Value::Dict(dict) => dict.values().for_each(|v| v.for_each_tensor(f)),
+            Value::Object(o) => {
+                o.args.iter().for_each(|v| v.for_each_tensor(f));
+                o.state.for_each_tensor(f);
+            }
+            _ => {}
+        }
+    }
+
     /// A copy where every Python object, at every level, is replaced by
     /// its plain dict ([`PyObject::to_plain`]), and how many were.
     pub fn without_objects(&self) -> (Value, usize) {

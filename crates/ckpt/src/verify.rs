@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::format::pytorch::zip::ZipArchive;
+use crate::storage::Open;
 use crate::{Format, LoadOptions, Result, StateDict};
 
 /// What [`verify`] found.
@@ -64,7 +65,7 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
             [path.to_owned()].into()
         }
         Format::ShardedIndex => {
-            let bytes = crate::storage::open(path, false)?;
+            let bytes = crate::storage::open(path, Open::Read)?;
             let index = crate::layout::Index::parse(bytes.as_slice(), path)?;
             index.checked_files(path).into_iter().collect()
         }
@@ -76,7 +77,7 @@ pub fn verify(path: impl AsRef<Path>) -> Result<VerifyReport> {
     };
     let (mut checksums, mut mismatches) = (0, Vec::new());
     for file in files {
-        let buffer = crate::storage::open(&file, true)?;
+        let buffer = crate::storage::open(&file, Open::Map)?;
         let bytes = buffer.as_slice();
         if !bytes.starts_with(b"PK\x03\x04") {
             continue; // a legacy .pth or a safetensors shard: no checksums

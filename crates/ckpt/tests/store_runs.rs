@@ -214,3 +214,49 @@ fn saves_and_verified_loads_report_progress() {
         store.latest().unwrap().bytes
     );
 }
+
+/// Any tree (what Python's `torch.save` takes), not only a
+/// `TrainingCheckpoint`: saved, saved in the background, loaded, restored
+/// past a damaged step, and checked by a reader, exactly as it was.
+#[test]
+fn any_tree_is_saved_and_restored_as_it_was() {
+    use ckpt::{Dict, TensorData, Value};
+    let tree = |step: u64| {
+        let mut model = Dict::new();
+        let w = TensorData::from_f32(&[2], &[step as f32, 1.0]).unwrap();
+        model.insert("w".into(), Value::Tensor(w));
+        let mut d = Dict::new();
+        d.insert("model".into(), Value::Dict(model));
+        d.insert(
+            7.into(),
+            Value::Tuple(vec![Value::Int(step as i64), Value::None]),
+        );
+        Value::Dict(d)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    store.save_value(1, &tree(1), 10, &[("loss", 0.5)]).unwrap();
+    store.save_value_async(2, &tree(2), 20, &[]).unwrap();
+    store.wait().unwrap();
+    assert_eq!(store.load_value(1).unwrap(), tree(1));
+    assert_eq!(store.steps()[1].epoch, 20);
+    let restored = store.restore_latest_value().unwrap().unwrap();
+    assert_eq!((restored.step, restored.checkpoint), (2, tree(2)));
+    // Not a TrainingCheckpoint: that reading says why.
+    let err = store.load(1).unwrap_err().to_string();
+    assert!(err.contains("model_state_dict"), "{err}");
+    assert!(RunReader::open(dir.path())
+        .unwrap()
+        .check(|_, _| ())
+        .unwrap()
+        .is_ok());
+    // A damaged newest step is passed over and named.
+    let file = dir.path().join("step-00000002/checkpoint.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let restored = store.restore_latest_value().unwrap().unwrap();
+    assert_eq!((restored.step, restored.checkpoint), (1, tree(1)));
+    assert_eq!(restored.skipped[0].0, 2);
+}

@@ -5,46 +5,83 @@ ckpt's Rust core.
     ckpt.save({"model": model.state_dict(), "step": 10}, "ckpt.pth")
     state = ckpt.load("ckpt.pth")      # what torch.load(weights_only=True) gives
 
+    mgr = ckpt.CheckpointManager("runs/exp1", keep_last=3, keep_best=1, metric="val_loss")
+    mgr.save(epoch, {"model": model.state_dict(), "optimizer": opt.state_dict()},
+             metrics={"val_loss": v})
+    state = mgr.restore_latest()       # the newest intact step
+
 Every format ckpt reads works here: `.pth`/`.pt`/`.bin` (torch.save, never
 run), safetensors, NumPy `.npy`/`.npz`, ckpt's `.ckptz`, Hugging Face and
 PyTorch Distributed Checkpoint folders, and `s3://` URLs. Tensors come back
 as torch tensors when torch is installed, NumPy arrays otherwise
-(`tensors="numpy"` or `"torch"` to choose).
+(`tensors="numpy"` or `"torch"` to choose). Tensor bytes are never copied
+on the way in or out: loads hand torch the file's memory map (private, so
+writing to a tensor never touches the file), saves write from the tensors'
+own memory.
 """
 
 import os
 
-from ._ckpt import CkptError, RawTensor
+from ._ckpt import (
+    CkptError,
+    IntegrityError,
+    LockedError,
+    RawTensor,
+    StepError,
+    UnsafeFileError,
+)
 from ._ckpt import load as _load
 from ._ckpt import save as _save
 from ._ckpt import verify as _verify
+from .manager import CheckpointManager, Restored
+from .tensors import from_raw as _from_raw
+from .tensors import is_tensor as _is_tensor
+from .tensors import kind as _kind
+from .tensors import to_raw as _to_raw
 
-__all__ = ["CkptError", "load", "load_state_dict", "save", "verify"]
-
-try:
-    import torch
-except ImportError:  # torch is optional
-    torch = None
+__all__ = [
+    "CheckpointManager",
+    "CkptError",
+    "IntegrityError",
+    "LockedError",
+    "Restored",
+    "StepError",
+    "UnsafeFileError",
+    "load",
+    "load_state_dict",
+    "save",
+    "verify",
+]
 
 
 def save(obj, path, durable=False):
     """Saves a tree of tensors (torch or NumPy), dicts with str or int keys,
     lists, tuples, numbers, strings, bytes and None to `path`, in the format
     its extension names (`.pth`, `.safetensors`, `.npz`, `.ckptz`, ...).
-    The file is replaced atomically; `durable=True` also syncs it to disk."""
+    The file is replaced atomically; `durable=True` also syncs it to disk.
+    CPU tensors are written from their own memory (others are copied to the
+    CPU once); the GIL is released while writing."""
     _save(_to_raw(obj), os.fspath(path), durable)
 
 
-def load(path, mmap=True, tensors=None):
+def load(path, map_location=None, mmap=True, tensors=None):
     """The tree in `path` (any format or folder ckpt reads, or `s3://...`),
     as `torch.load(path, weights_only=True)` would give it. Tensors are
     torch tensors when torch is installed (`tensors="torch"`), else NumPy
-    arrays (`tensors="numpy"`). Nothing in the file is ever run."""
+    arrays (`tensors="numpy"`). Nothing in the file is ever run.
+
+    With `mmap=True` (the default) tensors are views of a private
+    copy-on-write map of the file: nothing is read until used, and writing
+    to a tensor never changes the file. `map_location` moves every tensor
+    to a device, as torch's does: a device string (`"cuda"`, `"cuda:1"`,
+    `"cpu"`), a `torch.device`, or a dict whose targets are all one device
+    (ckpt does not keep the device a tensor was saved from)."""
     kind = _kind(tensors)
-    return _from_raw(_load(os.fspath(path), mmap), kind)
+    tree = _from_raw(_load(os.fspath(path), mmap), kind)
+    return _map_location(tree, map_location, kind)
 
 
-def load_state_dict(path, mmap=True, tensors=None):
+def load_state_dict(path, map_location=None, mmap=True, tensors=None):
     """The file's tensors as a flat dict, nested keys joined with `.` as
     torch's state dicts name them."""
     flat = {}
@@ -59,7 +96,7 @@ def load_state_dict(path, mmap=True, tensors=None):
         elif _is_tensor(value):
             flat[prefix[:-1]] = value
 
-    walk("", load(path, mmap=mmap, tensors=tensors))
+    walk("", load(path, map_location=map_location, mmap=mmap, tensors=tensors))
     return flat
 
 
@@ -73,70 +110,36 @@ def verify(path):
     return _verify(os.fspath(path))
 
 
-def _kind(tensors):
-    if tensors is None:
-        return "torch" if torch is not None else "numpy"
-    if tensors not in ("torch", "numpy"):
-        raise ValueError(f'tensors must be "torch" or "numpy", not {tensors!r}')
-    if tensors == "torch" and torch is None:
-        raise ImportError('tensors="torch" needs torch installed')
-    return tensors
+def _map_location(tree, map_location, kind):
+    if map_location is None:
+        return tree
+    if kind != "torch":
+        raise ValueError("map_location needs torch tensors")
+    import torch
 
+    if isinstance(map_location, dict):
+        targets = set(map(str, map_location.values()))
+        if len(targets) != 1:
+            raise ValueError(
+                "map_location maps saved devices to different targets; ckpt does not keep "
+                "the device a tensor was saved from, so give one device"
+            )
+        map_location = targets.pop()
+    elif callable(map_location):
+        raise TypeError("map_location as a function is not supported; give a device")
+    device = torch.device(map_location)
+    if device.type == "cpu":
+        return tree
 
-def _is_tensor(value):
-    import numpy
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(move(v) for v in value)
+        return value
 
-    return isinstance(value, numpy.ndarray) or (torch is not None and isinstance(value, torch.Tensor))
-
-
-def _to_raw(obj):
-    """The tree with every tensor as a RawTensor (its bytes copied once)."""
-    import numpy
-
-    if torch is not None and isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        dtype = str(t.dtype).removeprefix("torch.")
-        flat = t.reshape(-1)
-        data = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
-        return RawTensor(dtype, tuple(t.shape), data)
-    if isinstance(obj, numpy.ndarray):
-        a = numpy.ascontiguousarray(obj)
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
-        return RawTensor(a.dtype.name, tuple(a.shape), a.tobytes())
-    if isinstance(obj, dict):
-        return {k: _to_raw(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_raw(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_to_raw(v) for v in obj)
-    return obj
-
-
-def _from_raw(obj, kind):
-    """The tree with every RawTensor as a torch tensor or a NumPy array."""
-    if isinstance(obj, RawTensor):
-        return _tensor(obj, kind)
-    if isinstance(obj, dict):
-        return {k: _from_raw(v, kind) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_from_raw(v, kind) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_from_raw(v, kind) for v in obj)
-    return obj
-
-
-def _tensor(raw, kind):
-    shape = tuple(raw.shape)
-    if kind == "torch":
-        dtype = getattr(torch, raw.dtype)
-        if not raw.data:
-            return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(bytearray(raw.data), dtype=dtype).reshape(shape)
-    import numpy
-
-    try:
-        dtype = numpy.dtype(raw.dtype)
-    except TypeError:
-        raise CkptError(f"a {raw.dtype} tensor needs torch (NumPy has no {raw.dtype})") from None
-    return numpy.frombuffer(raw.data, dtype=dtype).reshape(shape)
+    return move(tree)

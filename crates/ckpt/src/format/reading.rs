@@ -26,11 +26,19 @@ pub struct LoadOptions {
     /// when used. With `false` the file is read once into one heap buffer,
     /// which the tensors share; use it when the file may change under you.
     pub mmap: bool,
+    /// Map the file copy-on-write (private) instead of read-only, so
+    /// whoever is handed the tensors' memory (a torch tensor over it) may
+    /// write to it without touching the file. The written pages are copied
+    /// then; the map counts towards the system's committed memory.
+    pub writable: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { mmap: true }
+        LoadOptions {
+            mmap: true,
+            writable: false,
+        }
     }
 }
 
@@ -38,6 +46,22 @@ impl LoadOptions {
     /// Sets [`LoadOptions::mmap`].
     pub fn mmap(mut self, mmap: bool) -> Self {
         self.mmap = mmap;
+        self
+    }
+
+    /// How the file is brought into memory.
+    pub(crate) fn open_as(&self) -> crate::storage::Open {
+        use crate::storage::Open;
+        match (self.mmap, self.writable) {
+            (false, _) => Open::Read,
+            (true, false) => Open::Map,
+            (true, true) => Open::PrivateMap,
+        }
+    }
+
+    /// Sets [`LoadOptions::writable`].
+    pub fn writable(mut self, writable: bool) -> Self {
+        self.writable = writable;
         self
     }
 }

@@ -233,7 +233,7 @@ fn read_shard(path: &Path, options: &LoadOptions) -> Result<Loaded> {
             problem: "is a folder, named as a shard by an index".to_owned(),
         });
     }
-    let buffer = crate::storage::open(path, options.mmap)?;
+    let buffer = crate::storage::open(path, options.open_as())?;
     let format = Format::detect(buffer.as_slice(), path)?;
     if format == Format::ShardedIndex {
         return Err(Error::Folder {

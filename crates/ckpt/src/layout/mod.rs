@@ -79,7 +79,7 @@ pub(crate) fn read_path(path: &Path, options: &LoadOptions) -> Result<Loaded> {
     if location.is_remote() && dcp::is_folder(path) {
         return dcp::read(path, &*location.storage()?, options);
     }
-    let buffer = crate::storage::open(path, options.mmap)?;
+    let buffer = crate::storage::open(path, options.open_as())?;
     let format = Format::detect(buffer.as_slice(), path)?;
     dispatch(format, buffer, path, options)
 }

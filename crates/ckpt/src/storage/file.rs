@@ -11,9 +11,20 @@ use super::{replace, Location};
 use crate::tensor::Buffer;
 use crate::{Error, Result};
 
-/// Maps `path` read-only, or reads it onto the heap when `mmap` is false;
-/// an `s3://` URL is fetched whole.
-pub(crate) fn open(path: &Path, mmap: bool) -> Result<Arc<Buffer>> {
+/// How [`open`] brings a file into memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Open {
+    /// Read it onto the heap.
+    Read,
+    /// Map it read-only.
+    Map,
+    /// Map it copy-on-write: the memory may be written, the file never is.
+    PrivateMap,
+}
+
+/// Brings `path` into memory as `how` says; an `s3://` URL is fetched
+/// whole.
+pub(crate) fn open(path: &Path, how: Open) -> Result<Arc<Buffer>> {
     if let location @ Location::S3 { .. } = Location::parse(path) {
         let (storage, name) = location.parent_and_name()?;
         let bytes = storage.read(&name).map_err(|e| Error::io(path, e))?;
@@ -21,13 +32,21 @@ pub(crate) fn open(path: &Path, mmap: bool) -> Result<Arc<Buffer>> {
     }
     let mut file = open_file(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if !mmap || len == 0 {
+    if how == Open::Read || len == 0 {
         // A zero-length file cannot be mapped; there is nothing to share.
         // The capacity is the file's real length, not anything it claims.
         let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
         file.read_to_end(&mut bytes)
             .map_err(|e| Error::io(path, e))?;
         return Ok(Arc::new(Buffer::Heap(bytes)));
+    }
+    if how == Open::PrivateMap {
+        // SAFETY: as below; writes go to private copies of the pages,
+        // never to the file.
+        let map = unsafe { memmap2::MmapOptions::new().map_copy(&file) };
+        return Ok(Arc::new(Buffer::PrivateMap(
+            map.map_err(|e| Error::io(path, e))?,
+        )));
     }
     // SAFETY: the map is read-only and we never hand out mutable access.
     // The one hazard of any file map is another process truncating or
@@ -141,7 +160,7 @@ mod tests {
 
     #[test]
     fn missing_file_error_names_the_path() {
-        let Err(err) = open(Path::new("/nonexistent/x.safetensors"), true) else {
+        let Err(err) = open(Path::new("/nonexistent/x.safetensors"), Open::Map) else {
             panic!("opening a missing file succeeded");
         };
         assert!(err.to_string().contains("/nonexistent/x.safetensors"));

@@ -23,7 +23,7 @@ mod local;
 #[cfg(feature = "s3")]
 pub mod s3;
 
-pub(crate) use file::{open, open_file, write_atomic};
+pub(crate) use file::{open, open_file, write_atomic, Open};
 pub use local::LocalStorage;
 
 /// Writes smaller than this are gathered; larger ones go straight to the

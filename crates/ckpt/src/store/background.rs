@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{to_map, AsyncPolicy, AsyncSave, CheckpointManager, SaveReport};
-use crate::{Error, Result, TrainingCheckpoint};
+use crate::{Error, Result, TrainingCheckpoint, Value};
 
 impl CheckpointManager {
     /// Takes a snapshot of `checkpoint` (one copy of its tensors into a
@@ -26,8 +26,26 @@ impl CheckpointManager {
             return Ok(AsyncSave::Skipped);
         }
         self.wait()?;
-        let snapshot = self.snapshots.snapshot(checkpoint)?;
-        self.spawn(step, snapshot, metrics)
+        let snapshot = self.snapshots.snapshot_value(&checkpoint.to_value())?;
+        self.spawn(step, snapshot, checkpoint.epoch, metrics)
+    }
+
+    /// [`CheckpointManager::save_async`] of any checkpoint tree, with the
+    /// epoch to record beside it: the tensors are copied into the reused
+    /// snapshot buffer before this returns.
+    pub fn save_value_async(
+        &mut self,
+        step: u64,
+        value: &Value,
+        epoch: i64,
+        metrics: &[(&str, f64)],
+    ) -> Result<AsyncSave> {
+        if self.in_flight() && self.shared.options.async_policy == AsyncPolicy::Skip {
+            return Ok(AsyncSave::Skipped);
+        }
+        self.wait()?;
+        let snapshot = self.snapshots.snapshot_value(value)?;
+        self.spawn(step, snapshot, epoch, metrics)
     }
 
     /// [`CheckpointManager::save_async`] without the snapshot copy, for a
@@ -44,7 +62,8 @@ impl CheckpointManager {
             return Ok(AsyncSave::Skipped);
         }
         self.wait()?;
-        self.spawn(step, checkpoint, metrics)
+        let epoch = checkpoint.epoch;
+        self.spawn(step, checkpoint.to_value(), epoch, metrics)
     }
 
     fn in_flight(&self) -> bool {
@@ -54,14 +73,15 @@ impl CheckpointManager {
     fn spawn(
         &mut self,
         step: u64,
-        checkpoint: TrainingCheckpoint,
+        value: Value,
+        epoch: i64,
         metrics: &[(&str, f64)],
     ) -> Result<AsyncSave> {
         let shared = Arc::clone(&self.shared);
         let metrics = to_map(metrics);
         let handle = std::thread::Builder::new()
             .name(format!("ckpt-save-{step}"))
-            .spawn(move || shared.commit(step, &checkpoint, metrics, false))
+            .spawn(move || shared.commit(step, &value, epoch, metrics, false))
             .map_err(|e| Error::io(self.dir(), e))?;
         self.pending = Some((step, handle));
         Ok(AsyncSave::Started)

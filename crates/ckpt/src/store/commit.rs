@@ -16,7 +16,7 @@ use super::{ManifestWrite, SaveReport, Shared, HISTORY, MANIFEST};
 use crate::layout::incremental::{self, Chunked};
 use crate::storage::hash::{HashingWriter, StreamHasher};
 use crate::storage::ReplaceError;
-use crate::{Error, Result, TrainingCheckpoint, Value};
+use crate::{Error, Result, Value};
 
 /// A step's files, written but not yet committed: removed when dropped,
 /// unless [`Staged::keep`] was called.
@@ -50,13 +50,15 @@ enum Body<'a> {
 }
 
 impl Shared {
-    /// Saves `checkpoint` as `step` and commits it, then applies retention.
-    /// `remember`: the checkpoint's tensors are the caller's own (a
-    /// synchronous save), whose chunk hashes may be kept by address.
+    /// Saves `value` (any checkpoint tree; `epoch` is recorded beside it)
+    /// as `step` and commits it, then applies retention. `remember`: the
+    /// tensors are the caller's own (a synchronous save), whose chunk
+    /// hashes may be kept by address.
     pub(super) fn commit(
         &self,
         step: u64,
-        checkpoint: &TrainingCheckpoint,
+        value: &Value,
+        epoch: i64,
         metrics: IndexMap<String, f64>,
         remember: bool,
     ) -> Result<SaveReport> {
@@ -68,9 +70,8 @@ impl Shared {
                 step,
             });
         }
-        let value = checkpoint.to_value();
-        let chunked = self.chunk(&value, remember)?;
-        let (staged, meta) = self.stage(step, checkpoint, &value, chunked.as_ref(), metrics)?;
+        let chunked = self.chunk(value, remember)?;
+        let (staged, meta) = self.stage(step, epoch, value, chunked.as_ref(), metrics)?;
         let (dropped, not_durable) = self.publish(staged, &meta, chunked.as_ref())?;
         let seconds = start.elapsed().as_secs_f64();
         let deleted = self.after_commit(&meta.info, &dropped);
@@ -107,7 +108,7 @@ impl Shared {
     fn stage(
         &self,
         step: u64,
-        checkpoint: &TrainingCheckpoint,
+        epoch: i64,
         value: &Value,
         chunked: Option<&Chunked>,
         metrics: IndexMap<String, f64>,
@@ -150,7 +151,7 @@ impl Shared {
         };
         let info = StepInfo {
             step,
-            epoch: checkpoint.epoch,
+            epoch,
             metrics,
             time: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -163,7 +164,11 @@ impl Shared {
         let meta = Meta {
             info,
             file_hash,
-            tensors: checkpoint.model.len(),
+            tensors: {
+                let mut n = 0;
+                value.for_each_tensor(&mut |_| n += 1);
+                n
+            },
         }
         .to_bytes();
         let meta_name = format!("{tmp}/meta.json");

@@ -12,7 +12,7 @@ use super::{
     to_map, ManifestWrite, OpenReport, Reason, Restored, Retention, SaveReport, Shared,
     StoreOptions,
 };
-use crate::{Error, Result, TrainingCheckpoint};
+use crate::{Error, Result, TrainingCheckpoint, Value};
 
 /// A run directory, open for writing: one per directory at a time (a lock
 /// held for the manager's life refuses a second).
@@ -59,8 +59,23 @@ impl CheckpointManager {
         checkpoint: &TrainingCheckpoint,
         metrics: &[(&str, f64)],
     ) -> Result<SaveReport> {
+        let value = checkpoint.to_value();
+        self.save_value(step, &value, checkpoint.epoch, metrics)
+    }
+
+    /// [`CheckpointManager::save`] of any checkpoint tree (what Python's
+    /// `torch.save` takes: `{"model": ..., "optimizer": ...}`), with the
+    /// epoch to record beside it.
+    pub fn save_value(
+        &mut self,
+        step: u64,
+        value: &Value,
+        epoch: i64,
+        metrics: &[(&str, f64)],
+    ) -> Result<SaveReport> {
         self.wait()?;
-        self.shared.commit(step, checkpoint, to_map(metrics), true)
+        self.shared
+            .commit(step, value, epoch, to_map(metrics), true)
     }
 
     /// The committed steps, oldest first.
@@ -92,13 +107,31 @@ impl CheckpointManager {
         self.shared.load(&self.shared.step(step)?)
     }
 
+    /// Loads a committed step's tree as it was saved, whatever its shape.
+    pub fn load_value(&self, step: u64) -> Result<Value> {
+        Ok(self.shared.load_value(&self.shared.step(step)?)?.0)
+    }
+
     /// Loads the newest committed step that loads; newer ones that fail
     /// (damaged, missing files) are listed in [`Restored::skipped`], never
     /// passed over silently. `Ok(None)` for a run with no steps.
     pub fn restore_latest(&self) -> Result<Option<Restored>> {
+        self.restore_with(|info| self.shared.load(info))
+    }
+
+    /// [`CheckpointManager::restore_latest`] giving the tree as it was
+    /// saved, whatever its shape.
+    pub fn restore_latest_value(&self) -> Result<Option<Restored<Value>>> {
+        self.restore_with(|info| Ok(self.shared.load_value(info)?.0))
+    }
+
+    fn restore_with<C>(
+        &self,
+        load: impl Fn(&StepInfo) -> Result<C>,
+    ) -> Result<Option<Restored<C>>> {
         let mut skipped = Vec::new();
         for info in self.steps().iter().rev() {
-            match self.shared.load(info) {
+            match load(info) {
                 Ok(checkpoint) => {
                     return Ok(Some(Restored {
                         step: info.step,

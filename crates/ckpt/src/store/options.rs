@@ -33,6 +33,9 @@ pub struct StoreOptions {
     /// reads the map in parallel) or into one heap buffer, hashed piece by
     /// piece as it is read.
     pub mmap: bool,
+    /// Map checkpoints copy-on-write, so their tensors' memory may be
+    /// written without touching the files ([`crate::LoadOptions::writable`]).
+    pub writable: bool,
     /// What `save_async` does when a save is in flight.
     pub async_policy: AsyncPolicy,
     /// Progress callback and file metadata for the checkpoint files.
@@ -54,6 +57,7 @@ impl Default for StoreOptions {
             durable: true,
             verify: true,
             mmap: true,
+            writable: false,
             async_policy: AsyncPolicy::Wait,
             save: SaveOptions::default(),
             load_progress: None,
@@ -90,6 +94,12 @@ impl StoreOptions {
     /// Sets [`StoreOptions::mmap`].
     pub fn mmap(mut self, mmap: bool) -> Self {
         self.mmap = mmap;
+        self
+    }
+
+    /// Sets [`StoreOptions::writable`].
+    pub fn writable(mut self, writable: bool) -> Self {
+        self.writable = writable;
         self
     }
 
@@ -148,11 +158,11 @@ pub enum AsyncSave {
 /// A checkpoint restored by [`CheckpointManager::restore_latest`](super::CheckpointManager::restore_latest).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct Restored {
+pub struct Restored<C = TrainingCheckpoint> {
     /// The step it came from.
     pub step: u64,
-    /// The checkpoint.
-    pub checkpoint: TrainingCheckpoint,
+    /// The checkpoint ([`TrainingCheckpoint`], or the tree as saved).
+    pub checkpoint: C,
     /// Newer steps that failed to load, and why: never skipped silently.
     pub skipped: Vec<(u64, String)>,
 }

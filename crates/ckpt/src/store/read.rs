@@ -3,7 +3,7 @@
 //! or over the map in parallel), then decoded; an incremental step is
 //! assembled from its chunks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::manifest::{Meta, StepInfo};
@@ -11,8 +11,9 @@ use super::Shared;
 use crate::format::Format;
 use crate::layout::incremental;
 use crate::storage::hash::{content_hash, content_hash_reporting, StreamHasher};
+use crate::storage::Open;
 use crate::tensor::Buffer;
-use crate::{Error, Result, TrainingCheckpoint};
+use crate::{Error, Result, TrainingCheckpoint, Value};
 
 impl Shared {
     /// The committed step `step`, or an error naming the run.
@@ -29,8 +30,21 @@ impl Shared {
         })
     }
 
-    /// Loads a committed step, checking its hashes when the options say so.
+    /// Loads a committed step as a [`TrainingCheckpoint`].
     pub(super) fn load(&self, info: &StepInfo) -> Result<TrainingCheckpoint> {
+        let (value, path) = self.load_value(info)?;
+        TrainingCheckpoint::from_value(&value).map_err(|e| match e {
+            Error::BadCheckpoint { key, reason } => Error::BadCheckpoint {
+                key: format!("{}: {key}", path.display()),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// Loads a committed step's tree, checking its hashes when the options
+    /// say so; with the checkpoint file's path.
+    pub(super) fn load_value(&self, info: &StepInfo) -> Result<(Value, PathBuf)> {
         let meta = self.read_meta(info)?;
         let name = format!("{}/{}", info.dir(), meta.info.file);
         let path = self.path(&name);
@@ -62,13 +76,7 @@ impl Shared {
             let format = Format::from_path(&path)?;
             crate::layout::read_buffer(format, buffer, &path, &Default::default())?.value
         };
-        TrainingCheckpoint::from_value(&value).map_err(|e| match e {
-            Error::BadCheckpoint { key, reason } => Error::BadCheckpoint {
-                key: format!("{}: {key}", path.display()),
-                reason,
-            },
-            other => other,
-        })
+        Ok((value, path))
     }
 
     /// A step's `meta.json`, checked against the hash the manifest holds.
@@ -93,7 +101,13 @@ impl Shared {
     /// is read, when the options verify).
     fn read_file(&self, name: &str) -> Result<(Arc<Buffer>, Option<String>)> {
         Ok(match self.storage.local_path(name) {
-            Some(local) if self.options.mmap => (crate::storage::open(&local, true)?, None),
+            Some(local) if self.options.mmap => {
+                let how = match self.options.writable {
+                    true => Open::PrivateMap,
+                    false => Open::Map,
+                };
+                (crate::storage::open(&local, how)?, None)
+            }
             // Owned: hash each piece right after reading it, while it is
             // still in the cache, instead of a second pass over memory.
             Some(local) => {

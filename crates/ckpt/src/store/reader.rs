@@ -126,7 +126,7 @@ impl RunReader {
         let mut done = 0;
         let mut check = RunCheck::default();
         for info in &steps {
-            let problem = self.shared.load(info).err().map(|e| e.to_string());
+            let problem = self.shared.load_value(info).err().map(|e| e.to_string());
             check.steps.push((info.step, problem));
             done += info.bytes;
             progress(done, total);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::tensor::Buffer;
-use crate::{Result, TensorData, TrainingCheckpoint, Value};
+use crate::{Result, TensorData, Value};
 
 /// The reused buffer. It is free again once the background save that
 /// holds the previous snapshot has finished and dropped it.
@@ -23,18 +23,11 @@ impl SnapshotBuffer {
         }
     }
 
-    /// Copies every tensor of `checkpoint` into the buffer and returns a
-    /// checkpoint whose tensors are ranges of it.
-    pub(crate) fn snapshot(
-        &mut self,
-        checkpoint: &TrainingCheckpoint,
-    ) -> Result<TrainingCheckpoint> {
-        let value = checkpoint.to_value();
+    /// Copies every tensor of `value` into the buffer and returns the tree
+    /// with its tensors as ranges of it.
+    pub(crate) fn snapshot_value(&mut self, value: &Value) -> Result<Value> {
         let mut total = 0usize;
-        value.try_map_tensors(&mut |t| {
-            total += t.bytes().len();
-            Ok(t.clone())
-        })?;
+        value.for_each_tensor(&mut |t| total += t.bytes().len());
         // Reuse the previous buffer when nothing else holds it.
         let mut bytes = match self.buffer.take().map(Arc::try_unwrap) {
             Some(Ok(Buffer::Heap(v))) => v,
@@ -43,27 +36,26 @@ impl SnapshotBuffer {
         bytes.clear();
         bytes.reserve(total);
         let mut ranges = Vec::new();
-        value.try_map_tensors(&mut |t| {
+        value.for_each_tensor(&mut |t| {
             let start = bytes.len();
             bytes.extend_from_slice(t.bytes());
             ranges.push(start..bytes.len());
-            Ok(t.clone())
-        })?;
+        });
         let buffer = Arc::new(Buffer::Heap(bytes));
         let mut next = ranges.into_iter();
-        let copied: Value = value.try_map_tensors(&mut |t| {
+        let copied = value.try_map_tensors(&mut |t| {
             let range = next.next().expect("one range per tensor");
             TensorData::shared(t.dtype(), t.shape().to_vec(), Arc::clone(&buffer), range)
         })?;
         self.buffer = Some(buffer);
-        TrainingCheckpoint::from_value(&copied)
+        Ok(copied)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StateDict;
+    use crate::{StateDict, TrainingCheckpoint};
 
     #[test]
     fn snapshots_copy_once_and_reuse_the_buffer() {
@@ -79,12 +71,12 @@ mod tests {
         let mut c = TrainingCheckpoint::new(model);
         c.rng_state = Some(TensorData::new(crate::DType::U8, vec![2], vec![7, 9]).unwrap());
         let mut buf = SnapshotBuffer::default();
-        let snap = buf.snapshot(&c).unwrap();
-        assert_eq!(snap, c);
+        let snap = buf.snapshot_value(&c.to_value()).unwrap();
+        assert_eq!(snap, c.to_value());
         let first = buf.buffer.as_ref().map(|b| b.as_slice().as_ptr()).unwrap();
         drop(snap);
-        let again = buf.snapshot(&c).unwrap();
-        assert_eq!(again, c);
+        let again = buf.snapshot_value(&c.to_value()).unwrap();
+        assert_eq!(again, c.to_value());
         assert_eq!(
             buf.buffer.as_ref().map(|b| b.as_slice().as_ptr()).unwrap(),
             first,
@@ -92,10 +84,12 @@ mod tests {
         );
         assert!(buf.capacity() >= 4014);
         // While a snapshot is still held (a save in flight), a new buffer is used.
-        let third = buf.snapshot(&c).unwrap();
+        let third = buf.snapshot_value(&c.to_value()).unwrap();
         assert_ne!(
             buf.buffer.as_ref().map(|b| b.as_slice().as_ptr()).unwrap(),
-            again.model["a"].bytes().as_ptr()
+            TrainingCheckpoint::from_value(&again).unwrap().model["a"]
+                .bytes()
+                .as_ptr()
         );
         drop(third);
     }

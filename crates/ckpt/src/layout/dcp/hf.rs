@@ -107,7 +107,7 @@ pub(crate) fn read(dir: &Path, files: &[PathBuf], options: &LoadOptions) -> Resu
     let mut order = Vec::new();
     let mut tensors: HashMap<String, Pieces> = HashMap::new();
     for file in files {
-        let buffer = crate::storage::open(file, options.mmap)?;
+        let buffer = crate::storage::open(file, options.open_as())?;
         let loaded = crate::format::read(Format::Safetensors, buffer, file)?;
         let info = loaded
             .metadata

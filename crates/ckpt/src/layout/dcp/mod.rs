@@ -96,7 +96,7 @@ pub fn read(dir: &Path, storage: &dyn Storage, options: &LoadOptions) -> Result<
     let mut files = Files {
         dir,
         storage,
-        mmap: options.mmap,
+        options,
         open: HashMap::new(),
         counted: HashSet::new(),
         held: 0,
@@ -396,7 +396,7 @@ const SLACK: u64 = 16 << 20;
 struct Files<'a> {
     dir: &'a Path,
     storage: &'a dyn Storage,
-    mmap: bool,
+    options: &'a LoadOptions,
     open: HashMap<String, Arc<Buffer>>,
     /// The items counted into `held`.
     counted: HashSet<(String, u64)>,
@@ -414,7 +414,7 @@ impl Files<'_> {
         let path = self.dir.join(&item.file);
         if !self.open.contains_key(&item.file) {
             let buffer = match self.storage.local_path(&item.file) {
-                Some(local) => crate::storage::open(&local, self.mmap)?,
+                Some(local) => crate::storage::open(&local, self.options.open_as())?,
                 None => Arc::new(Buffer::Heap(
                     self.storage
                         .read(&item.file)
