@@ -23,6 +23,13 @@ spell of the shared machine falls on all of them alike:
              and load + read every byte of the .pth torch.save wrote
   torch      torch.save; torch.load + read every byte, plain and mmap=True
   safetensors  save_file; load_file + read every byte
+  ckpt (Python)  the `ckpt` package (pip install crates/ckpt-py): ckpt.save
+             (.safetensors and .pth), ckpt.load + read every byte (its own
+             file, and torch.save's .pth), and the stall of
+             CheckpointManager.save_async (until the call returns)
+
+Python operations also report CPU seconds (every thread of the process),
+which the machine's swings in write speed do not move.
 
 "Read every byte" is a wrapping sum of the data as 8-byte words in Rust and
 a single-threaded torch sum over an integer view in Python. Every output
@@ -49,13 +56,16 @@ torch.set_num_threads(1)
 
 
 def timed(runs, fn, before=lambda: None):
-    out = []
+    """Wall seconds and CPU seconds (every thread of this process) of each
+    run of `fn`."""
+    wall, cpu = [], []
     for _ in range(runs):
         before()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        out.append(time.perf_counter() - start)
-    return out
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def touch(sd):
@@ -91,16 +101,46 @@ def python_side(sd, workdir, runs):
         ("safetensors_save", lambda: save_file(sd, st), lambda: fresh(st)),
         ("safetensors_load_touch", lambda: touch(load_file(st)), lambda: None),
     ]
+    ops += ckpt_ops(sd, workdir, pt)
     r = {name: [] for name, _, _ in ops}
+    r.update({"cpu_" + name: [] for name, _, _ in ops})
     # Operations take turns, round by round in a rotating order, as on the
     # Rust side; a load that comes first in a round reads the previous
     # round's file.
     for i in range(runs):
         for name, fn, before in ops[i % len(ops):] + ops[: i % len(ops)]:
-            r[name] += timed(1, fn, before)
-    remove(pt)
-    remove(st)
+            wall, cpu = timed(1, fn, before)
+            r[name] += wall
+            r["cpu_" + name] += cpu
+    for path in (pt, st, workdir / "py.safetensors", workdir / "py.pth"):
+        remove(path)
     return r
+
+
+def ckpt_ops(sd, workdir, pt):
+    """ckpt's Python package (crates/ckpt-py) on the same tensors: save and
+    load + read every byte, of its own files and of torch.save's, and the
+    stall of a background save in a run (the call's return, not the
+    commit)."""
+    import shutil
+
+    import ckpt
+
+    st, pth, run = workdir / "py.safetensors", workdir / "py.pth", workdir / "py-run"
+    shutil.rmtree(run, ignore_errors=True)
+    mgr = ckpt.CheckpointManager(run, keep_last=1, durable=False)
+    step = iter(range(1 << 30))
+
+    def stall():
+        mgr.save_async(next(step), sd)
+
+    return [
+        ("ckpt_py_save", lambda: ckpt.save(sd, st), lambda: fresh(st)),
+        ("ckpt_py_save_pth", lambda: ckpt.save(sd, pth), lambda: fresh(pth)),
+        ("ckpt_py_load_touch", lambda: touch(ckpt.load(st)), lambda: None),
+        ("ckpt_py_load_torch_pth_touch", lambda: touch(ckpt.load(pt)), lambda: None),
+        ("ckpt_py_save_async_stall", stall, mgr.wait),
+    ]
 
 
 def harness(*args):
@@ -143,6 +183,11 @@ ROWS = [
     ("torch_load_touch", "torch.load + read all"),
     ("torch_load_mmap_touch", "torch.load(mmap=True) + read all"),
     ("safetensors_load_touch", "safetensors load_file + read all"),
+    ("ckpt_py_save", "Python ckpt.save .safetensors"),
+    ("ckpt_py_save_pth", "Python ckpt.save .pth"),
+    ("ckpt_py_load_touch", "Python ckpt.load .safetensors + read all"),
+    ("ckpt_py_load_torch_pth_touch", "Python ckpt.load torch's .pth + read all"),
+    ("ckpt_py_save_async_stall", "Python mgr.save_async: the call's stall"),
 ]
 
 
@@ -155,14 +200,15 @@ def table(name, r):
     lines = [
         f"**{name}**: {r['tensors']} tensors, {r['bytes'] / 2**20:,.0f} MiB, median of {r['runs']} runs",
         "",
-        "| operation | median ms | GB/s | × memcpy | × plain write |",
-        "|---|---:|---:|---:|---:|",
+        "| operation | median ms | CPU ms | GB/s | × memcpy | × plain write |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for key, label in ROWS:
         m = median(r, key)
         rate = gb / m
+        cpu = f"{median(r, 'cpu_' + key) * 1e3:,.2f}" if "cpu_" + key in r else "—"
         lines.append(
-            f"| {label} | {m * 1e3:,.2f} | {rate:,.2f} | {median(r, 'memcpy') / m:.2f} | {median(r, 'write') / m:.2f} |"
+            f"| {label} | {m * 1e3:,.2f} | {cpu} | {rate:,.2f} | {median(r, 'memcpy') / m:.2f} | {median(r, 'write') / m:.2f} |"
         )
     return "\n".join(lines)
 
@@ -183,6 +229,15 @@ def targets(large, small):
         ("small .pth load + read all ≥ 2× torch.load", m(small, "torch_load_touch") / m(small, "ckpt_load_pth_touch"), "×", m(small, "torch_load_touch") / m(small, "ckpt_load_pth_touch") >= 2),
         ("small: save vs torch.save", m(small, "torch_save") / m(small, "ckpt_save"), "×", None),
         ("small: load + read all vs torch.load", m(small, "torch_load_touch") / m(small, "ckpt_load_touch"), "×", None),
+        ("Python ckpt.load + read all ≥ 5× torch.load", m(large, "torch_load_touch") / m(large, "ckpt_py_load_touch"), "×", m(large, "torch_load_touch") / m(large, "ckpt_py_load_touch") >= 5),
+        ("Python ckpt.load + read all ≥ 2× safetensors load_file", m(large, "safetensors_load_touch") / m(large, "ckpt_py_load_touch"), "×", m(large, "safetensors_load_touch") / m(large, "ckpt_py_load_touch") >= 2),
+        ("Python ckpt.save ≥ 1× torch.save (wall)", m(large, "torch_save") / m(large, "ckpt_py_save"), "×", m(large, "torch_save") >= m(large, "ckpt_py_save")),
+        ("Python ckpt.save ≥ 1× torch.save (CPU)", m(large, "cpu_torch_save") / m(large, "cpu_ckpt_py_save"), "×", m(large, "cpu_torch_save") >= m(large, "cpu_ckpt_py_save")),
+        ("Python ckpt.save ≥ 1× safetensors (wall)", m(large, "safetensors_save") / m(large, "ckpt_py_save"), "×", m(large, "safetensors_save") >= m(large, "ckpt_py_save")),
+        ("Python ckpt.save ≥ 1× safetensors (CPU)", m(large, "cpu_safetensors_save") / m(large, "cpu_ckpt_py_save"), "×", m(large, "cpu_safetensors_save") >= m(large, "cpu_ckpt_py_save")),
+        ("small: Python ckpt.load + read all vs torch.load", m(small, "torch_load_touch") / m(small, "ckpt_py_load_touch"), "×", None),
+        ("small: Python ckpt.save vs torch.save (CPU)", m(small, "cpu_torch_save") / m(small, "cpu_ckpt_py_save"), "×", None),
+        ("save_async stall ≤ 1.5× memcpy", m(large, "ckpt_py_save_async_stall") / m(large, "memcpy"), "× memcpy", m(large, "ckpt_py_save_async_stall") <= 1.5 * m(large, "memcpy")),
         ("mapped load peak RSS < 100 MiB", large["rss"]["peak_rss_bytes"] / 2**20, "MiB", large["rss"]["peak_rss_bytes"] < 100 * 2**20),
     ]
     lines = ["| target | measured | met |", "|---|---:|---|"]

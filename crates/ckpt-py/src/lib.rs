@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use ckpt::{LoadOptions, SaveOptions};
 use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -101,6 +101,75 @@ fn verify(py: Python<'_>, path: PathBuf) -> PyResult<Py<PyDict>> {
     Ok(dict.unbind())
 }
 
+/// What `ckpt inspect --json PATH` prints, as JSON text.
+#[pyfunction]
+fn inspect(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    let report = py.detach(|| {
+        let loaded = ckpt::read(&path, &LoadOptions::default())?;
+        ckpt::report::Inspection::of(&loaded)
+    });
+    let report = report.map_err(error)?;
+    serde_json::to_string(&report).map_err(|e| CkptError::new_err(e.to_string()))
+}
+
+/// What `ckpt diff --json A B` prints, as JSON text.
+#[pyfunction]
+fn diff(py: Python<'_>, a: PathBuf, b: PathBuf, atol: f64, rtol: f64) -> PyResult<String> {
+    let report = py.detach(|| {
+        let a = ckpt::read(&a, &LoadOptions::default())?.value;
+        let b = ckpt::read(&b, &LoadOptions::default())?.value;
+        ckpt::report::diff(&a, &b, atol, rtol)
+    });
+    Ok(report.map_err(error)?.to_json().to_string())
+}
+
+/// Converts `input` to `output` (`ckpt convert`): `format` is a file
+/// extension (`safetensors`, `pth`, `npz`, `npy`, `ckptz`) or `dcp` /
+/// `dcp-hf`; `dtype` a torch float dtype name. Returns (read as, written
+/// as, tensors, bytes).
+#[pyfunction]
+#[pyo3(signature = (input, output, format, dtype, strip_prefix, max_shard_size))]
+fn convert(
+    py: Python<'_>,
+    input: PathBuf,
+    output: PathBuf,
+    format: Option<String>,
+    dtype: Option<String>,
+    strip_prefix: Option<String>,
+    max_shard_size: Option<u64>,
+) -> PyResult<(String, String, usize, u64)> {
+    let mut options = ckpt::ConvertOptions::default();
+    options.hf_flavour = format.as_deref() == Some("dcp-hf");
+    options.format = match format.as_deref() {
+        None => None,
+        Some("dcp" | "dcp-hf") => Some(ckpt::Format::Dcp),
+        Some(ext) => Some(
+            ckpt::Format::from_path(std::path::Path::new(&format!("x.{ext}")))
+                .ok()
+                .filter(|f| f.writable())
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "format is safetensors, pth, npz, npy, ckptz, dcp or dcp-hf, not {ext:?}"
+                    ))
+                })?,
+        ),
+    };
+    options.dtype = match dtype {
+        None => None,
+        Some(name) => Some(
+            ckpt::DType::from_torch(&name)
+                .filter(|d| d.is_float())
+                .ok_or_else(|| PyValueError::new_err(format!("{name:?} is not a float dtype")))?,
+        ),
+    };
+    options.strip_prefix = strip_prefix;
+    options.max_shard_size = max_shard_size;
+    let done = py
+        .detach(|| ckpt::convert(&input, &output, &options))
+        .map_err(error)?;
+    Ok((done.from.id().to_owned(), done.to, done.tensors, done.bytes))
+}
+
 /// The native module.
 #[pymodule]
 fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -112,8 +181,12 @@ fn _ckpt(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LockedError", py.get_type::<LockedError>())?;
     m.add_class::<tree::RawTensor>()?;
     m.add_class::<manager::Manager>()?;
+    m.add_class::<tree::Object>()?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(save, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(diff, m)?)?;
+    m.add_function(wrap_pyfunction!(convert, m)?)?;
     Ok(())
 }

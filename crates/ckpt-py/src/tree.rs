@@ -66,6 +66,46 @@ impl RawTensor {
     }
 }
 
+/// A Python object a pickle names (an `argparse.Namespace`, a class of
+/// the training script), inert: never constructed, nothing of it run. Its
+/// class's dotted name, the arguments the pickle would have called it
+/// with and the state it would have set, all read-only. `ckpt.save`
+/// writes it back as it was read.
+#[pyclass(frozen, module = "ckpt._ckpt")]
+pub struct Object {
+    object: ckpt::PyObject,
+}
+
+#[pymethods]
+impl Object {
+    #[new]
+    fn new(class_name: String, args: &Bound<'_, PyTuple>, state: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let args = args.iter().map(|a| from_py(&a, 1)).collect::<PyResult<_>>()?;
+        Ok(Object {
+            object: ckpt::PyObject::new(class_name, args, from_py(state, 1)?),
+        })
+    }
+
+    /// The class's dotted name (`argparse.Namespace`).
+    #[getter]
+    fn class_name(&self) -> &str {
+        &self.object.class
+    }
+
+    /// The arguments the pickle passes to the class, as a tuple.
+    #[getter]
+    fn args(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        to_py(py, &Value::Tuple(self.object.args.clone()))
+    }
+
+    /// The state the pickle sets on the object (often a dict of its
+    /// attributes), or None.
+    #[getter]
+    fn state(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        to_py(py, &self.object.state)
+    }
+}
+
 /// Memory a Python object holds (a NumPy array or bytes), kept alive and
 /// unmoved by the reference this holds.
 struct PyMemory {
@@ -127,8 +167,8 @@ impl PyMemory {
     }
 }
 
-/// A ckpt value as a Python object (an inert pickled object as the plain
-/// dict that stands in for it).
+/// A ckpt value as a Python object (an inert pickled object as an
+/// [`Object`]).
 pub fn to_py(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
     Ok(match value {
         Value::None => py.None(),
@@ -157,7 +197,7 @@ pub fn to_py(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
             };
             Py::new(py, raw)?.into_any()
         }
-        Value::Object(o) => to_py(py, &o.to_plain())?,
+        Value::Object(o) => Py::new(py, Object { object: (**o).clone() })?.into_any(),
     })
 }
 
@@ -199,6 +239,8 @@ pub fn from_py(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
         Value::Dict(dict)
     } else if let Ok(raw) = obj.cast::<RawTensor>() {
         Value::Tensor(tensor(raw.get(), obj.py())?)
+    } else if let Ok(o) = obj.cast::<Object>() {
+        Value::Object(Box::new(o.get().object.clone()))
     } else {
         let kind = obj.get_type().name()?;
         return Err(PyTypeError::new_err(format!(

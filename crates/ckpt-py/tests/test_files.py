@@ -3,6 +3,7 @@ on the same trees, both ways, every dtype; NumPy mode; the folders and
 fixtures ckpt reads; errors as ckpt.CkptError."""
 
 import random
+import warnings
 from pathlib import Path
 
 import numpy
@@ -121,12 +122,85 @@ def test_errors_are_ckpt_errors_naming_the_file(tmp_path):
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
     with pytest.raises(ckpt.CkptError, match="bad.safetensors"):
         ckpt.load(bad)
-    with pytest.raises(ckpt.CkptError):
+    with pytest.raises(ckpt.UnsafeFileError, match="malicious.pth"):
         ckpt.load(FIXTURES / "hostile" / "malicious.pth")
     with pytest.raises(TypeError, match="set"):
         ckpt.save({"x": {1, 2}}, tmp_path / "x.pth")
     with pytest.raises(TypeError, match="key"):
         ckpt.save({(1, 2): 3}, tmp_path / "x.pth")
+
+
+def mapping_of(address):
+    """The file mapped at `address` in this process, or None."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) == 6 else None
+    return None
+
+
+def test_loads_are_zero_copy_views_of_a_private_map(tmp_path):
+    path = tmp_path / "w.safetensors"
+    ckpt.save({"w": torch.arange(1 << 16, dtype=torch.float32)}, path)
+    before = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not writable" warning from torch
+        a = ckpt.load(path)["w"]
+        b = ckpt.load(path)["w"]
+    a += 1  # writing to a loaded tensor ...
+    assert path.read_bytes() == before  # ... never touches the file
+    assert torch.equal(b, torch.arange(1 << 16, dtype=torch.float32))
+    # The tensor's memory is the file's map (Linux says where maps are).
+    assert mapping_of(a.data_ptr()) == str(path)
+    del b
+    assert float(a[10]) == 11.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        owned = ckpt.load(path, mmap=False)["w"]
+        owned[0] = 5
+        arr = ckpt.load(path, tensors="numpy")["w"]
+        arr[0] = 7
+    assert path.read_bytes() == before
+
+
+def test_saves_take_any_layout_and_write_from_the_tensors(tmp_path):
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    tree = {
+        "transposed": base.t(),  # not contiguous: made contiguous once
+        "slice": base[1:3, ::2],
+        "conj": torch.tensor([1 + 2j, 3 - 1j]).conj(),
+        "grad": torch.ones(3, requires_grad=True) * 2,
+        "empty": torch.zeros(0, 5),
+        "scalar": torch.tensor(3.5, dtype=torch.float64),
+        "be": numpy.arange(4, dtype=">i4"),
+        "view": base[2],  # shares storage with "transposed"
+    }
+    path = tmp_path / "t.pth"
+    ckpt.save(tree, path)
+    back = torch.load(path, weights_only=True)
+    for k, v in tree.items():
+        expected = torch.from_numpy(v.astype("<i4")) if isinstance(v, numpy.ndarray) else v.detach().resolve_conj()
+        assert back[k].dtype == expected.dtype and torch.equal(back[k], expected), k
+
+
+def test_map_location_moves_every_tensor(tmp_path):
+    path = tmp_path / "m.pth"
+    torch.save({"a": torch.ones(2), "n": [torch.zeros(1)], "x": 3}, path)
+    for where in ("meta", torch.device("meta"), {"cuda:0": "meta", "cpu": "meta"}):
+        back = ckpt.load(path, map_location=where)
+        assert back["a"].device.type == "meta" and back["n"][0].device.type == "meta" and back["x"] == 3
+    assert ckpt.load(path, map_location="cpu")["a"].device.type == "cpu"
+    assert ckpt.load_state_dict(path, map_location="meta")["a"].device.type == "meta"
+    with pytest.raises(ValueError, match="one device"):
+        ckpt.load(path, map_location={"cuda:0": "cpu", "cuda:1": "meta"})
+    with pytest.raises(TypeError):
+        ckpt.load(path, map_location=lambda storage, loc: storage)
+    with pytest.raises(ValueError, match="torch"):
+        ckpt.load(path, map_location="cpu", tensors="numpy")
+    if torch.cuda.is_available():
+        back = ckpt.load(path, map_location="cuda")
+        assert back["a"].is_cuda and torch.equal(back["a"].cpu(), torch.ones(2))
 
 
 

@@ -37,6 +37,7 @@
 mod cast;
 mod checkpoint;
 pub mod compress;
+mod convert;
 mod dtype;
 mod error;
 pub mod export;
@@ -46,6 +47,7 @@ pub mod layout;
 mod load;
 pub mod package;
 mod parallel;
+pub mod report;
 mod save;
 pub mod spec;
 mod state_dict;
@@ -57,6 +59,7 @@ mod value;
 mod verify;
 
 pub use checkpoint::TrainingCheckpoint;
+pub use convert::{convert, ConvertOptions, Converted};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use format::pytorch::PickleReport;

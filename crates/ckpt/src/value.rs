@@ -294,6 +294,13 @@ impl Value {
         }
     }
 
+    /// True when a tensor appears anywhere in the tree.
+    pub fn has_tensors(&self) -> bool {
+        let mut found = false;
+        self.for_each_tensor(&mut |_| found = true);
+        found
+    }
+
     /// True when a Python object appears anywhere in the tree.
     pub fn has_objects(&self) -> bool {
         match self {

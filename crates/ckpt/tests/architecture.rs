@@ -37,9 +37,9 @@ const LAYERS: &[&[&str]] = &[
     &["storage"],
     &["format"],
     &["layout"],
-    &["load", "save", "verify"],
+    &["load", "save", "verify", "report"],
     &["store", "checkpoint"],
-    &["spec", "package", "export", "compress"],
+    &["spec", "package", "export", "compress", "convert"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

@@ -6,34 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use ckpt::{LoadOptions, StateDict};
-use serde_json::json;
 
 use crate::args::InspectArgs;
 use crate::shared::output::{human_bytes, thousands, Table};
-use crate::shared::values::{collect_values, object_classes, repr, to_json, write_tree};
-
-/// What `inspect --json` prints, serialised straight from borrowed data (a
-/// million tensors as `serde_json::Value`s would take gigabytes).
-#[derive(serde::Serialize)]
-struct JsonReport<'a> {
-    format: &'static str,
-    tensors: Vec<JsonTensor<'a>>,
-    values: serde_json::Map<String, serde_json::Value>,
-    metadata: &'a indexmap::IndexMap<String, String>,
-    objects: BTreeSet<String>,
-    python: Option<serde_json::Value>,
-    total_params: u64,
-    total_bytes: u64,
-}
-
-/// One tensor's line of [`JsonReport`].
-#[derive(serde::Serialize)]
-struct JsonTensor<'a> {
-    name: &'a str,
-    dtype: &'static str,
-    shape: &'a [usize],
-    bytes: usize,
-}
+use crate::shared::values::{repr, write_tree};
 
 /// What a file holds besides its tree: the tensors flattened, the
 /// non-tensor values by path, the Python classes named, and the verdict on
@@ -48,10 +24,8 @@ struct Contents {
 impl Contents {
     fn of(loaded: &ckpt::Loaded) -> Result<Contents> {
         let tensors = StateDict::flatten(&loaded.value)?;
-        let mut values = Vec::new();
-        collect_values(&loaded.value, "", &mut values);
-        let mut classes = BTreeSet::new();
-        object_classes(&loaded.value, &mut classes);
+        let values = ckpt::report::values(&loaded.value);
+        let classes = ckpt::report::object_classes(&loaded.value);
         let verdict = loaded.pickle.as_ref().map(ckpt::PickleReport::verdict);
         Ok(Contents {
             tensors,
@@ -81,10 +55,10 @@ fn inspect(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
         write_tree(&loaded.value, out)?;
         return Ok(());
     }
-    let contents = Contents::of(&loaded)?;
     if as_json {
-        return json_report(&loaded, contents, out);
+        return json_report(&loaded, out);
     }
+    let contents = Contents::of(&loaded)?;
     if ckpt::Package::is_package(&loaded.value) {
         return package(file, &loaded, out);
     }
@@ -116,41 +90,9 @@ fn latest_step(dir: &Path, as_json: bool, out: &mut dyn Write) -> Result<PathBuf
     Ok(path)
 }
 
-/// `--json`: [`JsonReport`], in large writes.
-fn json_report(loaded: &ckpt::Loaded, contents: Contents, out: &mut dyn Write) -> Result<()> {
-    let Contents {
-        tensors,
-        values,
-        classes,
-        verdict,
-    } = contents;
-    let report = JsonReport {
-        format: loaded.format.id(),
-        tensors: tensors
-            .iter()
-            .map(|(name, t)| JsonTensor {
-                name,
-                dtype: t.dtype().torch_name(),
-                shape: t.shape(),
-                bytes: t.bytes().len(),
-            })
-            .collect(),
-        values: values
-            .iter()
-            .map(|(path, v)| (path.clone(), to_json(v)))
-            .collect(),
-        metadata: &loaded.metadata,
-        objects: classes,
-        python: loaded.pickle.as_ref().map(|p| {
-            json!({
-                "weights_only": p.needs_weights_only_false.is_empty(),
-                "needs_weights_only_false": p.needs_weights_only_false,
-                "verdict": verdict,
-            })
-        }),
-        total_params: tensors.total_params(),
-        total_bytes: tensors.total_bytes(),
-    };
+/// `--json`: [`ckpt::report::Inspection`], in large writes.
+fn json_report(loaded: &ckpt::Loaded, out: &mut dyn Write) -> Result<()> {
+    let report = ckpt::report::Inspection::of(loaded)?;
     // Large writes: the terminal's line buffering would make one
     // system call per line of a million-tensor listing.
     let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut *out);

@@ -1,50 +1,7 @@
-//! The non-tensor parts of a checkpoint (epoch, loss, hyper-parameters),
-//! found by path and rendered for people and for JSON.
+//! Values rendered for people: a Python-like `repr`, and a checkpoint's
+//! nested structure as a tree.
 
 use ckpt::{Key, PyObject, Value};
-use serde_json::{json, Value as Json};
-
-fn has_tensor(value: &Value) -> bool {
-    match value {
-        Value::Tensor(_) => true,
-        Value::List(items) | Value::Tuple(items) => items.iter().any(has_tensor),
-        Value::Dict(dict) => dict.values().any(has_tensor),
-        Value::Object(o) => o.args.iter().any(has_tensor) || has_tensor(&o.state),
-        _ => false,
-    }
-}
-
-/// The parts of a tree that hold no tensor, by path: `epoch`, `loss`,
-/// `optimizer_state_dict/param_groups/0/betas`.
-pub fn collect_values(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
-    if !has_tensor(value) {
-        if !path.is_empty() {
-            out.push((path.to_owned(), value.clone()));
-        }
-        return;
-    }
-    let join = |label: &dyn std::fmt::Display| {
-        if path.is_empty() {
-            label.to_string()
-        } else {
-            format!("{path}{}{label}", ckpt::SEPARATOR)
-        }
-    };
-    match value {
-        Value::List(items) | Value::Tuple(items) => {
-            for (i, v) in items.iter().enumerate() {
-                collect_values(v, &join(&i), out);
-            }
-        }
-        Value::Dict(dict) => {
-            for (k, v) in dict {
-                collect_values(v, &join(k), out);
-            }
-        }
-        Value::Object(o) => collect_values(&o.to_plain(), path, out),
-        _ => {}
-    }
-}
 
 /// A Python-like rendering of a tensor-free value.
 pub fn repr(value: &Value) -> String {
@@ -88,45 +45,6 @@ fn object_repr(o: &PyObject) -> String {
     format!("{}({})", o.class, parts.join(", "))
 }
 
-/// The classes of every Python object in a tree, sorted, each once.
-pub fn object_classes(value: &Value, out: &mut std::collections::BTreeSet<String>) {
-    match value {
-        Value::Object(o) => {
-            out.insert(o.class.clone());
-            o.args.iter().for_each(|v| object_classes(v, out));
-            object_classes(&o.state, out);
-        }
-        Value::List(items) | Value::Tuple(items) => {
-            items.iter().for_each(|v| object_classes(v, out))
-        }
-        Value::Dict(d) => d.values().for_each(|v| object_classes(v, out)),
-        _ => {}
-    }
-}
-
-/// A JSON rendering of a tensor-free value (non-finite floats as strings).
-pub fn to_json(value: &Value) -> Json {
-    match value {
-        Value::None => Json::Null,
-        Value::Bool(b) => json!(b),
-        Value::Int(i) => json!(i),
-        Value::Float(f) if f.is_finite() => json!(f),
-        Value::Float(f) => json!(format!("{f:?}")),
-        Value::Str(s) => json!(s),
-        Value::Bytes(b) => json!(b),
-        Value::List(items) | Value::Tuple(items) => {
-            Json::Array(items.iter().map(to_json).collect())
-        }
-        Value::Dict(dict) => Json::Object(
-            dict.iter()
-                .map(|(k, v)| (k.to_string(), to_json(v)))
-                .collect(),
-        ),
-        Value::Tensor(t) => json!(format!("<tensor {} {:?}>", t.dtype(), t.shape())),
-        Value::Object(o) => to_json(&o.to_plain()),
-    }
-}
-
 /// Writes a checkpoint's nested structure: containers that hold tensors
 /// expand one entry per line; tensor-free values print inline.
 pub fn write_tree(value: &Value, out: &mut dyn std::io::Write) -> std::io::Result<()> {
@@ -137,10 +55,10 @@ pub fn write_tree(value: &Value, out: &mut dyn std::io::Write) -> std::io::Resul
 fn node_label(value: &Value) -> String {
     match value {
         Value::Tensor(t) => format!("tensor {} {:?}", t.dtype(), t.shape()),
-        Value::Dict(d) if has_tensor(value) => format!("dict ({} entries)", d.len()),
-        Value::List(items) if has_tensor(value) => format!("list ({} items)", items.len()),
-        Value::Tuple(items) if has_tensor(value) => format!("tuple ({} items)", items.len()),
-        Value::Object(o) if has_tensor(value) => format!("object {}", o.class),
+        Value::Dict(d) if value.has_tensors() => format!("dict ({} entries)", d.len()),
+        Value::List(items) if value.has_tensors() => format!("list ({} items)", items.len()),
+        Value::Tuple(items) if value.has_tensors() => format!("tuple ({} items)", items.len()),
+        Value::Object(o) if value.has_tensors() => format!("object {}", o.class),
         other => {
             let text = repr(other);
             match text.char_indices().nth(120) {
@@ -156,7 +74,7 @@ fn write_children(
     indent: &str,
     out: &mut dyn std::io::Write,
 ) -> std::io::Result<()> {
-    if !has_tensor(value) {
+    if !value.has_tensors() {
         return Ok(());
     }
     if let Value::Object(o) = value {

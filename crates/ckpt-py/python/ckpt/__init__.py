@@ -20,6 +20,7 @@ writing to a tensor never touches the file), saves write from the tensors'
 own memory.
 """
 
+import json
 import os
 
 from ._ckpt import (
@@ -30,10 +31,14 @@ from ._ckpt import (
     StepError,
     UnsafeFileError,
 )
+from ._ckpt import convert as _convert
+from ._ckpt import diff as _diff
+from ._ckpt import inspect as _inspect
 from ._ckpt import load as _load
 from ._ckpt import save as _save
 from ._ckpt import verify as _verify
 from .manager import CheckpointManager, Restored
+from .tensors import Object
 from .tensors import from_raw as _from_raw
 from .tensors import is_tensor as _is_tensor
 from .tensors import kind as _kind
@@ -44,9 +49,13 @@ __all__ = [
     "CkptError",
     "IntegrityError",
     "LockedError",
+    "Object",
     "Restored",
     "StepError",
     "UnsafeFileError",
+    "convert",
+    "diff",
+    "inspect",
     "load",
     "load_state_dict",
     "save",
@@ -108,6 +117,45 @@ def verify(path):
     as in torch). A structural problem, or a hash mismatch in a checkpoint
     ckpt wrote, raises CkptError."""
     return _verify(os.fspath(path))
+
+
+def inspect(path):
+    """What the file (or folder) at `path` holds, as `ckpt inspect --json`
+    prints it: a dict of `format`, `tensors` (name, dtype, shape, bytes;
+    nested names joined with `/`), `values` (the non-tensor entries by
+    path), `metadata`, `objects` (Python classes the file names, never
+    built), `python` (for pickles: whether torch.load(weights_only=True)
+    opens it, and why not), `total_params` and `total_bytes`. No tensor
+    byte is read."""
+    return json.loads(_inspect(os.fspath(path)))
+
+
+def diff(a, b, atol=0.0, rtol=0.0):
+    """How the checkpoints `a` and `b` (any formats) differ, as `ckpt diff
+    --json` prints it: `equal`, `only_in_a`, `only_in_b`, `tensors` (for
+    each shared name: `equal`, `max_abs`, `max_rel`, and the dtypes and
+    shapes when they differ) and `values` (non-tensor entries that differ).
+    Tensors are equal when |a - b| <= atol + rtol * |b| element by element
+    (NaN equals NaN)."""
+    return json.loads(_diff(os.fspath(a), os.fspath(b), float(atol), float(rtol)))
+
+
+def convert(src, dst, format=None, dtype=None, strip_prefix=None, max_shard_size=None):
+    """Converts `src` (any format or folder ckpt reads) to `dst`, as `ckpt
+    convert` does: the format is `dst`'s extension unless `format` names
+    one ("safetensors", "pth", "npz", "npy", "ckptz", "dcp" for a PyTorch
+    Distributed Checkpoint folder, "dcp-hf" for its Hugging Face flavour).
+    `dtype` (a torch float dtype or its name) casts every float tensor;
+    `strip_prefix` removes a key prefix such as "module."; `max_shard_size`
+    (bytes) writes Hugging Face shards and an index. A DCP folder to one
+    .safetensors file is streamed tensor by tensor. Returns a dict of
+    `read_as`, `written_as`, `tensors` and `bytes`."""
+    if dtype is not None and not isinstance(dtype, str):
+        dtype = str(dtype).removeprefix("torch.")
+    read_as, written_as, tensors, nbytes = _convert(
+        os.fspath(src), os.fspath(dst), format, dtype, strip_prefix, max_shard_size
+    )
+    return {"read_as": read_as, "written_as": written_as, "tensors": tensors, "bytes": nbytes}
 
 
 def _map_location(tree, map_location, kind):

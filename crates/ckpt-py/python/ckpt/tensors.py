@@ -3,6 +3,7 @@ their bytes: a RawTensor to save names the tensor's own memory (a uint8
 NumPy view of it), and a loaded RawTensor's memory is viewed through its
 `__array_interface__`."""
 
+from . import _ckpt
 from ._ckpt import CkptError, RawTensor
 
 try:
@@ -41,6 +42,8 @@ def to_raw(obj):
         return RawTensor(a.dtype.name, tuple(obj.shape), a.reshape(-1).view(numpy.uint8))
     if isinstance(obj, dict):
         return {k: to_raw(v) for k, v in obj.items()}
+    if isinstance(obj, Object):
+        return _ckpt.Object(obj.class_name, to_raw(obj.args), to_raw(obj.state))
     if isinstance(obj, list):
         return [to_raw(v) for v in obj]
     if isinstance(obj, tuple):
@@ -68,6 +71,8 @@ def from_raw(obj, kind):
     """The tree with every RawTensor as a torch tensor or a NumPy array."""
     if isinstance(obj, RawTensor):
         return _tensor(obj, kind)
+    if isinstance(obj, _ckpt.Object):
+        return Object(obj.class_name, from_raw(obj.args, kind), from_raw(obj.state, kind))
     if isinstance(obj, dict):
         return {k: from_raw(v, kind) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -94,3 +99,32 @@ def _tensor(raw, kind):
     except TypeError:
         raise CkptError(f"a {raw.dtype} tensor needs torch (NumPy has no {raw.dtype})") from None
     return data.view(dtype).reshape(shape)
+
+
+class Object:
+    """A Python object a checkpoint's pickle names (an `argparse.Namespace`,
+    a class of the training script), inert: ckpt never imports its class,
+    constructs it or runs any of it, where `torch.load(weights_only=False)`
+    would. `class_name` is the class's dotted name, `args` what the pickle
+    would call it with, `state` what it would set on it (often a dict of
+    its attributes). Read-only; `ckpt.save` writes it back as it was
+    read."""
+
+    __slots__ = ("class_name", "args", "state")
+
+    def __init__(self, class_name, args=(), state=None):
+        object.__setattr__(self, "class_name", class_name)
+        object.__setattr__(self, "args", tuple(args))
+        object.__setattr__(self, "state", state)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a ckpt.Object is read-only")
+
+    def __repr__(self):
+        return f"ckpt.Object({self.class_name}, args={self.args!r}, state={self.state!r})"
+
+    def __eq__(self, other):
+        return isinstance(other, Object) and (self.class_name, self.args, self.state) == (
+            other.class_name, other.args, other.state)
+
+    __hash__ = None

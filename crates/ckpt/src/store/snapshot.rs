@@ -2,7 +2,7 @@
 //! into one buffer that is reused from save to save, so a snapshot costs
 //! one `memcpy` into memory that is already paged in.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::tensor::Buffer;
 use crate::{Result, TensorData, Value};
@@ -28,19 +28,14 @@ impl SnapshotBuffer {
     pub(crate) fn snapshot_value(&mut self, value: &Value) -> Result<Value> {
         let mut total = 0usize;
         value.for_each_tensor(&mut |t| total += t.bytes().len());
-        // Reuse the previous buffer when nothing else holds it.
+        // Reuse the previous buffer when nothing else holds it: its pages
+        // are already in memory. A new one is zeroed lazily by the system.
         let mut bytes = match self.buffer.take().map(Arc::try_unwrap) {
-            Some(Ok(Buffer::Heap(v))) => v,
-            _ => Vec::new(),
+            Some(Ok(Buffer::Heap(v))) if v.len() >= total => v,
+            _ => vec![0u8; total],
         };
-        bytes.clear();
-        bytes.reserve(total);
-        let mut ranges = Vec::new();
-        value.for_each_tensor(&mut |t| {
-            let start = bytes.len();
-            bytes.extend_from_slice(t.bytes());
-            ranges.push(start..bytes.len());
-        });
+        bytes.truncate(total);
+        let ranges = copy_in_parallel(value, &mut bytes);
         let buffer = Arc::new(Buffer::Heap(bytes));
         let mut next = ranges.into_iter();
         let copied = value.try_map_tensors(&mut |t| {
@@ -50,6 +45,35 @@ impl SnapshotBuffer {
         self.buffer = Some(buffer);
         Ok(copied)
     }
+}
+
+/// The largest piece one thread copies at a time, so one large tensor is
+/// copied by every core.
+const PIECE: usize = 4 << 20;
+
+/// Copies every tensor of `value` into `bytes`, one after another, on
+/// every core; returns each tensor's range.
+fn copy_in_parallel(value: &Value, bytes: &mut [u8]) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut pieces: Vec<(Mutex<&mut [u8]>, &[u8])> = Vec::new();
+    let mut rest = bytes;
+    let mut at = 0;
+    value.for_each_tensor(&mut |t| {
+        let source = t.bytes();
+        ranges.push(at..at + source.len());
+        at += source.len();
+        for piece in source.chunks(PIECE) {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(piece.len());
+            pieces.push((Mutex::new(head), piece));
+            rest = tail;
+        }
+    });
+    crate::parallel::map(&pieces, |(to, from)| {
+        to.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .copy_from_slice(from);
+    });
+    ranges
 }
 
 #[cfg(test)]
