@@ -79,8 +79,15 @@ pub struct Object {
 #[pymethods]
 impl Object {
     #[new]
-    fn new(class_name: String, args: &Bound<'_, PyTuple>, state: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let args = args.iter().map(|a| from_py(&a, 1)).collect::<PyResult<_>>()?;
+    fn new(
+        class_name: String,
+        args: &Bound<'_, PyTuple>,
+        state: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let args = args
+            .iter()
+            .map(|a| from_py(&a, 1))
+            .collect::<PyResult<_>>()?;
         Ok(Object {
             object: ckpt::PyObject::new(class_name, args, from_py(state, 1)?),
         })
@@ -197,7 +204,13 @@ pub fn to_py(py: Python<'_>, value: &Value) -> PyResult<Py<PyAny>> {
             };
             Py::new(py, raw)?.into_any()
         }
-        Value::Object(o) => Py::new(py, Object { object: (**o).clone() })?.into_any(),
+        Value::Object(o) => Py::new(
+            py,
+            Object {
+                object: (**o).clone(),
+            },
+        )?
+        .into_any(),
     })
 }
 

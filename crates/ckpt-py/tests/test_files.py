@@ -2,7 +2,9 @@
 on the same trees, both ways, every dtype; NumPy mode; the folders and
 fixtures ckpt reads; errors as ckpt.CkptError."""
 
+import json
 import random
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -12,7 +14,8 @@ import torch
 
 import ckpt
 
-FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures"
+ROOT = Path(__file__).resolve().parents[3]
+FIXTURES = ROOT / "tests" / "fixtures"
 
 DTYPES = [
     torch.float32, torch.float64, torch.float16, torch.bfloat16,
@@ -219,3 +222,68 @@ def test_verify_compares_the_stored_checksums(tmp_path):
     assert any("data/0" in m for m in ckpt.verify(path)["mismatches"])
     with pytest.raises(ckpt.CkptError, match="nothing.pth"):
         ckpt.verify(tmp_path / "nothing.pth")
+
+
+def test_inert_objects_come_back_as_read_only_ckpt_objects(tmp_path):
+    ns = ckpt.load(FIXTURES / "pth" / "namespace.pth")  # torch.save(argparse.Namespace(lr=0.1))
+    assert isinstance(ns, ckpt.Object)
+    assert (ns.class_name, ns.args, ns.state) == ("argparse.Namespace", (), {"lr": 0.1})
+    with pytest.raises(AttributeError):
+        ns.class_name = "os.system"
+    # Written back as it was read, beside tensors.
+    path = tmp_path / "ns.safetensors"
+    ckpt.save({"args": ns, "w": torch.ones(2)}, path)
+    back = ckpt.load(path)
+    assert back["args"] == ns and torch.equal(back["w"], torch.ones(2))
+    # In a .pth it becomes the plain dict torch.load(weights_only=True) opens.
+    ckpt.save({"args": ns}, tmp_path / "ns.pth")
+    assert torch.load(tmp_path / "ns.pth", weights_only=True) == {"args": {"__class__": "argparse.Namespace", "lr": 0.1}}
+
+
+def cli_json(*args):
+    cli = ROOT / "target" / "debug" / "ckpt"
+    if not cli.exists():
+        pytest.skip("build the ckpt command first (cargo build)")
+    out = subprocess.run([cli, *map(str, args)], capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def test_inspect_is_what_the_command_prints():
+    for path in (FIXTURES / "pth" / "checkpoint.pth", FIXTURES / "pth" / "namespace.pth",
+                 FIXTURES / "dcp" / "ranks2_dim0", FIXTURES / "wild" / "lightning.ckpt"):
+        report = ckpt.inspect(path)
+        assert report == cli_json("inspect", "--json", path), path
+    report = ckpt.inspect(FIXTURES / "pth" / "checkpoint.pth")
+    assert report["format"] == "pytorch" and report["total_bytes"] == sum(t["bytes"] for t in report["tensors"])
+    assert report["python"]["weights_only"] is True
+    with pytest.raises(ckpt.CkptError, match="nothing.pth"):
+        ckpt.inspect("nothing.pth")
+
+
+def test_diff_and_convert_as_the_command_does(tmp_path):
+    src = FIXTURES / "pth" / "checkpoint.pth"
+    half = tmp_path / "half.safetensors"
+    done = ckpt.convert(src, half, dtype=torch.float16)
+    assert done["read_as"] == "pytorch" and done["written_as"] == "safetensors" and done["tensors"] > 0
+    report = ckpt.diff(src, half, atol=1e-2)
+    assert report == cli_json("diff", "--json", "--atol", "0.01", src, half)
+    assert not report["equal"] and all(t["a"] != t["b"] for t in report["tensors"] if t["a"])
+    same_file = tmp_path / "same.pth"
+    ckpt.convert(src, same_file)
+    assert ckpt.diff(src, same_file)["equal"]
+    # Folders both ways: a DCP folder torch wrote, streamed to one file, and written as DCP.
+    flat = tmp_path / "dcp.safetensors"
+    assert ckpt.convert(FIXTURES / "dcp" / "ranks4_dim1", flat)["read_as"] == "dcp"
+    assert ckpt.diff(flat, FIXTURES / "dcp" / "ranks4_dim1.expected.pth")["equal"]
+    ckpt.convert(src, tmp_path / "out_dcp", format="dcp")
+    assert ckpt.diff(src, tmp_path / "out_dcp")["equal"]
+    prefixed = tmp_path / "prefixed.pth"
+    torch.save({"module.fc.weight": torch.ones(2)}, prefixed)
+    ckpt.convert(prefixed, tmp_path / "stripped.safetensors", strip_prefix="module.")
+    assert list(ckpt.load(tmp_path / "stripped.safetensors")) == ["fc.weight"]
+    with pytest.raises(ValueError, match="format"):
+        ckpt.convert(src, tmp_path / "x", format="onnx")
+    with pytest.raises(ValueError, match="float"):
+        ckpt.convert(src, tmp_path / "x.pth", dtype="int8")
+    with pytest.raises(ckpt.CkptError, match="missing.pth"):
+        ckpt.convert(tmp_path / "missing.pth", tmp_path / "x.pth")
