@@ -48,11 +48,16 @@ create_exception!(
     "A run directory another live process is writing to."
 );
 
-/// A `ckpt::Error` as the Python exception for its kind.
+/// A `ckpt::Error` as the Python exception for its kind (a failed
+/// background save's, by what failed), with the core's message.
 fn error(e: ckpt::Error) -> PyErr {
     use ckpt::Error as E;
     let message = e.to_string();
-    match e {
+    let mut cause = &e;
+    while let E::BackgroundSave { source, .. } | E::CommitNotDurable { source, .. } = cause {
+        cause = source;
+    }
+    match cause {
         E::HashMismatch { .. } | E::NoIntactCheckpoint { .. } => IntegrityError::new_err(message),
         E::DangerousGlobal { .. } | E::RefusedGlobal { .. } => UnsafeFileError::new_err(message),
         E::NoSuchStep { .. } | E::StepExists { .. } => StepError::new_err(message),

@@ -1,6 +1,8 @@
 //! `ckpt._ckpt.Manager`: the run store ([`ckpt::store::CheckpointManager`])
-//! for a Python training loop. Saves and loads run with the GIL released;
-//! a background save snapshots the tensors (one copy) before it returns.
+//! for a Python training loop. Every method waits for the manager's lock
+//! with the GIL released (a save in flight holds it), so other Python
+//! threads run meanwhile; a background save snapshots the tensors (one
+//! copy) before it returns.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -170,18 +172,18 @@ impl Manager {
 
     /// The committed steps, oldest first, as dicts.
     fn steps(&self, py: Python<'_>) -> PyResult<Vec<Py<PyDict>>> {
-        let steps = self.with(|m| Ok(m.steps()))?;
+        let steps = py.detach(|| self.with(|m| Ok(m.steps())))?;
         steps.iter().map(|s| step_dict(py, s)).collect()
     }
 
     /// The newest committed step's number.
-    fn latest(&self) -> PyResult<Option<u64>> {
-        self.with(|m| Ok(m.latest().map(|s| s.step)))
+    fn latest(&self, py: Python<'_>) -> PyResult<Option<u64>> {
+        py.detach(|| self.with(|m| Ok(m.latest().map(|s| s.step))))
     }
 
     /// The best committed step's number by the keep-best metric.
-    fn best(&self) -> PyResult<Option<u64>> {
-        self.with(|m| Ok(m.best().map(|s| s.step)))
+    fn best(&self, py: Python<'_>) -> PyResult<Option<u64>> {
+        py.detach(|| self.with(|m| Ok(m.best().map(|s| s.step))))
     }
 
     /// The tree saved as `step`, its hashes checked.
@@ -215,14 +217,14 @@ impl Manager {
     }
 
     /// The run's directory or URL.
-    fn dir(&self) -> PyResult<PathBuf> {
-        self.with(|m| Ok(m.dir().to_owned()))
+    fn dir(&self, py: Python<'_>) -> PyResult<PathBuf> {
+        py.detach(|| self.with(|m| Ok(m.dir().to_owned())))
     }
 
     /// What opening the run removed (leftovers of interrupted saves), and
     /// why the manifest was rebuilt, if it was.
-    fn opened(&self) -> PyResult<(Vec<String>, Option<String>)> {
-        self.with(|m| Ok((m.opened().removed.clone(), m.opened().rebuilt.clone())))
+    fn opened(&self, py: Python<'_>) -> PyResult<(Vec<String>, Option<String>)> {
+        py.detach(|| self.with(|m| Ok((m.opened().removed.clone(), m.opened().rebuilt.clone()))))
     }
 
     /// Finishes the background save and releases the run's lock; the

@@ -141,7 +141,10 @@ impl AsRef<[u8]> for PyMemory {
 
 impl PyMemory {
     /// The memory of `obj`: bytes, or a one-dimensional C-contiguous
-    /// `uint8` array (described by its `__array_interface__`).
+    /// `uint8` NumPy array (exactly `numpy.ndarray`, so the description is
+    /// NumPy's own: its `__array_interface__`). The array keeps what it
+    /// views alive (a torch tensor's storage); a storage resized to nothing
+    /// by another thread during the save is not guarded against.
     fn of(obj: &Bound<'_, PyAny>) -> PyResult<PyMemory> {
         if let Ok(b) = obj.cast::<PyBytes>() {
             let bytes = b.as_bytes();
@@ -151,8 +154,15 @@ impl PyMemory {
                 len: bytes.len(),
             });
         }
-        let bad =
-            || PyTypeError::new_err("tensor data must be bytes or a 1-d uint8 C-contiguous array");
+        let bad = || {
+            PyTypeError::new_err(
+                "tensor data must be bytes or a 1-d uint8 C-contiguous numpy.ndarray",
+            )
+        };
+        let ndarray = obj.py().import("numpy")?.getattr("ndarray")?;
+        if !obj.get_type().is(&ndarray) {
+            return Err(bad());
+        }
         let interface = obj.getattr("__array_interface__").map_err(|_| bad())?;
         let interface = interface.cast::<PyDict>().map_err(|_| bad())?;
         let get = |k: &str| interface.get_item(k)?.ok_or_else(bad);

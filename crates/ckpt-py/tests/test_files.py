@@ -167,6 +167,15 @@ def test_loads_are_zero_copy_views_of_a_private_map(tmp_path):
     assert path.read_bytes() == before
 
 
+def test_tensors_stored_at_odd_offsets_come_back_aligned(tmp_path):
+    path = tmp_path / "odd.npz"
+    arrays = {"x" * n: numpy.arange(7, dtype=numpy.float64) * n for n in range(1, 9)}
+    numpy.savez(path, **arrays)  # stored members: data at whatever offset the names leave
+    for name, t in ckpt.load(path).items():
+        assert t.data_ptr() % 8 == 0, name
+        assert torch.equal(t, torch.from_numpy(arrays[name]))
+
+
 def test_saves_take_any_layout_and_write_from_the_tensors(tmp_path):
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     tree = {

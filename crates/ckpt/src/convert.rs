@@ -51,7 +51,7 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
     if format == Some(Format::Dcp) && options.max_shard_size.is_some() {
         return Err(Error::Folder {
             path: output.to_owned(),
-            problem: "a maximum shard size does not apply to DCP folders".into(),
+            problem: "a maximum shard size (--max-shard-size) does not apply to DCP folders".into(),
         });
     }
     let mut save = SaveOptions {

@@ -163,6 +163,12 @@ impl TensorData {
         matches!(*self.buffer, Buffer::Heap(_) | Buffer::PrivateMap(_))
     }
 
+    /// True when the bytes are another library's memory
+    /// ([`TensorData::borrowed`]), which it may change in place.
+    pub(crate) fn is_borrowed(&self) -> bool {
+        matches!(*self.buffer, Buffer::Borrowed(_))
+    }
+
     /// A copy whose bytes are owned by this tensor alone.
     pub fn to_owned_bytes(&self) -> TensorData {
         TensorData::new(self.dtype, self.shape.clone(), self.bytes().to_vec())

@@ -296,9 +296,13 @@ impl Value {
 
     /// True when a tensor appears anywhere in the tree.
     pub fn has_tensors(&self) -> bool {
-        let mut found = false;
-        self.for_each_tensor(&mut |_| found = true);
-        found
+        match self {
+            Value::Tensor(_) => true,
+            Value::List(items) | Value::Tuple(items) => items.iter().any(Value::has_tensors),
+            Value::Dict(dict) => dict.values().any(Value::has_tensors),
+            Value::Object(o) => o.args.iter().any(Value::has_tensors) || o.state.has_tensors(),
+            _ => false,
+        }
     }
 
     /// True when a Python object appears anywhere in the tree.

@@ -17,13 +17,15 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
     options.dtype = args.dtype;
     options.strip_prefix = args.strip_prefix.clone();
     options.max_shard_size = args.max_shard_size;
-    if options.format == Some(ckpt::Format::Dcp) && options.max_shard_size.is_some() {
-        anyhow::bail!("--max-shard-size does not apply to DCP folders (--format dcp, dcp-hf)");
-    }
     if progress::shown() {
         options.progress = Some(ckpt::Progress::new(progress::bytes("writing")));
     }
-    let done = ckpt::convert(&args.input, &args.output, &options)?;
+    let done = ckpt::convert(&args.input, &args.output, &options).map_err(|e| match e {
+        ckpt::Error::DuplicateName { .. } if args.strip_prefix.is_some() => {
+            anyhow::Error::new(e).context("--strip-prefix")
+        }
+        e => e.into(),
+    })?;
     writeln!(
         out,
         "{} ({}) -> {} ({}): {} tensors, {}",

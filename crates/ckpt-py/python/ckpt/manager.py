@@ -29,7 +29,7 @@ class CheckpointManager:
         mgr = ckpt.CheckpointManager("runs/exp1", keep_last=3, keep_best=1,
                                      metric="val_loss", mode="min")
         state = mgr.restore_latest()            # None in a new run
-        start = state["epoch"] + 1 if state else 0
+        start = state["epoch"] + 1 if state is not None else 0
         for epoch in range(start, epochs):
             ...
             mgr.save(epoch, {"model": model.state_dict(),
@@ -88,12 +88,12 @@ class CheckpointManager:
 
     def save(self, step, state, metrics=None, epoch=None):
         """Saves `state` (a dict of state dicts, numbers, ...: what
-        `torch.save` takes) as `step` and commits it, then applies
+        `torch.save` takes for a checkpoint) as `step` and commits it, then applies
         retention. `metrics` (name -> number) are recorded for `best()`,
         retention and `ckpt ls`; `epoch` defaults to `state["epoch"]`. A
         background save still running finishes first. Returns a dict: step,
         bytes, written, deleted (steps retention removed), seconds."""
-        return self._m.save(step, to_raw(state), *_args(state, metrics, epoch))
+        return self._m.save(step, to_raw(_checked(state)), *_args(state, metrics, epoch))
 
     def save_async(self, step, state, metrics=None, epoch=None):
         """Copies the tensors of `state` once (into a buffer reused from
@@ -101,8 +101,9 @@ class CheckpointManager:
         released, so training goes on at once. One save runs at a time: a
         second call waits for the first (or, with `skip_if_busy`, skips and
         returns False). Its error is raised by the next `save`,
-        `save_async`, `wait` or `close`."""
-        return self._m.save_async(step, to_raw(state), *_args(state, metrics, epoch))
+        `save_async`, `wait` or `close`. CPU tensors are copied once; a
+        GPU tensor is first copied to the CPU, then into the buffer."""
+        return self._m.save_async(step, to_raw(_checked(state)), *_args(state, metrics, epoch))
 
     def wait(self):
         """Waits for the background save; its report, or None."""
@@ -125,7 +126,10 @@ class CheckpointManager:
     def load(self, step):
         """The state saved as `step`, its content hash checked."""
         if step is None:
-            raise ValueError("no step to load (the run has none committed)")
+            raise ValueError(
+                "no step to load: latest() and best() give None for a run with no committed "
+                "step, and best() also without keep_best and a metric"
+            )
         return from_raw(self._m.load(step), self._kind)
 
     def restore_latest(self):
@@ -167,9 +171,15 @@ class CheckpointManager:
         self.close()
 
 
+def _checked(state):
+    if not isinstance(state, dict):
+        raise TypeError(f"a checkpoint is a dict (of state dicts, numbers, ...), not {type(state).__name__}")
+    return state
+
+
 def _args(state, metrics, epoch):
     if epoch is None:
-        found = state.get("epoch") if isinstance(state, dict) else None
+        found = state.get("epoch")
         epoch = found if isinstance(found, int) and not isinstance(found, bool) else 0
     metrics = [(str(k), float(v)) for k, v in (metrics or {}).items()]
     return metrics, epoch

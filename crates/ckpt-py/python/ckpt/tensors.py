@@ -3,8 +3,13 @@ their bytes: a RawTensor to save names the tensor's own memory (a uint8
 NumPy view of it), and a loaded RawTensor's memory is viewed through its
 `__array_interface__`."""
 
+import sys
+
 from . import _ckpt
 from ._ckpt import CkptError, RawTensor
+
+if sys.byteorder != "little":
+    raise ImportError("ckpt's Python package needs a little-endian machine")
 
 try:
     import torch
@@ -37,7 +42,7 @@ def to_raw(obj):
         return _torch_raw(obj)
     if isinstance(obj, numpy.ndarray):
         a = numpy.ascontiguousarray(obj)
-        if a.dtype.byteorder == ">":
+        if a.dtype.byteorder == ">":  # "=" is little-endian here (checked at import)
             a = a.astype(a.dtype.newbyteorder("<"))
         return RawTensor(a.dtype.name, tuple(obj.shape), a.reshape(-1).view(numpy.uint8))
     if isinstance(obj, dict):
@@ -90,9 +95,13 @@ def _tensor(raw, kind):
     if not data.flags.writeable:
         data = data.copy()
     if kind == "torch":
-        dtype = getattr(torch, raw.dtype)
+        dtype = getattr(torch, raw.dtype, None)
+        if dtype is None:
+            raise CkptError(f"a {raw.dtype} tensor needs a torch that has torch.{raw.dtype}")
         if data.size == 0:
             return torch.empty(shape, dtype=dtype)
+        if data.ctypes.data % dtype.itemsize:
+            data = data.copy()  # a stored entry at an odd offset: aligned once
         return torch.from_numpy(data).view(dtype).reshape(shape)
     try:
         dtype = numpy.dtype(raw.dtype)

@@ -67,7 +67,9 @@ impl Chunked {
 
 /// Chunk hashes of tensors from earlier saves, by the address and length
 /// of their bytes; each entry holds a clone of its tensor, so the bytes
-/// (immutable while any clone lives) cannot change under the key.
+/// (immutable while any clone lives) cannot change under the key. Tensors
+/// over borrowed memory (another library's, which it may change in place
+/// at the same address) are never cached.
 pub(crate) type HashCache = HashMap<(usize, usize), (TensorData, Vec<String>)>;
 
 fn cache_key(t: &TensorData) -> (usize, usize) {
@@ -81,7 +83,7 @@ pub(crate) fn chunk(value: &Value, cache: &HashCache) -> Result<(Chunked, HashCa
     let (tree, tensors) = flatten(value)?;
     let mut pieces = Vec::new();
     for (name, t) in tensors.iter() {
-        if cache.contains_key(&cache_key(t)) {
+        if !t.is_borrowed() && cache.contains_key(&cache_key(t)) {
             continue;
         }
         let len = t.bytes().len();
@@ -120,7 +122,9 @@ pub(crate) fn chunk(value: &Value, cache: &HashCache) -> Result<(Chunked, HashCa
             "shape": t.shape(),
             "chunks": hashes,
         }));
-        next.insert(key, (t.clone(), hashes));
+        if !t.is_borrowed() {
+            next.insert(key, (t.clone(), hashes));
+        }
     }
     let index = json!({
         "format": FORMAT,

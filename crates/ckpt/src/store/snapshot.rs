@@ -28,14 +28,14 @@ impl SnapshotBuffer {
     pub(crate) fn snapshot_value(&mut self, value: &Value) -> Result<Value> {
         let mut total = 0usize;
         value.for_each_tensor(&mut |t| total += t.bytes().len());
-        // Reuse the previous buffer when nothing else holds it: its pages
-        // are already in memory. A new one is zeroed lazily by the system.
+        // Reuse the previous buffer, whole, when nothing else holds it and
+        // it is large enough: its pages are already in memory. A new one is
+        // zeroed lazily by the system.
         let mut bytes = match self.buffer.take().map(Arc::try_unwrap) {
             Some(Ok(Buffer::Heap(v))) if v.len() >= total => v,
             _ => vec![0u8; total],
         };
-        bytes.truncate(total);
-        let ranges = copy_in_parallel(value, &mut bytes);
+        let ranges = copy_in_parallel(value, &mut bytes[..total]);
         let buffer = Arc::new(Buffer::Heap(bytes));
         let mut next = ranges.into_iter();
         let copied = value.try_map_tensors(&mut |t| {
