@@ -262,3 +262,69 @@ fn inspect_reads_an_incremental_steps_index_from_its_folder() {
     assert!(out.status.success(), "{text}{}", stderr(&out));
     assert!(text.contains("fc.weight") && text.contains("[6]"), "{text}");
 }
+
+/// `torch.save(model)` of an `nn.Sequential` (tests/fixtures/modules,
+/// written by real torch): `inspect` shows the spec derived from the
+/// pickled modules, `run` takes the file with no spec and gives torch's
+/// outputs (saved beside it by the fixtures script), `export` writes ONNX;
+/// a class of the user's script is refused by name.
+#[test]
+fn whole_pickled_models_run_without_a_spec() {
+    let modules = |name: &str| fixture(&format!("modules/{name}"));
+    let text = stdout(&ckpt(&["inspect", modules("linear.pth").to_str().unwrap()]));
+    assert!(
+        text.contains("spec derived from the pickled modules"),
+        "{text}"
+    );
+    assert!(text.contains("Linear(5 → 3, no bias)"), "{text}");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["linear", "batchnorm1d"] {
+        let y = dir.path().join(format!("{name}.npy"));
+        let out = ckpt(&[
+            "run",
+            modules(&format!("{name}.pth")).to_str().unwrap(),
+            "--input",
+            modules(&format!("{name}.input.npy")).to_str().unwrap(),
+            "--output",
+            y.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let ours = ckpt::load_state_dict(&y).unwrap();
+        let torch = ckpt::load_state_dict(modules(&format!("{name}.output.npy"))).unwrap();
+        let (a, b) = (
+            ours.values().next().unwrap(),
+            torch.values().next().unwrap(),
+        );
+        assert_eq!(a.shape(), b.shape(), "{name}");
+        for (x, t) in a.values_f64().zip(b.values_f64()) {
+            assert!((x - t).abs() <= 1e-5, "{name}: {x} vs torch {t}");
+        }
+    }
+    let onnx = dir.path().join("m.onnx");
+    let out = ckpt(&[
+        "export",
+        modules("linear.pth").to_str().unwrap(),
+        onnx.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&ckpt(&[
+        "inspect",
+        modules("residual.pth").to_str().unwrap(),
+    ]));
+    assert!(
+        text.contains("__main__.Residual") && text.contains("user code"),
+        "{text}"
+    );
+    let y = dir.path().join("r.npy");
+    expect_error(
+        &[
+            "run",
+            modules("residual.pth").to_str().unwrap(),
+            "--input",
+            modules("linear.input.npy").to_str().unwrap(),
+            "--output",
+            y.to_str().unwrap(),
+        ],
+        "__main__.Residual",
+    );
+}

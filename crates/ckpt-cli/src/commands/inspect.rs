@@ -65,7 +65,11 @@ fn inspect(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
     writeln!(out, "{} ({found})", file.display())?;
     writeln!(out)?;
     table(&contents.tensors, out)?;
-    other_contents(&loaded, &contents, out)
+    other_contents(&loaded, &contents, out)?;
+    match &loaded.module {
+        Some(module) => derived_spec(file, module, out),
+        None => Ok(()),
+    }
 }
 
 /// A run directory's latest step, said (not for `--json`) before it is
@@ -205,11 +209,28 @@ fn package(file: &Path, loaded: &ckpt::Loaded, out: &mut dyn Write) -> Result<()
     };
     writeln!(out, "  contents:     {training}")?;
     writeln!(out)?;
+    layer_table(&p.spec, out)?;
+    let bytes: u64 = p.weights.total_bytes();
+    writeln!(
+        out,
+        "\n{} layers, {} parameters, {} of weights",
+        p.spec.layers.len(),
+        thousands(p.spec.parameter_count()),
+        human_bytes(bytes)
+    )?;
+    if let Some(q) = &p.quantization {
+        quantized(&p, q, out)?;
+    }
+    Ok(())
+}
+
+/// A spec's layers: name, type, output shape, parameters.
+fn layer_table(spec: &ckpt::ModelSpec, out: &mut dyn Write) -> Result<()> {
     let mut table = Table::new(
         vec!["layer", "type", "output", "params"],
         vec![false, false, false, true],
     );
-    for row in p.spec.summary()? {
+    for row in spec.summary()? {
         let kind = match row.kind {
             ckpt::LayerKind::Residual { .. } => "Residual (x + ...)".to_owned(),
             ref other => describe(other),
@@ -227,18 +248,31 @@ fn package(file: &Path, loaded: &ckpt::Loaded, out: &mut dyn Write) -> Result<()
         ]);
     }
     table.write(out)?;
-    let bytes: u64 = p.weights.total_bytes();
-    writeln!(
-        out,
-        "\n{} layers, {} parameters, {} of weights",
-        p.spec.layers.len(),
-        thousands(p.spec.parameter_count()),
-        human_bytes(bytes)
-    )?;
-    if let Some(q) = &p.quantization {
-        quantized(&p, q, out)?;
-    }
     Ok(())
+}
+
+/// A whole pickled model (`torch.save(model)`): the spec derived from its
+/// modules, or why none is.
+fn derived_spec(
+    file: &Path,
+    module: &ckpt::format::pytorch::PickledModule,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    match ckpt::ModelSpec::from_module(module, name, None) {
+        Ok(spec) => {
+            writeln!(
+                out,
+                "\nspec derived from the pickled modules (ckpt run and ckpt export take this file as it is), input {:?} per sample:",
+                spec.input_shape
+            )?;
+            layer_table(&spec, out)
+        }
+        Err(e) => Ok(writeln!(
+            out,
+            "\nno spec derived from the pickled modules: {e}"
+        )?),
+    }
 }
 
 /// A quantized package's int8 weights and their scales.

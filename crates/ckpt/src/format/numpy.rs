@@ -250,6 +250,7 @@ pub(crate) fn read(format: Format, buffer: Arc<Buffer>, path: &Path) -> Result<L
         value,
         metadata: IndexMap::new(),
         pickle: None,
+        module: None,
     })
 }
 

@@ -80,6 +80,9 @@ pub struct Loaded {
     /// For files that hold pickles (PyTorch's formats): what opening the
     /// file in Python would take. `None` for formats without pickles.
     pub pickle: Option<PickleReport>,
+    /// For `torch.save(model)` files: the pickled module tree (classes,
+    /// plain attributes, submodules), from which a spec may be derived.
+    pub module: Option<super::pytorch::PickledModule>,
 }
 
 /// The one dispatch from a format to its reader.

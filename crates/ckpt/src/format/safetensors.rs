@@ -273,6 +273,7 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         value,
         metadata,
         pickle: None,
+        module: None,
     })
 }
 

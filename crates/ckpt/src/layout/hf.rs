@@ -116,6 +116,7 @@ pub(crate) fn read(json: &Json, path: &Path, options: &LoadOptions) -> Result<Lo
         value: Value::Dict(dict),
         metadata,
         pickle,
+        module: None,
     })
 }
 

@@ -149,5 +149,6 @@ fn read(bytes: &[u8], path: &Path, options: &LoadOptions) -> Result<Loaded> {
         value,
         metadata: Default::default(),
         pickle: None,
+        module: None,
     })
 }

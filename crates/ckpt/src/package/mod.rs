@@ -29,6 +29,7 @@ mod tests;
 use std::path::Path;
 
 use crate::compress::quantize::Quantization;
+use crate::format::pytorch::PickledModule;
 use crate::{
     match_state_dict, Dict, Error, Expected, Key, LoadRules, ModelSpec, Result, SaveOptions,
     StateDict, Value,
@@ -142,7 +143,30 @@ impl Package {
     /// (running registered migrations, recorded in `info.migrations`).
     pub fn load(path: impl AsRef<Path>, options: &PackageOptions) -> Result<Package> {
         let path = path.as_ref();
-        Package::from_value(&crate::load(path)?, path, options)
+        let loaded = crate::read(path, &crate::LoadOptions::default())?;
+        match &loaded.module {
+            Some(module) if !Package::is_package(&loaded.value) => {
+                Package::from_module(module, &loaded.value, path)
+            }
+            _ => Package::from_value(&loaded.value, path, options),
+        }
+    }
+
+    /// A package of a whole pickled model (`torch.save(model)` of an
+    /// `nn.Sequential` of spec layer kinds): the spec derived from its
+    /// modules' attributes ([`ModelSpec::from_module`], the input shape
+    /// from its first layer), its weights, model version 0.0.0.
+    fn from_module(module: &PickledModule, weights: &Value, path: &Path) -> Result<Package> {
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+        let spec = ModelSpec::from_module(module, name, None).map_err(|e| {
+            bad(
+                path,
+                format!("a whole pickled model, but its spec cannot be derived: {e}"),
+            )
+        })?;
+        let weights = StateDict::try_from(weights).map_err(|e| bad(path, e.to_string()))?;
+        let info = PackageInfo::new(&spec, "0.0.0");
+        Package::from_state_dict(spec, weights, info)
     }
 
     /// [`Package::load`] from a value tree already read; `path` names it

@@ -16,6 +16,7 @@
 mod activation;
 mod budget;
 mod conv;
+mod derive;
 mod embedding;
 mod fields;
 mod flatten;

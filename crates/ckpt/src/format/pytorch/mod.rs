@@ -11,6 +11,8 @@ pub(crate) mod safety;
 pub(crate) mod write;
 pub mod zip;
 
+pub use module::PickledModule;
+
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
@@ -297,8 +299,13 @@ fn build(
         materialise(t, &shared, big_endian, &mut allowance, path)
     });
     let mut metadata = IndexMap::new();
+    let mut modules = None;
     let value = match module::weights(unpickled, torchscript, path, entry)? {
         Some(weights) => {
+            if !torchscript {
+                let root = unpickled.root;
+                modules = module::tree(unpickled, root, 0, &mut |id| converter.value(id, 1))?;
+            }
             let mut dict = Dict::with_capacity(weights.tensors.len());
             for (name, id) in weights.tensors {
                 let tensor = converter.value(id, 0)?;
@@ -322,6 +329,7 @@ fn build(
         format,
         value,
         metadata,
+        module: modules,
         // torch.jit.load, not torch.load, opens a TorchScript archive: its
         // classes are TorchScript's own, so torch.load's verdict says
         // nothing about it (dangerous globals are refused all the same).

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
 use super::pickle::{Id, Obj, Unpickled};
-use crate::{Error, Result};
+use crate::{Dict, Error, Result, Value};
 
 /// The longest tensor name a walk builds.
 const MAX_NAME: usize = 4096;
@@ -160,6 +160,77 @@ fn walk(u: &Unpickled, id: Id, prefix: &str, depth: usize, out: &mut ModuleWeigh
         }
     }
     Ok(())
+}
+
+/// A pickled `nn.Module` (`torch.save(model)`) as data, read without
+/// importing or running anything: its class, its plain attributes
+/// (`in_features`, `kernel_size`, `eps`, `training`: every entry of its
+/// `__dict__` that is not private, a tensor or a submodule), and its
+/// submodules in order.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PickledModule {
+    /// The class's dotted name (`torch.nn.modules.linear.Linear`).
+    pub class: String,
+    /// The plain attributes, in the pickle's order.
+    pub attributes: Dict,
+    /// The names of the parameters it holds (`weight`, and `bias` unless
+    /// it was made with `bias=False`).
+    pub parameters: Vec<String>,
+    /// The submodules (`_modules`), by name, in order.
+    pub children: Vec<(String, PickledModule)>,
+}
+
+/// The module tree at `id` (an object with `_parameters`), its attributes
+/// converted by `value`; `None` for anything else. Bounded as
+/// [`weights`] is: the same walk over the same objects.
+pub(crate) fn tree(
+    u: &Unpickled,
+    id: Id,
+    depth: usize,
+    value: &mut impl FnMut(Id) -> Result<Value>,
+) -> Result<Option<PickledModule>> {
+    let Obj::Object {
+        class,
+        state: Some(state),
+        ..
+    } = &u.arena[id]
+    else {
+        return Ok(None);
+    };
+    let attrs = entries(u, *state);
+    let find = |name: &str| attrs.iter().find(|(k, _)| *k == name).map(|&(_, v)| v);
+    let (Some(modules), Some(params)) = (find("_modules"), find("_parameters")) else {
+        return Ok(None);
+    };
+    if depth > 128 {
+        return Ok(None);
+    }
+    let parameters = entries(u, params)
+        .into_iter()
+        .filter(|&(_, v)| matches!(u.arena[v], Obj::Tensor(_)))
+        .map(|(k, _)| k.to_owned())
+        .collect();
+    let mut attributes = Dict::new();
+    for &(name, v) in &attrs {
+        let plain =
+            !name.starts_with('_') && !matches!(u.arena[v], Obj::Tensor(_) | Obj::Object { .. });
+        if plain {
+            attributes.insert(name.into(), value(v)?);
+        }
+    }
+    let mut children = Vec::new();
+    for (name, v) in entries(u, modules) {
+        if let Some(child) = tree(u, v, depth + 1, value)? {
+            children.push((name.to_owned(), child));
+        }
+    }
+    Ok(Some(PickledModule {
+        class: format!("{}.{}", class.0, class.1),
+        attributes,
+        parameters,
+        children,
+    }))
 }
 
 #[cfg(test)]

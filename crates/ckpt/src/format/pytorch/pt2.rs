@@ -167,6 +167,7 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         value,
         metadata,
         pickle: report,
+        module: None,
     })
 }
 

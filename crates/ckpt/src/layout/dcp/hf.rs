@@ -175,6 +175,7 @@ pub(crate) fn read(dir: &Path, files: &[PathBuf], options: &LoadOptions) -> Resu
         value: Value::Dict(root),
         metadata: Default::default(),
         pickle: None,
+        module: None,
     })
 }
 

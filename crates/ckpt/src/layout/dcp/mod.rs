@@ -122,6 +122,7 @@ pub fn read(dir: &Path, storage: &dyn Storage, options: &LoadOptions) -> Result<
         value: root,
         metadata: Default::default(),
         pickle: None,
+        module: None,
     })
 }
 
