@@ -180,6 +180,11 @@ pub struct ExportArgs {
     /// A model spec (JSON) for MODEL when MODEL is a plain state dict.
     #[arg(long)]
     pub spec: Option<PathBuf>,
+    /// For a whole pickled model (`torch.save(model)` of an
+    /// `nn.Sequential`) whose first layer does not tell it: the input shape
+    /// per sample, such as 3,32,32.
+    #[arg(long, value_name = "SHAPE", value_parser = parse_shape, conflicts_with = "spec")]
+    pub input_shape: Option<Shape>,
     /// The ONNX opset: 13 to 21 (LayerNorm needs 17).
     #[arg(long, default_value_t = 17)]
     pub opset: i64,
@@ -283,6 +288,11 @@ pub struct RunArgs {
     /// A model spec (JSON) for MODEL when MODEL is a plain state dict.
     #[arg(long)]
     pub spec: Option<PathBuf>,
+    /// For a whole pickled model (`torch.save(model)` of an
+    /// `nn.Sequential`) whose first layer does not tell it: the input shape
+    /// per sample, such as 3,32,32.
+    #[arg(long, value_name = "SHAPE", value_parser = parse_shape, conflicts_with = "spec")]
+    pub input_shape: Option<Shape>,
     /// cpu, or cuda (when built with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -345,6 +355,11 @@ pub struct ConvertArgs {
     /// checkpoint's tensors keep their flattened names.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_shard_size: Option<u64>,
+    /// For a whole pickled model (`torch.save(model)` of an
+    /// `nn.Sequential`), which becomes a model package: the input shape per
+    /// sample when its first layer does not tell it, such as 3,32,32.
+    #[arg(long, value_name = "SHAPE", value_parser = parse_shape)]
+    pub input_shape: Option<Shape>,
 }
 
 /// The arguments of `ckpt verify`.
@@ -550,6 +565,19 @@ fn parse_dtype(name: &str) -> Result<DType, String> {
         .ok_or_else(|| {
             format!("{name:?} is not a float dtype (float64, float32, float16, bfloat16)")
         })
+}
+
+/// A per-sample shape given on the command line (`3,32,32`).
+#[derive(Clone, Debug)]
+pub struct Shape(pub Vec<usize>);
+
+/// Parses a shape: sizes separated by commas (`3,32,32`).
+fn parse_shape(text: &str) -> Result<Shape, String> {
+    text.split(',')
+        .map(|d| d.trim().parse::<usize>().ok().filter(|&n| n > 0))
+        .collect::<Option<Vec<_>>>()
+        .map(Shape)
+        .ok_or_else(|| format!("{text:?} is not a shape (sizes separated by commas: 3,32,32)"))
 }
 
 /// Parses a size: bytes, or a number with a decimal (`KB`, `MB`, `GB`, as

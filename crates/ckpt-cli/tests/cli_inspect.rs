@@ -278,16 +278,24 @@ fn whole_pickled_models_run_without_a_spec() {
     );
     assert!(text.contains("Linear(5 → 3, no bias)"), "{text}");
     let dir = tempfile::tempdir().unwrap();
-    for name in ["linear", "batchnorm1d"] {
+    for (name, shape) in [
+        ("linear", None),
+        ("batchnorm1d", None),
+        ("conv", Some("2,9,9")),
+    ] {
         let y = dir.path().join(format!("{name}.npy"));
-        let out = ckpt(&[
+        let model = modules(&format!("{name}.pth"));
+        let x = modules(&format!("{name}.input.npy"));
+        let mut args = vec![
             "run",
-            modules(&format!("{name}.pth")).to_str().unwrap(),
+            model.to_str().unwrap(),
             "--input",
-            modules(&format!("{name}.input.npy")).to_str().unwrap(),
+            x.to_str().unwrap(),
             "--output",
             y.to_str().unwrap(),
-        ]);
+        ];
+        args.extend(shape.map(|s| ["--input-shape", s]).into_iter().flatten());
+        let out = ckpt(&args);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
         let ours = ckpt::load_state_dict(&y).unwrap();
         let torch = ckpt::load_state_dict(modules(&format!("{name}.output.npy"))).unwrap();
@@ -307,6 +315,59 @@ fn whole_pickled_models_run_without_a_spec() {
         onnx.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // `convert` makes a model package of it, which runs as torch did.
+    let package = dir.path().join("conv.safetensors");
+    let out = ckpt(&[
+        "convert",
+        modules("conv.pth").to_str().unwrap(),
+        package.to_str().unwrap(),
+        "--input-shape",
+        "2,9,9",
+    ]);
+    assert!(
+        stdout(&out).contains("safetensors model package"),
+        "{}",
+        stderr(&out)
+    );
+    let y = dir.path().join("package.npy");
+    let out = ckpt(&[
+        "run",
+        package.to_str().unwrap(),
+        "--input",
+        modules("conv.input.npy").to_str().unwrap(),
+        "--output",
+        y.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (ours, torch) = (
+        ckpt::load_state_dict(&y).unwrap(),
+        ckpt::load_state_dict(modules("conv.output.npy")).unwrap(),
+    );
+    let worst = (ours.values().next().unwrap().values_f64())
+        .zip(torch.values().next().unwrap().values_f64())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst <= 1e-5, "{worst}");
+    let weights_only = dir.path().join("residual.safetensors");
+    let out = ckpt(&[
+        "convert",
+        modules("residual.pth").to_str().unwrap(),
+        weights_only.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout(&out).contains("written as weights only"),
+        "{}",
+        stdout(&out)
+    );
+    // A Conv2d first layer does not tell its image size.
+    expect_error(
+        &[
+            "export",
+            modules("conv.pth").to_str().unwrap(),
+            onnx.to_str().unwrap(),
+        ],
+        "--input-shape",
+    );
     let text = stdout(&ckpt(&[
         "inspect",
         modules("residual.pth").to_str().unwrap(),

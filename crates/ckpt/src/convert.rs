@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use crate::layout::dcp;
-use crate::{DType, Error, Format, LoadOptions, Progress, Result, SaveOptions, StateDict};
+use crate::{DType, Error, Format, LoadOptions, Package, Progress, Result, SaveOptions, StateDict};
 
 /// How to convert. The default writes the format the output's extension
 /// names, with the tensors unchanged.
@@ -28,6 +28,9 @@ pub struct ConvertOptions {
     pub max_shard_size: Option<u64>,
     /// Called with (bytes written, total).
     pub progress: Option<Progress>,
+    /// For a whole pickled model whose first layer does not tell it: the
+    /// per-sample input shape of the model package it becomes.
+    pub input_shape: Option<Vec<usize>>,
 }
 
 /// What a conversion did.
@@ -42,6 +45,8 @@ pub struct Converted {
     pub tensors: usize,
     /// Their bytes.
     pub bytes: u64,
+    /// Why a whole pickled model was written as weights only, when it was.
+    pub note: Option<String>,
 }
 
 /// Converts `input` (any file, folder or `s3://` URL ckpt reads) to
@@ -62,7 +67,11 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
         return Ok(done);
     }
     let loaded = crate::read(input, &LoadOptions::default())?;
-    let mut value = loaded.value;
+    let (packaged, note) = packaged(input, output, &loaded, options);
+    let mut value = match &packaged {
+        Some(package) => package.to_value(),
+        None => loaded.value,
+    };
     if let Some(prefix) = &options.strip_prefix {
         value = value.strip_key_prefix(prefix)?;
     }
@@ -91,18 +100,49 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
         false => crate::save_with(output, &value, &save)?,
     }
     let tensors = StateDict::flatten(&value)?;
-    let to = match (options.max_shard_size, format) {
+    let mut to = match (options.max_shard_size, format) {
         (Some(_), _) => "sharded".to_owned(),
         (None, _) if hf_flavour => "DCP, Hugging Face flavour".to_owned(),
         (None, Some(format)) => format.to_string(),
         (None, None) => Format::from_path(output)?.to_string(),
     };
+    if packaged.is_some() {
+        to.push_str(" model package");
+    }
     Ok(Converted {
         from: loaded.format,
         to,
         tensors: tensors.len(),
         bytes: tensors.total_bytes(),
+        note,
     })
+}
+
+/// A whole pickled model (`torch.save(model)`) written to one safetensors
+/// or `.pth` file with nothing changed on the way becomes a model package
+/// when its spec derives; otherwise why not.
+fn packaged(
+    input: &Path,
+    output: &Path,
+    loaded: &crate::Loaded,
+    options: &ConvertOptions,
+) -> (Option<Package>, Option<String>) {
+    let Some(module) = &loaded.module else {
+        return (None, None);
+    };
+    let to = options.format.or_else(|| Format::from_path(output).ok());
+    let plain = options.dtype.is_none()
+        && options.strip_prefix.is_none()
+        && options.max_shard_size.is_none()
+        && matches!(to, Some(Format::Safetensors | Format::PyTorch));
+    if !plain {
+        return (None, None);
+    }
+    let shape = options.input_shape.as_deref();
+    match Package::from_module(module, &loaded.value, input, shape) {
+        Ok(package) => (Some(package), None),
+        Err(e) => (None, Some(format!("written as weights only: {e}"))),
+    }
 }
 
 /// A DCP folder to one safetensors file, streamed, when nothing asks to
@@ -127,5 +167,6 @@ fn consolidate(
         to: "safetensors".into(),
         tensors: done.tensors,
         bytes: done.bytes,
+        note: None,
     }))
 }

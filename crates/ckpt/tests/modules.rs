@@ -61,7 +61,7 @@ fn the_input_shape_comes_from_the_first_layer_when_it_tells() {
             Some(shape) => assert_eq!(derived.unwrap().input_shape, shape, "{name}"),
             None => {
                 let err = derived.unwrap_err().to_string();
-                assert!(err.contains("input shape"), "{err}");
+                assert!(err.contains("--input-shape"), "{err}");
             }
         }
     }

@@ -16,7 +16,11 @@ use crate::shared::output::{human_bytes, thousands};
 /// difference).
 pub fn run(o: &ExportArgs, out: &mut dyn Write) -> Result<u8> {
     let (model_path, output) = (&o.model, o.output.as_path());
-    let package = load_package(model_path, o.spec.as_deref())?;
+    let package = load_package(
+        model_path,
+        o.spec.as_deref(),
+        o.input_shape.as_ref().map(|s| s.0.as_slice()),
+    )?;
     let i = &package.info;
     let mut options = OnnxOptions::default();
     options.opset = o.opset;

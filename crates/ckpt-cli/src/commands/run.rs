@@ -18,7 +18,11 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> Result<()> {
     let (input, output) = (args.input.as_path(), args.output.as_path());
     let (batch_size, device_name) = (args.batch_size, &args.device);
     let device = device(device_name)?;
-    let package = load_package(&args.model, args.spec.as_deref())?;
+    let package = load_package(
+        &args.model,
+        args.spec.as_deref(),
+        args.input_shape.as_ref().map(|s| s.0.as_slice()),
+    )?;
     let model = Model::from_package(package, &device)?;
     let Value::Tensor(x) = ckpt::load(input)? else {
         bail!(

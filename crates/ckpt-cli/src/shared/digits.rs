@@ -146,7 +146,7 @@ pub fn measure(model: &Model, name: &str) -> Result<Measured> {
 
 /// A model package from a file, run as its quantization record says.
 pub fn load(path: &Path) -> Result<(Package, Model)> {
-    let package = crate::shared::model_io::load_package(path, None)?;
+    let package = crate::shared::model_io::load_package(path, None, None)?;
     let model = Model::from_package(package.clone(), &Device::Cpu)?;
     Ok((package, model))
 }

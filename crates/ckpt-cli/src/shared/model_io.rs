@@ -20,10 +20,15 @@ pub fn device(name: &str) -> Result<Device> {
     }
 }
 
-/// A model package, or a plain state dict made into one with a spec file
-/// (as `ckpt run` and `ckpt export` take them); the package's warnings are
-/// printed.
-pub fn load_package(model_path: &Path, spec_path: Option<&Path>) -> Result<Package> {
+/// A model package, a plain state dict made into one with a spec file, or
+/// a whole pickled model whose spec is derived (with `input_shape` when its
+/// first layer does not tell), as `ckpt run` and `ckpt export` take them;
+/// the package's warnings are printed.
+pub fn load_package(
+    model_path: &Path,
+    spec_path: Option<&Path>,
+    input_shape: Option<&[usize]>,
+) -> Result<Package> {
     let package = match spec_path {
         Some(spec_path) => {
             let text = std::fs::read_to_string(spec_path)
@@ -35,7 +40,13 @@ pub fn load_package(model_path: &Path, spec_path: Option<&Path>) -> Result<Packa
             Package::from_state_dict(spec, weights, info)
                 .with_context(|| model_path.display().to_string())?
         }
-        None => Package::load(model_path, &Default::default())?,
+        None => {
+            let mut options = ckpt::PackageOptions::default();
+            if let Some(shape) = input_shape {
+                options = options.input_shape(shape.to_vec());
+            }
+            Package::load(model_path, &options)?
+        }
     };
     for warning in &package.warnings {
         crate::shared::output::warning(warning);

@@ -104,12 +104,22 @@ pub struct PackageOptions {
     pub on_version_mismatch: VersionPolicy,
     /// Migrations to run when the versions differ.
     pub migrations: Migrations,
+    /// The per-sample input shape of a whole pickled model
+    /// (`torch.save(model)`) whose first layer does not tell it, for the
+    /// spec derived from its modules.
+    pub input_shape: Option<Vec<usize>>,
 }
 
 impl PackageOptions {
     /// Expects model version `version`.
     pub fn expect_version(mut self, version: &str) -> Self {
         self.expect_version = Some(version.to_owned());
+        self
+    }
+
+    /// Sets [`PackageOptions::input_shape`].
+    pub fn input_shape(mut self, shape: Vec<usize>) -> Self {
+        self.input_shape = Some(shape);
         self
     }
 

@@ -146,19 +146,26 @@ impl Package {
         let loaded = crate::read(path, &crate::LoadOptions::default())?;
         match &loaded.module {
             Some(module) if !Package::is_package(&loaded.value) => {
-                Package::from_module(module, &loaded.value, path)
+                let shape = options.input_shape.as_deref();
+                Package::from_module(module, &loaded.value, path, shape)
             }
             _ => Package::from_value(&loaded.value, path, options),
         }
     }
 
     /// A package of a whole pickled model (`torch.save(model)` of an
-    /// `nn.Sequential` of spec layer kinds): the spec derived from its
-    /// modules' attributes ([`ModelSpec::from_module`], the input shape
-    /// from its first layer), its weights, model version 0.0.0.
-    fn from_module(module: &PickledModule, weights: &Value, path: &Path) -> Result<Package> {
+    /// `nn.Sequential` of spec layer kinds, read as `module` and `weights`
+    /// from `path`): the spec derived from its modules' attributes
+    /// ([`ModelSpec::from_module`], the input shape from its first layer
+    /// unless given), its weights, model version 0.0.0.
+    pub fn from_module(
+        module: &PickledModule,
+        weights: &Value,
+        path: &Path,
+        input_shape: Option<&[usize]>,
+    ) -> Result<Package> {
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-        let spec = ModelSpec::from_module(module, name, None).map_err(|e| {
+        let spec = ModelSpec::from_module(module, name, input_shape).map_err(|e| {
             bad(
                 path,
                 format!("a whole pickled model, but its spec cannot be derived: {e}"),

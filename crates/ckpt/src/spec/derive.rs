@@ -32,7 +32,7 @@ impl ModelSpec {
                 bad(
                     "spec",
                     "the model does not say its input shape (its first layer is not a Linear or \
-                     BatchNorm1d): write a spec that gives it (--spec)",
+                     BatchNorm1d): give it (--input-shape)",
                 )
             })?,
         };
