@@ -355,10 +355,15 @@ pub struct ConvertArgs {
     /// checkpoint's tensors keep their flattened names.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_shard_size: Option<u64>,
-    /// For a whole pickled model (`torch.save(model)` of an
-    /// `nn.Sequential`), which becomes a model package: the input shape per
-    /// sample when its first layer does not tell it, such as 3,32,32.
-    #[arg(long, value_name = "SHAPE", value_parser = parse_shape)]
+    /// Write a whole pickled model (`torch.save(model)` of an
+    /// `nn.Sequential` of spec layer kinds) as a model package: the spec
+    /// derived from its modules, its weights and metadata, which `ckpt run`
+    /// and `ckpt export` take (OUT .safetensors or .pth).
+    #[arg(long)]
+    pub package: bool,
+    /// With --package, when the model's first layer does not tell it: the
+    /// input shape per sample, such as 3,32,32.
+    #[arg(long, value_name = "SHAPE", value_parser = parse_shape, requires = "package")]
     pub input_shape: Option<Shape>,
 }
 

@@ -321,6 +321,7 @@ fn whole_pickled_models_run_without_a_spec() {
         "convert",
         modules("conv.pth").to_str().unwrap(),
         package.to_str().unwrap(),
+        "--package",
         "--input-shape",
         "2,9,9",
     ]);
@@ -348,16 +349,26 @@ fn whole_pickled_models_run_without_a_spec() {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
     assert!(worst <= 1e-5, "{worst}");
-    let weights_only = dir.path().join("residual.safetensors");
+    // Without --package a conversion writes the weights, as it always did;
+    // with it, a model whose spec cannot be derived is refused, naming why.
+    let weights = dir.path().join("weights.safetensors");
     let out = ckpt(&[
         "convert",
-        modules("residual.pth").to_str().unwrap(),
-        weights_only.to_str().unwrap(),
+        modules("conv.pth").to_str().unwrap(),
+        weights.to_str().unwrap(),
     ]);
-    assert!(
-        stdout(&out).contains("written as weights only"),
-        "{}",
-        stdout(&out)
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(ckpt::load_state_dict(&weights)
+        .unwrap()
+        .contains_key("0.weight"));
+    expect_error(
+        &[
+            "convert",
+            modules("residual.pth").to_str().unwrap(),
+            weights.to_str().unwrap(),
+            "--package",
+        ],
+        "__main__.Residual",
     );
     // A Conv2d first layer does not tell its image size.
     expect_error(

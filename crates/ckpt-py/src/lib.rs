@@ -130,20 +130,27 @@ fn diff(py: Python<'_>, a: PathBuf, b: PathBuf, atol: f64, rtol: f64) -> PyResul
 
 /// Converts `input` to `output` (`ckpt convert`): `format` is a file
 /// extension (`safetensors`, `pth`, `npz`, `npy`, `ckptz`) or `dcp` /
-/// `dcp-hf`; `dtype` a torch float dtype name. Returns (read as, written
-/// as, tensors, bytes).
+/// `dcp-hf`; `dtype` a torch float dtype name; `options` the rest of
+/// `ckpt::ConvertOptions` (`strip_prefix`, `max_shard_size`, `package`,
+/// `input_shape`). Returns (read as, written as, tensors, bytes).
 #[pyfunction]
-#[pyo3(signature = (input, output, format, dtype, strip_prefix, max_shard_size))]
 fn convert(
     py: Python<'_>,
     input: PathBuf,
     output: PathBuf,
     format: Option<String>,
     dtype: Option<String>,
-    strip_prefix: Option<String>,
-    max_shard_size: Option<u64>,
+    options: ConvertRest,
 ) -> PyResult<(String, String, usize, u64)> {
+    let ConvertRest {
+        strip_prefix,
+        max_shard_size,
+        package,
+        input_shape,
+    } = options;
     let mut options = ckpt::ConvertOptions::default();
+    options.package = package;
+    options.input_shape = input_shape;
     options.hf_flavour = format.as_deref() == Some("dcp-hf");
     options.format = match format.as_deref() {
         None => None,
@@ -173,6 +180,16 @@ fn convert(
         .detach(|| ckpt::convert(&input, &output, &options))
         .map_err(error)?;
     Ok((done.from.id().to_owned(), done.to, done.tensors, done.bytes))
+}
+
+/// The options of `convert` beyond the format and dtype, as the Python side
+/// names them.
+#[derive(FromPyObject)]
+struct ConvertRest {
+    strip_prefix: Option<String>,
+    max_shard_size: Option<u64>,
+    package: bool,
+    input_shape: Option<Vec<usize>>,
 }
 
 /// The native module.

@@ -290,6 +290,15 @@ def test_diff_and_convert_as_the_command_does(tmp_path):
     torch.save({"module.fc.weight": torch.ones(2)}, prefixed)
     ckpt.convert(prefixed, tmp_path / "stripped.safetensors", strip_prefix="module.")
     assert list(ckpt.load(tmp_path / "stripped.safetensors")) == ["fc.weight"]
+    # A whole pickled model (torch.save(model)) as a model package.
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    torch.save(model, tmp_path / "model.pth")
+    assert ckpt.convert(tmp_path / "model.pth", tmp_path / "pkg.pth", package=True)["written_as"] == "PyTorch model package"
+    pkg = ckpt.load(tmp_path / "pkg.pth")
+    assert json.loads(pkg["spec"])["layers"][0]["type"] == "Linear"
+    assert torch.equal(pkg["model_state_dict"]["0.weight"], model[0].weight.detach())
+    with pytest.raises(ckpt.CkptError, match="torch.save"):
+        ckpt.convert(src, tmp_path / "y.pth", package=True)
     with pytest.raises(ValueError, match="format"):
         ckpt.convert(src, tmp_path / "x", format="onnx")
     with pytest.raises(ValueError, match="float"):

@@ -28,8 +28,13 @@ pub struct ConvertOptions {
     pub max_shard_size: Option<u64>,
     /// Called with (bytes written, total).
     pub progress: Option<Progress>,
-    /// For a whole pickled model whose first layer does not tell it: the
-    /// per-sample input shape of the model package it becomes.
+    /// Write a whole pickled model (`torch.save(model)` of an
+    /// `nn.Sequential`) as a model package: its derived spec, its weights
+    /// (under `model_state_dict/`) and metadata, to one `.safetensors` or
+    /// `.pth` file, with nothing changed on the way.
+    pub package: bool,
+    /// With `package`, when the model's first layer does not tell it: the
+    /// per-sample input shape.
     pub input_shape: Option<Vec<usize>>,
 }
 
@@ -45,8 +50,6 @@ pub struct Converted {
     pub tensors: usize,
     /// Their bytes.
     pub bytes: u64,
-    /// Why a whole pickled model was written as weights only, when it was.
-    pub note: Option<String>,
 }
 
 /// Converts `input` (any file, folder or `s3://` URL ckpt reads) to
@@ -67,7 +70,7 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
         return Ok(done);
     }
     let loaded = crate::read(input, &LoadOptions::default())?;
-    let (packaged, note) = packaged(input, output, &loaded, options);
+    let packaged = packaged(input, output, &loaded, options)?;
     let mut value = match &packaged {
         Some(package) => package.to_value(),
         None => loaded.value,
@@ -114,21 +117,34 @@ pub fn convert(input: &Path, output: &Path, options: &ConvertOptions) -> Result<
         to,
         tensors: tensors.len(),
         bytes: tensors.total_bytes(),
-        note,
     })
 }
 
-/// A whole pickled model (`torch.save(model)`) written to one safetensors
-/// or `.pth` file with nothing changed on the way becomes a model package
-/// when its spec derives; otherwise why not.
+/// With `package`: the whole pickled model at `input` as a model package,
+/// or why it cannot be one.
 fn packaged(
     input: &Path,
     output: &Path,
     loaded: &crate::Loaded,
     options: &ConvertOptions,
-) -> (Option<Package>, Option<String>) {
+) -> Result<Option<Package>> {
+    let refuse = |problem: String| Error::Folder {
+        path: output.to_owned(),
+        problem,
+    };
+    if !options.package {
+        if options.input_shape.is_some() {
+            return Err(refuse(
+                "an input shape is for writing a model package".into(),
+            ));
+        }
+        return Ok(None);
+    }
     let Some(module) = &loaded.module else {
-        return (None, None);
+        return Err(refuse(format!(
+            "a model package needs a whole pickled model (torch.save(model)); {} is not one",
+            input.display()
+        )));
     };
     let to = options.format.or_else(|| Format::from_path(output).ok());
     let plain = options.dtype.is_none()
@@ -136,13 +152,14 @@ fn packaged(
         && options.max_shard_size.is_none()
         && matches!(to, Some(Format::Safetensors | Format::PyTorch));
     if !plain {
-        return (None, None);
+        return Err(refuse(
+            "a model package is written as the model is, to one .safetensors or .pth file \
+             (no dtype, prefix or shards)"
+                .into(),
+        ));
     }
     let shape = options.input_shape.as_deref();
-    match Package::from_module(module, &loaded.value, input, shape) {
-        Ok(package) => (Some(package), None),
-        Err(e) => (None, Some(format!("written as weights only: {e}"))),
-    }
+    Package::from_module(module, &loaded.value, input, shape).map(Some)
 }
 
 /// A DCP folder to one safetensors file, streamed, when nothing asks to
@@ -154,7 +171,7 @@ fn consolidate(
     save: &SaveOptions,
 ) -> Result<Option<Converted>> {
     let to = options.format.or_else(|| Format::from_path(output).ok());
-    let plain = options.dtype.is_none() && options.strip_prefix.is_none();
+    let plain = options.dtype.is_none() && options.strip_prefix.is_none() && !options.package;
     if !plain || options.max_shard_size.is_some() || to != Some(Format::Safetensors) {
         return Ok(None);
     }
@@ -167,6 +184,5 @@ fn consolidate(
         to: "safetensors".into(),
         tensors: done.tensors,
         bytes: done.bytes,
-        note: None,
     }))
 }

@@ -17,6 +17,7 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
     options.dtype = args.dtype;
     options.strip_prefix = args.strip_prefix.clone();
     options.max_shard_size = args.max_shard_size;
+    options.package = args.package;
     options.input_shape = args.input_shape.as_ref().map(|s| s.0.clone());
     if progress::shown() {
         options.progress = Some(ckpt::Progress::new(progress::bytes("writing")));
@@ -37,8 +38,5 @@ pub fn run(args: &ConvertArgs, out: &mut dyn Write) -> Result<()> {
         done.tensors,
         human_bytes(done.bytes),
     )?;
-    if let Some(note) = &done.note {
-        writeln!(out, "  {note}")?;
-    }
     Ok(())
 }

@@ -66,10 +66,7 @@ fn inspect(file: &Path, as_json: bool, tree: bool, out: &mut dyn Write) -> Resul
     writeln!(out)?;
     table(&contents.tensors, out)?;
     other_contents(&loaded, &contents, out)?;
-    match &loaded.module {
-        Some(module) => derived_spec(file, module, out),
-        None => Ok(()),
-    }
+    derived_spec(file, &loaded, out)
 }
 
 /// A run directory's latest step, said (not for `--json`) before it is
@@ -253,20 +250,18 @@ fn layer_table(spec: &ckpt::ModelSpec, out: &mut dyn Write) -> Result<()> {
 
 /// A whole pickled model (`torch.save(model)`): the spec derived from its
 /// modules, or why none is.
-fn derived_spec(
-    file: &Path,
-    module: &ckpt::format::pytorch::PickledModule,
-    out: &mut dyn Write,
-) -> Result<()> {
-    let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-    match ckpt::ModelSpec::from_module(module, name, None) {
-        Ok(spec) => {
+fn derived_spec(file: &Path, loaded: &ckpt::Loaded, out: &mut dyn Write) -> Result<()> {
+    let Some(module) = &loaded.module else {
+        return Ok(());
+    };
+    match ckpt::Package::from_module(module, &loaded.value, file, None) {
+        Ok(package) => {
             writeln!(
                 out,
                 "\nspec derived from the pickled modules (ckpt run and ckpt export take this file as it is), input {:?} per sample:",
-                spec.input_shape
+                package.spec.input_shape
             )?;
-            layer_table(&spec, out)
+            layer_table(&package.spec, out)
         }
         Err(e) => Ok(writeln!(
             out,

@@ -22,6 +22,7 @@ own memory.
 
 import json
 import os
+from types import SimpleNamespace
 
 from ._ckpt import (
     CkptError,
@@ -140,7 +141,8 @@ def diff(a, b, atol=0.0, rtol=0.0):
     return json.loads(_diff(os.fspath(a), os.fspath(b), float(atol), float(rtol)))
 
 
-def convert(src, dst, format=None, dtype=None, strip_prefix=None, max_shard_size=None):
+def convert(src, dst, format=None, dtype=None, strip_prefix=None, max_shard_size=None,
+            package=False, input_shape=None):
     """Converts `src` (any format or folder ckpt reads) to `dst`, as `ckpt
     convert` does: the format is `dst`'s extension unless `format` names
     one ("safetensors", "pth", "npz", "npy", "ckptz", "dcp" for a PyTorch
@@ -148,13 +150,16 @@ def convert(src, dst, format=None, dtype=None, strip_prefix=None, max_shard_size
     `dtype` (a torch float dtype or its name) casts every float tensor;
     `strip_prefix` removes a key prefix such as "module."; `max_shard_size`
     (bytes) writes Hugging Face shards and an index. A DCP folder to one
-    .safetensors file is streamed tensor by tensor. Returns a dict of
+    .safetensors file is streamed tensor by tensor. `package=True` writes
+    a whole pickled model (`torch.save(model)` of an `nn.Sequential`) as a
+    model package with the spec derived from its modules (`input_shape`
+    per sample when its first layer does not tell). Returns a dict of
     `read_as`, `written_as`, `tensors` and `bytes`."""
     if dtype is not None and not isinstance(dtype, str):
         dtype = str(dtype).removeprefix("torch.")
-    read_as, written_as, tensors, nbytes = _convert(
-        os.fspath(src), os.fspath(dst), format, dtype, strip_prefix, max_shard_size
-    )
+    rest = SimpleNamespace(strip_prefix=strip_prefix, max_shard_size=max_shard_size, package=package,
+                           input_shape=None if input_shape is None else list(input_shape))
+    read_as, written_as, tensors, nbytes = _convert(os.fspath(src), os.fspath(dst), format, dtype, rest)
     return {"read_as": read_as, "written_as": written_as, "tensors": tensors, "bytes": nbytes}
 
 

@@ -146,8 +146,10 @@ impl Package {
         let loaded = crate::read(path, &crate::LoadOptions::default())?;
         match &loaded.module {
             Some(module) if !Package::is_package(&loaded.value) => {
+                // Through the package's own reading: versions, migrations.
                 let shape = options.input_shape.as_deref();
-                Package::from_module(module, &loaded.value, path, shape)
+                let package = Package::from_module(module, &loaded.value, path, shape)?;
+                Package::from_value(&package.to_value(), path, options)
             }
             _ => Package::from_value(&loaded.value, path, options),
         }

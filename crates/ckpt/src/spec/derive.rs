@@ -32,7 +32,7 @@ impl ModelSpec {
                 bad(
                     "spec",
                     "the model does not say its input shape (its first layer is not a Linear or \
-                     BatchNorm1d): give it (--input-shape)",
+                     BatchNorm1d): give it with --input-shape (ckpt run, export, convert --package)",
                 )
             })?,
         };
@@ -52,6 +52,7 @@ fn sequential(module: &PickledModule, out: &mut Vec<Json>) -> Result<()> {
     if module.class != sequential {
         return Err(refused("model", &module.class));
     }
+    hooks(module, "model")?;
     for (name, child) in &module.children {
         if child.class == sequential {
             return Err(bad(
@@ -72,12 +73,31 @@ fn refused(at: &str, class: &str) -> crate::Error {
     bad(at, format!("cannot derive a spec from {class}: {why}"))
 }
 
+/// Refuses a module with forward hooks: its output is not its class's.
+fn hooks(m: &PickledModule, at: &str) -> Result<()> {
+    match m.hooks {
+        true => Err(bad(
+            at,
+            format!(
+                "{} has forward hooks registered, which are user code ckpt never runs: \
+                 write a spec (--spec)",
+                m.class
+            ),
+        )),
+        false => Ok(()),
+    }
+}
+
 /// One module as a spec layer.
 fn layer(m: &PickledModule, name: &str) -> Result<Json> {
     let kind = m
         .class
         .strip_prefix(NN)
         .ok_or_else(|| refused(name, &m.class))?;
+    if !m.is_module {
+        return Err(bad(name, format!("{} is not a pickled nn.Module", m.class)));
+    }
+    hooks(m, name)?;
     let (kind, fields, defaults): (&str, &[&str], &[(&str, Json)]) = match kind {
         "linear.Linear" => ("Linear", &["in_features", "out_features"], &[]),
         "conv.Conv2d" => (
@@ -140,7 +160,12 @@ fn layer(m: &PickledModule, name: &str) -> Result<Json> {
         "pooling.AdaptiveAvgPool2d" => ("AdaptiveAvgPool2d", &["output_size"], &[]),
         _ => return Err(refused(name, &m.class)),
     };
-    let attr = |key: &str| m.attributes.get(&Key::from(key)).map(to_json);
+    let attr = |key: &str| match (key, m.attributes.get(&Key::from(key))) {
+        // Pickles of torch before 1.12 have no `approximate`; torch's
+        // __setstate__ then sets "none".
+        ("approximate", None) => Some(json!("none")),
+        (_, found) => found.map(to_json),
+    };
     for (key, default) in defaults {
         if let Some(found) = attr(key).filter(|v| !same(v, default)) {
             return Err(bad(
@@ -189,11 +214,15 @@ fn layer(m: &PickledModule, name: &str) -> Result<Json> {
     Ok(Json::Object(map))
 }
 
-/// JSON equality that takes 1 and 1.0 as the same number.
+/// JSON equality that takes 1 and 1.0 as the same number, and a pair of
+/// ones (`dilation=(1, 1)`) as 1.
 fn same(a: &Json, b: &Json) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
+    match (a, b.as_f64()) {
+        (Json::Array(items), Some(_)) => !items.is_empty() && items.iter().all(|i| same(i, b)),
+        _ => match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => a == b,
+        },
     }
 }
 
@@ -222,7 +251,8 @@ mod tests {
             class: format!("{NN}{class}"),
             attributes,
             parameters: params.iter().map(|p| p.to_string()).collect(),
-            children: Vec::new(),
+            is_module: true,
+            ..Default::default()
         }
     }
 
@@ -285,5 +315,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("torch.nn.modules.pooling.MaxPool2d"), "{err}");
+        // Forward hooks, and children that are not pickled modules.
+        let mut relu = module("activation.ReLU", &[], &[]);
+        relu.hooks = true;
+        seq.children = vec![("0".into(), relu.clone())];
+        let err = ModelSpec::from_module(&seq, "m", Some(&[4]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("forward hooks"), "{err}");
+        relu.hooks = false;
+        relu.is_module = false;
+        seq.children = vec![("0".into(), relu)];
+        let err = ModelSpec::from_module(&seq, "m", Some(&[4]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a pickled nn.Module"), "{err}");
+        // A pair of ones is the default dilation.
+        let ones = Value::Tuple(vec![Value::Int(1), Value::Int(1)]);
+        let attrs = [
+            ("kernel_size", Value::Int(2)),
+            ("stride", Value::None),
+            ("padding", Value::Int(0)),
+            ("dilation", ones),
+        ];
+        seq.children = vec![("0".into(), module("pooling.MaxPool2d", &attrs, &[]))];
+        assert!(ModelSpec::from_module(&seq, "m", Some(&[1, 4, 4])).is_ok());
     }
 }

@@ -303,8 +303,7 @@ fn build(
     let value = match module::weights(unpickled, torchscript, path, entry)? {
         Some(weights) => {
             if !torchscript {
-                let root = unpickled.root;
-                modules = module::tree(unpickled, root, 0, &mut |id| converter.value(id, 1))?;
+                modules = module::tree(unpickled);
             }
             let mut dict = Dict::with_capacity(weights.tensors.len());
             for (name, id) in weights.tensors {

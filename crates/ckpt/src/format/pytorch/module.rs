@@ -165,72 +165,137 @@ fn walk(u: &Unpickled, id: Id, prefix: &str, depth: usize, out: &mut ModuleWeigh
 /// A pickled `nn.Module` (`torch.save(model)`) as data, read without
 /// importing or running anything: its class, its plain attributes
 /// (`in_features`, `kernel_size`, `eps`, `training`: every entry of its
-/// `__dict__` that is not private, a tensor or a submodule), and its
-/// submodules in order.
-#[derive(Debug, Clone, PartialEq)]
+/// `__dict__` that is not private and holds numbers, strings, booleans,
+/// None, or tuples and lists of them), whether forward hooks are
+/// registered on it, and its submodules in order. A submodule that is not
+/// a pickled `nn.Module` is kept with its class only.
+#[derive(Debug, Clone, PartialEq, Default)]
 #[non_exhaustive]
 pub struct PickledModule {
-    /// The class's dotted name (`torch.nn.modules.linear.Linear`).
+    /// The class's dotted name (`torch.nn.modules.linear.Linear`); `None`
+    /// for a submodule slot that holds None.
     pub class: String,
     /// The plain attributes, in the pickle's order.
     pub attributes: Dict,
     /// The names of the parameters it holds (`weight`, and `bias` unless
     /// it was made with `bias=False`).
     pub parameters: Vec<String>,
+    /// Forward hooks or pre-hooks are registered: `forward` is not the
+    /// class's alone.
+    pub hooks: bool,
+    /// Whether it is a pickled `nn.Module` (with `_parameters` and
+    /// `_modules`); when not, only `class` is known.
+    pub is_module: bool,
     /// The submodules (`_modules`), by name, in order.
     pub children: Vec<(String, PickledModule)>,
 }
 
-/// The module tree at `id` (an object with `_parameters`), its attributes
-/// converted by `value`; `None` for anything else. Bounded as
-/// [`weights`] is: the same walk over the same objects.
-pub(crate) fn tree(
-    u: &Unpickled,
-    id: Id,
-    depth: usize,
-    value: &mut impl FnMut(Id) -> Result<Value>,
-) -> Result<Option<PickledModule>> {
-    let Obj::Object {
-        class,
-        state: Some(state),
-        ..
-    } = &u.arena[id]
-    else {
-        return Ok(None);
+/// The hook dicts of an `nn.Module` that change what `forward` computes.
+const FORWARD_HOOKS: [&str; 4] = [
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+];
+
+/// The module tree at the root of `u`, or `None` when the root is not a
+/// pickled module or the tree is too large or deep to describe (then the
+/// weights still load: the tree only serves to derive a spec). Its work
+/// is bounded by a budget of dict entries scanned, a multiple of the
+/// pickle's objects, so shared state dicts cannot make it quadratic.
+pub(crate) fn tree(u: &Unpickled) -> Option<PickledModule> {
+    let mut budget = u.arena.len().saturating_mul(8).saturating_add(1 << 16);
+    let root = node(u, u.root, 0, &mut budget)?;
+    root.is_module.then_some(root)
+}
+
+fn node(u: &Unpickled, id: Id, depth: usize, budget: &mut usize) -> Option<PickledModule> {
+    if depth > 128 {
+        return None;
+    }
+    let (class, state) = match &u.arena[id] {
+        Obj::Object { class, state, .. } => (format!("{}.{}", class.0, class.1), *state),
+        Obj::None => ("None".to_owned(), None),
+        _ => ("an object that is not a module".to_owned(), None),
     };
-    let attrs = entries(u, *state);
+    let opaque = PickledModule {
+        class: class.clone(),
+        ..Default::default()
+    };
+    let Some(state) = state else {
+        return Some(opaque);
+    };
+    let attrs = charged(u, state, budget)?;
     let find = |name: &str| attrs.iter().find(|(k, _)| *k == name).map(|&(_, v)| v);
     let (Some(modules), Some(params)) = (find("_modules"), find("_parameters")) else {
-        return Ok(None);
+        return Some(opaque);
     };
-    if depth > 128 {
-        return Ok(None);
-    }
-    let parameters = entries(u, params)
+    let parameters = charged(u, params, budget)?
         .into_iter()
         .filter(|&(_, v)| matches!(u.arena[v], Obj::Tensor(_)))
         .map(|(k, _)| k.to_owned())
         .collect();
+    let mut hooks = false;
+    for name in FORWARD_HOOKS {
+        if let Some(h) = find(name) {
+            // Hook dicts are keyed by integer handles.
+            hooks |= matches!(&u.arena[h], Obj::Dict(pairs) if !pairs.is_empty());
+        }
+    }
     let mut attributes = Dict::new();
     for &(name, v) in &attrs {
-        let plain =
-            !name.starts_with('_') && !matches!(u.arena[v], Obj::Tensor(_) | Obj::Object { .. });
-        if plain {
-            attributes.insert(name.into(), value(v)?);
+        if name.starts_with('_') {
+            continue;
+        }
+        if let Some(plain) = plain(u, v, 0) {
+            attributes.insert(name.into(), plain);
         }
     }
     let mut children = Vec::new();
-    for (name, v) in entries(u, modules) {
-        if let Some(child) = tree(u, v, depth + 1, value)? {
-            children.push((name.to_owned(), child));
-        }
+    for (name, v) in charged(u, modules, budget)? {
+        children.push((name.to_owned(), node(u, v, depth + 1, budget)?));
     }
-    Ok(Some(PickledModule {
-        class: format!("{}.{}", class.0, class.1),
+    Some(PickledModule {
+        class,
         attributes,
         parameters,
+        hooks,
+        is_module: true,
         children,
-    }))
+    })
+}
+
+/// A dict's string-keyed entries, charged to `budget` by its size.
+fn charged<'a>(u: &'a Unpickled, id: Id, budget: &mut usize) -> Option<Vec<(&'a str, Id)>> {
+    let size = match &u.arena[id] {
+        Obj::Dict(pairs) => pairs.len(),
+        _ => 0,
+    };
+    *budget = budget.checked_sub(size.saturating_add(1))?;
+    Some(entries(u, id))
+}
+
+/// A module attribute as a value, when it is plain data: None, a bool, a
+/// number, a string, or a short tuple or list of those (`kernel_size`).
+fn plain(u: &Unpickled, id: Id, depth: usize) -> Option<Value> {
+    Some(match &u.arena[id] {
+        Obj::None => Value::None,
+        Obj::Bool(b) => Value::Bool(*b),
+        Obj::Int(i) => Value::Int(*i),
+        Obj::Float(f) => Value::Float(*f),
+        Obj::Str(s) if s.len() <= 256 => Value::Str(s.clone()),
+        Obj::Tuple(items) | Obj::List(items) if depth == 0 && items.len() <= 8 => {
+            let values = items
+                .iter()
+                .map(|&i| plain(u, i, 1))
+                .collect::<Option<Vec<_>>>()?;
+            match &u.arena[id] {
+                Obj::Tuple(_) => Value::Tuple(values),
+                _ => Value::List(values),
+            }
+        }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
