@@ -20,6 +20,10 @@
                         onnxruntime on each listed input, compared with
                         ckpt's own outputs (within 1e-5 of their scale, or
                         the entry's "tolerance": a quantized model's error)
+    peer.py check-torchscript DIR
+                        for every model in DIR/torchscript.json (exported by
+                        ckpt): torch.jit.load, state_dict() equal to the
+                        package's weights, outputs within 1e-5 of ckpt's
     peer.py write-pth DIR N SEED
                         torch.save N random checkpoint trees and describe them
                         in DIR/manifest.json, for ckpt to read
@@ -208,6 +212,39 @@ def check_onnx(folder):
     print(f"checked {len(manifest)} models")
 
 
+def check_torchscript(folder):
+    """Every TorchScript file in DIR/torchscript.json loads in torch.jit.load,
+    in eval mode, its state_dict() equal to the package's weights (names,
+    dtypes, values), its outputs within 1e-5 of ckpt's, its extra/ckpt.json
+    holding the spec."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    manifest = json.loads((folder / "torchscript.json").read_text())
+    for entry in manifest:
+        path = folder / entry["file"]
+        extra = {"ckpt.json": ""}
+        m = torch.jit.load(str(path), _extra_files=extra)
+        assert not m.training, f"{path.name}: loaded in training mode"
+        assert json.loads(extra["ckpt.json"])["spec"]["name"] == entry["name"], path.name
+        want = load_file(str(folder / entry["weights"]))
+        got = m.state_dict()
+        assert sorted(got) == sorted(want), f"{path.name}: state_dict {sorted(got)} vs package {sorted(want)}"
+        for k, t in want.items():
+            assert got[k].dtype == t.dtype and torch.equal(got[k], t), f"{path.name}: {k} differs"
+        for pair in entry["runs"]:
+            x = torch.from_numpy(np.load(folder / pair["input"]))
+            want_y = np.load(folder / pair["output"])
+            with torch.no_grad():
+                y = m(x).numpy()
+            assert y.shape == want_y.shape, f"{path.name}: shape {y.shape} vs ckpt {want_y.shape}"
+            worst = float(np.abs(y - want_y).max())
+            allowed = 1e-5 * max(float(np.abs(want_y).max()), 1.0)
+            assert worst <= allowed, f"{path.name} on {pair['input']}: torch.jit.load differs from ckpt by {worst:.2e}"
+    print(f"checked {len(manifest)} TorchScript files")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "check":
         check(Path(sys.argv[2]))
@@ -219,6 +256,8 @@ if __name__ == "__main__":
         check_numpy(Path(sys.argv[2]))
     elif sys.argv[1] == "check-onnx":
         check_onnx(Path(sys.argv[2]))
+    elif sys.argv[1] == "check-torchscript":
+        check_torchscript(Path(sys.argv[2]))
     elif sys.argv[1] == "write-pth":
         write_pth(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
     else:

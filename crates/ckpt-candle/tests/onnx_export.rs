@@ -7,39 +7,24 @@
 
 use std::path::Path;
 
-use candle_core::Device;
 use ckpt::compress::quantize::{Activations, Granularity};
 use ckpt::export::onnx::{export, OnnxOptions};
-use ckpt::{DType, ModelSpec, Package, PackageInfo, StateDict, TensorData, Value};
-use ckpt_candle::{from_candle, to_candle, Model, Rng};
+use ckpt::{ModelSpec, Package, PackageInfo, StateDict};
+use ckpt_candle::Rng;
 use serde_json::json;
 
 #[path = "../../../tests/interop/python.rs"]
 mod python;
 
 mod common;
+mod exports;
 
 use common::{spec_cases, spec_fixture};
+use exports::record_runs;
 
 fn fixture(name: &str) -> (ModelSpec, StateDict) {
     let (spec, weights, _) = spec_fixture(name);
     (spec, weights)
-}
-
-/// A random batch for `spec` (ids below the vocabulary for embeddings).
-fn batch(spec: &ModelSpec, n: usize, rng: &mut Rng) -> TensorData {
-    let mut shape = vec![n];
-    shape.extend(&spec.input_shape);
-    let count: usize = shape.iter().product();
-    if spec.takes_ids() {
-        let bytes = (0..count)
-            .flat_map(|_| (rng.below(10) as i64).to_le_bytes())
-            .collect();
-        TensorData::new(DType::I64, shape, bytes).unwrap()
-    } else {
-        let values: Vec<f32> = (0..count).map(|_| rng.normal() as f32).collect();
-        TensorData::from_f32(&shape, &values).unwrap()
-    }
 }
 
 /// Exports `case` and writes inputs and ckpt's outputs for batches of 1 and 7.
@@ -76,30 +61,7 @@ fn prepare_package(
         &dir.join(file),
     )
     .unwrap_or_else(|e| panic!("{case}: {e}"));
-    let spec = &package.spec;
-    let model = Model::from_package(package.clone(), &Device::Cpu).unwrap();
-    let float = Model::from_package(package.dequantize().unwrap(), &Device::Cpu).unwrap();
-    let mut runs = Vec::new();
-    let mut tolerance = 0.0f64;
-    for n in [1, 7] {
-        let x = batch(spec, n, rng);
-        let input = to_candle(&x, &Device::Cpu, "x").unwrap();
-        let y = model.forward(&input).unwrap();
-        let exact = float.forward(&input).unwrap();
-        let diff = (&y - &exact).unwrap().abs().unwrap().flatten_all().unwrap();
-        tolerance = tolerance.max(f64::from(diff.max(0).unwrap().to_scalar::<f32>().unwrap()));
-        let (input, output) = (
-            format!("{file}.b{n}.in.npy"),
-            format!("{file}.b{n}.out.npy"),
-        );
-        ckpt::save(dir.join(&input), &Value::Tensor(x)).unwrap();
-        ckpt::save(
-            dir.join(&output),
-            &Value::Tensor(from_candle(&y, "y").unwrap()),
-        )
-        .unwrap();
-        runs.push(json!({"input": input, "output": output}));
-    }
+    let (runs, tolerance) = record_runs(dir, file, package, rng);
     json!({"onnx": file, "runs": runs, "tolerance": tolerance})
 }
 

@@ -39,16 +39,23 @@ pub enum Command {
     /// to a run that had that many epochs from the start.
     Demo(DemoArgs),
 
-    /// Export a model package (or a state dict with --spec) to ONNX, then
-    /// run the file in tract, an independent ONNX runtime, on a random batch
-    /// and compare with ckpt's own inference.
+    /// Export a model package (or a state dict with --spec, or a whole
+    /// pickled model) to ONNX or TorchScript.
     ///
-    /// Every spec layer maps to standard ONNX operators; the weights become
-    /// initializers under their state-dict names (past 1 GiB, external
-    /// data in OUT.onnx.data). The batch dimension is dynamic unless
-    /// --static-batch fixes it. The package's metadata (version, classes,
-    /// input shape, metrics) goes into the model's metadata properties.
-    /// Exit code 1 when the check finds a difference.
+    /// ONNX (OUT.onnx): every spec layer maps to standard ONNX operators;
+    /// the weights become initializers under their state-dict names (past
+    /// 1 GiB, external data in OUT.onnx.data). The batch dimension is
+    /// dynamic unless --static-batch fixes it. The package's metadata
+    /// (version, classes, input shape, metrics) goes into the model's
+    /// metadata properties. The file is then run in tract, an independent
+    /// ONNX runtime, on a random batch and compared with ckpt's own
+    /// inference; exit code 1 when it differs.
+    ///
+    /// TorchScript (OUT.pt, or --format torchscript): the archive
+    /// torch.jit.save writes, which torch.jit.load and LibTorch load with
+    /// no Python (file format version 3, or 10 with a GELU). Each layer is
+    /// the class torch.jit.script writes for its torch.nn module; the
+    /// metadata and the spec go into extra/ckpt.json.
     Export(ExportArgs),
 
     /// Prune weights with PyTorch's rules, and report the sparsity.
@@ -175,8 +182,11 @@ pub struct DemoArgs {
 pub struct ExportArgs {
     /// The model package (.safetensors or .pth), or a state dict with --spec.
     pub model: PathBuf,
-    /// The ONNX file to write.
+    /// The file to write: .onnx, or .pt for TorchScript.
     pub output: PathBuf,
+    /// The format, when OUT's extension does not tell it.
+    #[arg(long, value_enum)]
+    pub format: Option<ExportFormat>,
     /// A model spec (JSON) for MODEL when MODEL is a plain state dict.
     #[arg(long)]
     pub spec: Option<PathBuf>,
@@ -185,7 +195,8 @@ pub struct ExportArgs {
     /// per sample, such as 3,32,32.
     #[arg(long, value_name = "SHAPE", value_parser = parse_shape, conflicts_with = "spec")]
     pub input_shape: Option<Shape>,
-    /// The ONNX opset: 13 to 21 (LayerNorm needs 17).
+    /// The ONNX opset: 13 to 21 (LayerNorm needs 17). ONNX only, as the
+    /// options up to --no-check.
     #[arg(long, default_value_t = 17)]
     pub opset: i64,
     /// Fix the batch dimension to N instead of leaving it dynamic.
@@ -473,6 +484,14 @@ impl QuantizeArgs {
             QuantMode::WeightOnly => Activations::WeightOnly,
         }
     }
+}
+
+/// What `ckpt export` writes.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Onnx,
+    /// A TorchScript archive (`torch.jit.load`, LibTorch).
+    Torchscript,
 }
 
 /// A checkpoint format for `ckpt demo --format`.

@@ -2,6 +2,8 @@
 //! kill, and the packages it writes as inputs of the other commands.
 
 mod common;
+#[path = "../../../tests/interop/python.rs"]
+mod python;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +18,7 @@ fn demo_trains_packages_and_reports_held_out_accuracy() {
     let model = run.join("inference-model.safetensors");
     let output = runs_the_package_and_its_state_dict(dir.path(), &model);
     compression_meets_its_targets(dir.path(), &model);
+    exports_torchscript_that_torch_runs(dir.path(), &model);
 
     // inspect shows the spec; a second demo in the same directory is refused.
     let out = ckpt(&["inspect", model.to_str().unwrap()]);
@@ -130,6 +133,51 @@ fn runs_the_package_and_its_state_dict(dir: &Path, model: &Path) -> PathBuf {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(ckpt::load(&output2).unwrap(), ckpt::load(&output).unwrap());
     output
+}
+
+/// `ckpt export MODEL m.pt` writes TorchScript that torch.jit.load runs
+/// as `ckpt run` does, on batches of 1 and 7, with the package's weights.
+fn exports_torchscript_that_torch_runs(dir: &Path, model: &Path) {
+    let pt = dir.join("digits.pt");
+    let out = ckpt(&["export", model.to_str().unwrap(), pt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("(TorchScript, file format version 3)"),
+        "{text}"
+    );
+    assert!(text.contains("Dropout, Linear×3, ReLU×2, Sequential"), "{text}");
+    let Some(py) = python::python() else { return };
+    let package = ckpt::Package::load(model, &Default::default()).unwrap();
+    ckpt::save(dir.join("digits.safetensors"), &package.weights.into()).unwrap();
+    let mut runs = Vec::new();
+    for n in [1usize, 7] {
+        let values: Vec<f32> = (0..n * 64).map(|i| (i % 17) as f32 / 16.0).collect();
+        let x = ckpt::TensorData::from_f32(&[n, 64], &values).unwrap();
+        let (input, output) = (
+            format!("digits.b{n}.in.npy"),
+            format!("digits.b{n}.out.npy"),
+        );
+        ckpt::save(dir.join(&input), &ckpt::Value::Tensor(x)).unwrap();
+        let out = ckpt(&[
+            "run",
+            model.to_str().unwrap(),
+            "--input",
+            dir.join(&input).to_str().unwrap(),
+            "--output",
+            dir.join(&output).to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        runs.push(serde_json::json!({"input": input, "output": output}));
+    }
+    let manifest = serde_json::json!([{"file": "digits.pt", "weights": "digits.safetensors",
+        "runs": runs, "name": "digits-mlp"}]);
+    std::fs::write(dir.join("torchscript.json"), manifest.to_string()).unwrap();
+    python::run_peer(
+        &py,
+        "peer.py",
+        &["check-torchscript", dir.to_str().unwrap()],
+    );
 }
 
 /// Compression targets on the trained model: int8 (in .ckptz) at most
@@ -313,9 +361,6 @@ fn bad_packages_are_clear_errors() {
     );
     expect_error(&["inspect", &unknown], "unknown layer type \"Mish\"");
 }
-
-#[path = "../../../tests/interop/python.rs"]
-mod python;
 
 #[test]
 fn demo_pth_checkpoints_continue_in_torch_adamw() {

@@ -282,6 +282,7 @@ fn whole_pickled_models_run_without_a_spec() {
         ("linear", None),
         ("batchnorm1d", None),
         ("conv", Some("2,9,9")),
+        ("nested", None),
     ] {
         let y = dir.path().join(format!("{name}.npy"));
         let model = modules(&format!("{name}.pth"));
@@ -309,12 +310,14 @@ fn whole_pickled_models_run_without_a_spec() {
         }
     }
     let onnx = dir.path().join("m.onnx");
-    let out = ckpt(&[
-        "export",
-        modules("linear.pth").to_str().unwrap(),
-        onnx.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    for name in ["linear.pth", "nested.pth"] {
+        let out = ckpt(&[
+            "export",
+            modules(name).to_str().unwrap(),
+            onnx.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    }
     // `convert` makes a model package of it, which runs as torch did.
     let package = dir.path().join("conv.safetensors");
     let out = ckpt(&[

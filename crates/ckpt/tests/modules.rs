@@ -25,6 +25,7 @@ const CASES: &[&str] = &[
     "activations",
     "dropout_flatten",
     "pools",
+    "nested",
 ];
 
 #[test]
@@ -53,6 +54,7 @@ fn the_input_shape_comes_from_the_first_layer_when_it_tells() {
     for (name, shape) in [
         ("linear", Some(vec![6])),
         ("batchnorm1d", Some(vec![5])),
+        ("nested", Some(vec![4])),
         ("conv", None),
     ] {
         let loaded = ckpt::read(fixture(&format!("{name}.pth")), &LoadOptions::default()).unwrap();
@@ -80,18 +82,6 @@ fn a_user_class_is_refused_with_its_name_and_its_weights_still_read() {
         err.contains("__main__.Residual") && err.contains("user code"),
         "{err}"
     );
-}
-
-#[test]
-fn a_nested_sequential_is_refused_for_now() {
-    let loaded = ckpt::read(fixture("nested.pth"), &LoadOptions::default()).unwrap();
-    assert!(StateDict::flatten(&loaded.value)
-        .unwrap()
-        .contains_key("0.0.weight"));
-    let err = ModelSpec::from_module(loaded.module.as_ref().unwrap(), "nested", None)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("nested nn.Sequential"), "{err}");
 }
 
 #[test]

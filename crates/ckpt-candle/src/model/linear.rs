@@ -58,6 +58,9 @@ pub(super) fn to_int8(
                 (Built::Residual(inner), LayerKind::Residual { layers }) => Built::Residual(
                     to_int8(inner, layers, &format!("{name}."), tensors, weights, device)?,
                 ),
+                (Built::Sequential(inner), LayerKind::Sequential { layers }) => Built::Sequential(
+                    to_int8(inner, layers, &format!("{name}."), tensors, weights, device)?,
+                ),
                 (b, _) => b,
             })
         })

@@ -6,7 +6,8 @@
 //! Each family of layer kinds (as in `ckpt::spec`) builds and runs in its
 //! own file: `linear` (with the int8 Linear of quantized packages),
 //! `conv`, `norm`, `embedding`, `activation` (element-wise layers and
-//! dropout), `pool`; `Flatten` and `Residual` blocks, one line each, are
+//! dropout), `pool`; `Flatten`, `Residual` and `Sequential` blocks, one
+//! line each, are
 //! built and run here.
 
 mod activation;
@@ -66,6 +67,7 @@ enum Built {
     Flatten(i64, i64),
     Pool(pool::Pool),
     Residual(Vec<Built>),
+    Sequential(Vec<Built>),
 }
 
 impl Model {
@@ -286,6 +288,9 @@ fn build(layer: &ckpt::Layer, name: &str, store: &ParamStore, device: &Device) -
         LayerKind::Residual { layers } => {
             Built::Residual(build_all(layers, &format!("{name}."), store, device)?)
         }
+        LayerKind::Sequential { layers } => {
+            Built::Sequential(build_all(layers, &format!("{name}."), store, device)?)
+        }
         other => {
             return Err(Error::InvalidArgument(format!(
                 "{name}: no candle implementation of {}",
@@ -315,6 +320,7 @@ fn apply(layer: &Built, x: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
         Built::Flatten(s, e) => Ok(x.flatten(dim(*s, x.rank()), dim(*e, x.rank()))?),
         Built::Pool(pool) => pool.forward(x),
         Built::Residual(inner) => Ok((x + run(inner, x, rng)?)?),
+        Built::Sequential(inner) => run(inner, x, rng),
     }
 }
 

@@ -1,40 +1,64 @@
-//! `ckpt export MODEL OUT.onnx`: ONNX from a model package (or a state dict
-//! plus `--spec`), with a report and a check in an independent runtime.
+//! `ckpt export MODEL OUT`: ONNX (with a check in an independent runtime)
+//! or TorchScript from a model package (or a state dict plus `--spec`, or
+//! a whole pickled model), with a report.
 
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use ckpt::export::onnx::{export, OnnxOptions};
+use ckpt::export::torchscript::{self, TorchScriptOptions};
 use ckpt::Package;
+use indexmap::IndexMap;
 
-use crate::args::ExportArgs;
+use crate::args::{ExportArgs, ExportFormat};
 use crate::shared::model_io::load_package;
 use crate::shared::output::{human_bytes, thousands};
 
 /// Exports and reports; returns the exit code (1 when the check finds a
 /// difference).
 pub fn run(o: &ExportArgs, out: &mut dyn Write) -> Result<u8> {
-    let (model_path, output) = (&o.model, o.output.as_path());
+    let format = format(o)?;
     let package = load_package(
-        model_path,
+        &o.model,
         o.spec.as_deref(),
         o.input_shape.as_ref().map(|s| s.0.as_slice()),
     )?;
+    match format {
+        ExportFormat::Onnx => onnx(o, &package, out),
+        ExportFormat::Torchscript => torchscript(o, &package, out),
+    }
+}
+
+/// `--format`, or the format OUT's extension names; ONNX's options are
+/// refused for TorchScript.
+fn format(o: &ExportArgs) -> Result<ExportFormat> {
+    let ext = o.output.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let format = match (o.format, ext.to_ascii_lowercase().as_str()) {
+        (Some(f), _) => f,
+        (None, "onnx") => ExportFormat::Onnx,
+        (None, "pt" | "pth" | "torchscript") => ExportFormat::Torchscript,
+        (None, _) => bail!(
+            "{}: say the format with --format onnx or --format torchscript \
+             (or name the file .onnx or .pt)",
+            o.output.display()
+        ),
+    };
+    let onnx_only = o.opset != 17
+        || o.static_batch.is_some()
+        || o.input_name != "input"
+        || o.output_name != "output";
+    if format == ExportFormat::Torchscript && onnx_only {
+        bail!("--opset, --static-batch, --input-name and --output-name are ONNX options");
+    }
+    Ok(format)
+}
+
+/// The package's metadata as export metadata: version, architecture,
+/// input shape, classes, creation time, metrics, the user's.
+fn metadata(package: &Package) -> Result<IndexMap<String, String>> {
     let i = &package.info;
-    let mut options = OnnxOptions::default();
-    options.opset = o.opset;
-    options.batch = o.static_batch;
-    options.input_name = o.input_name.clone();
-    options.output_name = o.output_name.clone();
-    options.quantization = package.quantization.clone();
-    options.doc_string = format!(
-        "{} {}, exported by ckpt {}",
-        i.architecture,
-        i.model_version,
-        env!("CARGO_PKG_VERSION")
-    );
-    let m = &mut options.metadata;
+    let mut m = IndexMap::new();
     m.insert("model_version".into(), i.model_version.clone());
     m.insert("architecture".into(), i.architecture.clone());
     m.insert(
@@ -53,6 +77,62 @@ pub fn run(o: &ExportArgs, out: &mut dyn Write) -> Result<u8> {
     for (k, v) in &i.user {
         m.insert(k.clone(), v.clone());
     }
+    Ok(m)
+}
+
+/// `Linear×2, ReLU` from counts by name.
+fn counted(counts: &std::collections::BTreeMap<String, usize>) -> String {
+    let names: Vec<String> = counts
+        .iter()
+        .map(|(op, n)| {
+            if *n > 1 {
+                format!("{op}×{n}")
+            } else {
+                op.clone()
+            }
+        })
+        .collect();
+    names.join(", ")
+}
+
+fn torchscript(o: &ExportArgs, package: &Package, out: &mut dyn Write) -> Result<u8> {
+    let mut options = TorchScriptOptions::default();
+    options.metadata = metadata(package)?;
+    options.quantization = package.quantization.clone();
+    let report = torchscript::export(&package.spec, package.weights.clone(), &options, &o.output)?;
+    writeln!(
+        out,
+        "{} -> {} (TorchScript, file format version {})",
+        o.model.display(),
+        o.output.display(),
+        report.version
+    )?;
+    writeln!(out, "  modules:    {}", counted(&report.modules))?;
+    writeln!(out, "  parameters: {}", thousands(report.parameters))?;
+    writeln!(out, "  file:       {}", human_bytes(report.bytes))?;
+    writeln!(
+        out,
+        "  check:      none here (ckpt has no TorchScript runtime); torch.jit.load runs it"
+    )?;
+    Ok(0)
+}
+
+fn onnx(o: &ExportArgs, package: &Package, out: &mut dyn Write) -> Result<u8> {
+    let (model_path, output) = (&o.model, o.output.as_path());
+    let i = &package.info;
+    let mut options = OnnxOptions::default();
+    options.opset = o.opset;
+    options.batch = o.static_batch;
+    options.input_name = o.input_name.clone();
+    options.output_name = o.output_name.clone();
+    options.quantization = package.quantization.clone();
+    options.doc_string = format!(
+        "{} {}, exported by ckpt {}",
+        i.architecture,
+        i.model_version,
+        env!("CARGO_PKG_VERSION")
+    );
+    options.metadata = metadata(package)?;
     let report = export(&package.spec, package.weights.clone(), &options, output)?;
 
     writeln!(
@@ -64,18 +144,7 @@ pub fn run(o: &ExportArgs, out: &mut dyn Write) -> Result<u8> {
         o.static_batch
             .map_or("dynamic".to_owned(), |n| n.to_string())
     )?;
-    let ops: Vec<String> = report
-        .operators
-        .iter()
-        .map(|(op, n)| {
-            if *n > 1 {
-                format!("{op}×{n}")
-            } else {
-                op.clone()
-            }
-        })
-        .collect();
-    writeln!(out, "  operators:  {}", ops.join(", "))?;
+    writeln!(out, "  operators:  {}", counted(&report.operators))?;
     writeln!(out, "  parameters: {}", thousands(report.parameters))?;
     write!(out, "  file:       {}", human_bytes(report.bytes))?;
     if let Some((path, bytes)) = &report.external {
@@ -91,7 +160,7 @@ pub fn run(o: &ExportArgs, out: &mut dyn Write) -> Result<u8> {
         writeln!(out, "  check:      skipped (--no-check)")?;
         return Ok(0);
     }
-    check(&package, output, o.static_batch.unwrap_or(3), out)
+    check(package, output, o.static_batch.unwrap_or(3), out)
 }
 
 #[cfg(not(feature = "onnx-check"))]
@@ -107,7 +176,6 @@ fn check(_: &Package, _: &Path, _: usize, out: &mut dyn Write) -> Result<u8> {
 /// inference.
 #[cfg(feature = "onnx-check")]
 fn check(package: &Package, file: &Path, batch: usize, out: &mut dyn Write) -> Result<u8> {
-    use anyhow::bail;
     use candle_core::Device;
     use ckpt::{DType, TensorData};
     use ckpt_candle::{from_candle, to_candle, Model, Rng};

@@ -13,6 +13,7 @@ use crate::report::to_json;
 use crate::{Key, Result};
 
 const NN: &str = "torch.nn.modules.";
+const SEQUENTIAL: &str = "torch.nn.modules.container.Sequential";
 
 impl ModelSpec {
     /// The spec of a pickled `nn.Sequential` whose modules are all spec
@@ -44,23 +45,35 @@ impl ModelSpec {
     }
 }
 
-/// The children of a Sequential as layers. A nested Sequential is refused
-/// for now: spec layer names cannot hold its dotted parameter names, and
-/// the spec has no container kind but Residual.
+/// The children of a Sequential as layers; a nested Sequential becomes a
+/// `Sequential` block (its parameters keep their dotted names).
 fn sequential(module: &PickledModule, out: &mut Vec<Json>) -> Result<()> {
-    let sequential = format!("{NN}container.Sequential");
-    if module.class != sequential {
+    if module.class != SEQUENTIAL {
         return Err(refused("model", &module.class));
     }
     hooks(module, "model")?;
+    children(module, "", 0, out)
+}
+
+/// The layers of the Sequential `module` (named `prefix` + name in
+/// errors), nested ones no deeper than a spec allows.
+fn children(module: &PickledModule, prefix: &str, depth: usize, out: &mut Vec<Json>) -> Result<()> {
     for (name, child) in &module.children {
-        if child.class == sequential {
+        let at = format!("{prefix}{name}");
+        if child.class != SEQUENTIAL {
+            out.push(layer(child, name, &at)?);
+            continue;
+        }
+        if depth >= super::MAX_DEPTH {
             return Err(bad(
-                name,
-                "a nested nn.Sequential: the spec has no container layer for it yet (write a spec)",
+                &at,
+                format!("Sequentials nested deeper than {}", super::MAX_DEPTH),
             ));
         }
-        out.push(layer(child, name)?);
+        hooks(child, &at)?;
+        let mut inner = Vec::new();
+        children(child, &format!("{at}."), depth + 1, &mut inner)?;
+        out.push(json!({"name": name, "type": "Sequential", "layers": inner}));
     }
     Ok(())
 }
@@ -88,16 +101,16 @@ fn hooks(m: &PickledModule, at: &str) -> Result<()> {
     }
 }
 
-/// One module as a spec layer.
-fn layer(m: &PickledModule, name: &str) -> Result<Json> {
+/// One module as a spec layer named `name` (`at` in errors).
+fn layer(m: &PickledModule, name: &str, at: &str) -> Result<Json> {
     let kind = m
         .class
         .strip_prefix(NN)
-        .ok_or_else(|| refused(name, &m.class))?;
+        .ok_or_else(|| refused(at, &m.class))?;
     if !m.is_module {
-        return Err(bad(name, format!("{} is not a pickled nn.Module", m.class)));
+        return Err(bad(at, format!("{} is not a pickled nn.Module", m.class)));
     }
-    hooks(m, name)?;
+    hooks(m, at)?;
     let (kind, fields, defaults): (&str, &[&str], &[(&str, Json)]) = match kind {
         "linear.Linear" => ("Linear", &["in_features", "out_features"], &[]),
         "conv.Conv2d" => (
@@ -158,7 +171,7 @@ fn layer(m: &PickledModule, name: &str) -> Result<Json> {
             ],
         ),
         "pooling.AdaptiveAvgPool2d" => ("AdaptiveAvgPool2d", &["output_size"], &[]),
-        _ => return Err(refused(name, &m.class)),
+        _ => return Err(refused(at, &m.class)),
     };
     let attr = |key: &str| match (key, m.attributes.get(&Key::from(key))) {
         // Pickles of torch before 1.12 have no `approximate`; torch's
@@ -169,7 +182,7 @@ fn layer(m: &PickledModule, name: &str) -> Result<Json> {
     for (key, default) in defaults {
         if let Some(found) = attr(key).filter(|v| !same(v, default)) {
             return Err(bad(
-                name,
+                at,
                 format!(
                     "{} with {key}={found}: the spec has no such option",
                     m.class
@@ -183,7 +196,7 @@ fn layer(m: &PickledModule, name: &str) -> Result<Json> {
     for key in fields {
         match attr(key) {
             Some(v) => map.insert((*key).into(), v),
-            None => return Err(bad(name, format!("{} without its {key}", m.class))),
+            None => return Err(bad(at, format!("{} without its {key}", m.class))),
         };
     }
     let has = |p: &str| m.parameters.iter().any(|n| n == p);
@@ -193,13 +206,13 @@ fn layer(m: &PickledModule, name: &str) -> Result<Json> {
         }
         "LayerNorm" if map.get("elementwise_affine") == Some(&json!(true)) && !has("bias") => {
             return Err(bad(
-                name,
+                at,
                 "LayerNorm with bias=False: the spec has no such option",
             ));
         }
         "Softmax" if map.get("dim") == Some(&Json::Null) => {
             return Err(bad(
-                name,
+                at,
                 "Softmax without dim (an implicit dimension): give a spec",
             ));
         }
@@ -226,13 +239,15 @@ fn same(a: &Json, b: &Json) -> bool {
     }
 }
 
-/// The input shape the first layer tells, when it does.
+/// The input shape the first layer (or a first Sequential's) tells, when
+/// it does.
 fn inferred_input(layers: &[Json]) -> Option<Vec<usize>> {
     let first = layers.first()?;
     let size = |key: &str| first.get(key)?.as_u64().map(|n| vec![n as usize]);
     match first.get("type")?.as_str()? {
         "Linear" => size("in_features"),
         "BatchNorm1d" => size("num_features"),
+        "Sequential" => inferred_input(first.get("layers")?.as_array()?),
         _ => None,
     }
 }

@@ -1,5 +1,5 @@
 //! [`ModelSpec`]: a model's architecture as data — a sequence of named
-//! layers (with residual blocks) and their hyper-parameters, serialised as
+//! layers (with nested blocks) and their hyper-parameters, serialised as
 //! JSON — so a model loads and runs with no user code. Parameter names and
 //! shapes are those the same model built in PyTorch has (`fc1.weight`
 //! `[out, in]`; a residual block is an `nn.Sequential` whose output is
@@ -9,11 +9,13 @@
 //! Each family of layer kinds has a file holding its JSON form, output
 //! shape and parameters: `linear`, `conv`, `norm` (batch and layer
 //! norms), `embedding`, `activation` (element-wise layers and dropout),
-//! `flatten`, `pool` and `residual`. This file holds the types, the walk
+//! `flatten`, `pool` and `block` (nested Sequentials and residual
+//! blocks). This file holds the types, the walk
 //! over the layers and the dispatch to the families; `budget` holds the
 //! limits a spec is held to, `fields` the typed access to JSON fields.
 
 mod activation;
+mod block;
 mod budget;
 mod conv;
 mod derive;
@@ -23,13 +25,13 @@ mod flatten;
 mod linear;
 mod norm;
 mod pool;
-mod residual;
 #[cfg(test)]
 mod tests;
 
 use serde_json::{json, Map, Value as Json};
 
 use crate::{DType, Error, Expected, Result};
+pub(crate) use block::inner as block_layers;
 use budget::{check_activation, check_parameters, check_work, elements};
 pub use budget::{MAX_ACTIVATION, MAX_PARAMETERS, MAX_WORK};
 use fields::Fields;
@@ -153,6 +155,9 @@ pub enum LayerKind {
     /// `x + body(x)`: the layers inside run in order and their output is
     /// added to the block's input (shapes must agree).
     Residual { layers: Vec<Layer> },
+    /// `nn.Sequential` inside the model: the layers inside run in order
+    /// (their parameters are `block.0.weight`, ...).
+    Sequential { layers: Vec<Layer> },
 }
 
 /// One parameter or buffer a spec's model holds, in `state_dict()` order.
@@ -190,6 +195,7 @@ impl LayerKind {
             LayerKind::AvgPool2d { .. } => "AvgPool2d",
             LayerKind::AdaptiveAvgPool2d { .. } => "AdaptiveAvgPool2d",
             LayerKind::Residual { .. } => "Residual",
+            LayerKind::Sequential { .. } => "Sequential",
         }
     }
 
@@ -210,12 +216,12 @@ pub(crate) enum Family {
     Activation,
     Flatten,
     Pool,
-    Residual,
+    Block,
 }
 
 /// Every layer type a spec may name, in the order errors list them, with
 /// its family.
-const TYPES: [(&str, Family); 18] = [
+const TYPES: [(&str, Family); 19] = [
     ("Linear", Family::Linear),
     ("Conv2d", Family::Conv),
     ("BatchNorm1d", Family::Norm),
@@ -233,7 +239,8 @@ const TYPES: [(&str, Family); 18] = [
     ("MaxPool2d", Family::Pool),
     ("AvgPool2d", Family::Pool),
     ("AdaptiveAvgPool2d", Family::Pool),
-    ("Residual", Family::Residual),
+    ("Residual", Family::Block),
+    ("Sequential", Family::Block),
 ];
 
 fn family_of(type_name: &str) -> Option<Family> {
@@ -340,7 +347,7 @@ impl ModelSpec {
         trainable(&self.parameters())
     }
 
-    /// One row per layer (residual blocks, then their layers, with dotted
+    /// One row per layer (blocks, then their layers, with dotted
     /// names): the output shape per sample and the parameters it holds.
     pub fn summary(&self) -> Result<Vec<LayerSummary>> {
         let mut rows = Vec::new();
@@ -384,7 +391,7 @@ pub struct LayerSummary {
     pub kind: LayerKind,
     /// One sample's output shape.
     pub output_shape: Vec<usize>,
-    /// Trainable parameters (a residual block counts its layers').
+    /// Trainable parameters (a block counts its layers').
     pub params: u64,
 }
 
@@ -419,8 +426,8 @@ fn summarise(
             output_shape: output.clone(),
             params: trainable(&params),
         });
-        if let LayerKind::Residual { layers: inner } = &layer.kind {
-            summarise(inner, &format!("{name}."), &shape, rows)?;
+        if layer.kind.family() == Family::Block {
+            summarise(block::inner(&layer.kind), &format!("{name}."), &shape, rows)?;
         }
         shape = output;
     }
@@ -436,7 +443,7 @@ fn parse_layers(
     if depth > MAX_DEPTH {
         return Err(bad(
             prefix,
-            format!("residual blocks nested deeper than {MAX_DEPTH}"),
+            format!("blocks nested deeper than {MAX_DEPTH}"),
         ));
     }
     let mut layers = Vec::with_capacity(items.len().min(MAX_LAYERS));
@@ -496,7 +503,7 @@ fn parse_kind(f: &Fields, depth: usize, count: &mut usize) -> Result<LayerKind> 
         Family::Activation => activation::parse(type_name, f),
         Family::Flatten => flatten::parse(f),
         Family::Pool => pool::parse(type_name, f),
-        Family::Residual => residual::parse(f, depth, count),
+        Family::Block => block::parse(type_name, f, depth, count),
     }
 }
 
@@ -513,7 +520,7 @@ fn layer_json(layer: &Layer) -> Json {
         Family::Activation => activation::to_json(kind, &mut m),
         Family::Flatten => flatten::to_json(kind, &mut m),
         Family::Pool => pool::to_json(kind, &mut m),
-        Family::Residual => residual::to_json(kind, &mut m),
+        Family::Block => block::to_json(kind, &mut m),
     }
     Json::Object(m)
 }
@@ -536,7 +543,7 @@ fn shape_after(kind: &LayerKind, shape: &[usize], at: &str) -> Result<Vec<usize>
         Family::Activation => activation::output(kind, shape, at),
         Family::Flatten => flatten::output(kind, shape, at),
         Family::Pool => pool::output(kind, shape, at),
-        Family::Residual => residual::output(kind, shape, at),
+        Family::Block => block::output(kind, shape, at),
     }
 }
 
@@ -607,7 +614,7 @@ fn layer_params(layer: &Layer, prefix: &str, out: &mut Vec<Param>) {
         Family::Conv => conv::params(kind, p),
         Family::Norm => norm::params(kind, p),
         Family::Embedding => embedding::params(kind, p),
-        Family::Residual => residual::params(kind, p),
+        Family::Block => block::params(kind, p),
         Family::Activation | Family::Flatten | Family::Pool => {}
     }
 }

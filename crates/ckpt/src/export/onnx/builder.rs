@@ -8,14 +8,9 @@ use std::collections::BTreeMap;
 use crate::compress::quantize::{Activations, Granularity, Quantization, SCALE_SUFFIX};
 use crate::export::proto::*;
 use crate::{DType, Result};
-use crate::{Error, StateDict, TensorData};
+use crate::{StateDict, TensorData};
 
-pub(super) fn unsupported(layer: &str, reason: impl Into<String>) -> Error {
-    Error::Unsupported {
-        layer: layer.to_owned(),
-        reason: reason.into(),
-    }
-}
+pub(super) use crate::export::unsupported;
 
 pub(super) fn attr_int(name: &str, i: i64) -> AttributeProto {
     AttributeProto {

@@ -11,10 +11,11 @@
 //!
 //! Each family of layer kinds (as in [`crate::spec`]) is lowered by its own
 //! file: `linear` (with the dynamic int8 Linear), `conv`, `norm`,
-//! `embedding`, `activation`, `flatten`, `pool`, `residual`; `builder`
+//! `embedding`, `activation`, `flatten`, `pool`, `block`; `builder`
 //! holds the graph under construction.
 
 mod activation;
+mod block;
 mod builder;
 mod conv;
 mod embedding;
@@ -22,7 +23,6 @@ mod flatten;
 mod linear;
 mod norm;
 mod pool;
-mod residual;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ use prost::Message;
 use super::proto::*;
 use crate::compress::quantize::Quantization;
 use crate::spec::Family;
-use crate::{match_state_dict, Layer, LoadRules, ModelSpec, Result, StateDict};
+use crate::{Layer, ModelSpec, Result, StateDict};
 use builder::{unsupported, Builder};
 
 /// The opset written by default.
@@ -110,31 +110,6 @@ fn check_opset(opset: i64) -> Result<()> {
     Ok(())
 }
 
-/// The weights fitted to the spec, in its order; floats are exported as
-/// float32, a quantized package's weights as int8 with their scales.
-fn fit_weights(spec: &ModelSpec, weights: StateDict, options: &OnnxOptions) -> Result<StateDict> {
-    let expected: Vec<crate::Expected> = spec
-        .expected()
-        .into_iter()
-        .map(|mut e| {
-            if e.dtype.is_float() {
-                e.dtype = crate::DType::F32;
-            }
-            e
-        })
-        .collect();
-    let expected = match &options.quantization {
-        Some(q) => q.expected(&expected)?,
-        None => expected,
-    };
-    let matched = match_state_dict(weights, &expected, &LoadRules::default())?;
-    Ok(matched
-        .tensors
-        .into_iter()
-        .map(|(i, t)| (expected[i].name.clone(), t))
-        .collect())
-}
-
 /// Builds the `ModelProto` (without writing it).
 fn build(
     spec: &ModelSpec,
@@ -142,7 +117,7 @@ fn build(
     options: &OnnxOptions,
 ) -> Result<(ModelProto, BTreeMap<String, usize>)> {
     check_opset(options.opset)?;
-    let weights = fit_weights(spec, weights, options)?;
+    let weights = super::fit_weights(spec, weights, options.quantization.as_ref())?;
     let mut b = Builder::new(options.opset, weights, options.quantization.clone());
     let mut x = options.input_name.clone();
     let mut shape = spec.input_shape.clone();
@@ -269,7 +244,7 @@ fn lower_layer(
         Family::Activation => activation::lower(b, kind, s),
         Family::Flatten => flatten::lower(b, s),
         Family::Pool => pool::lower(b, kind, s)?,
-        Family::Residual => residual::lower(b, kind, s)?,
+        Family::Block => block::lower(b, kind, s)?,
     };
     Ok((y, out_shape))
 }

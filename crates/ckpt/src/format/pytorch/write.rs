@@ -30,10 +30,10 @@ impl Plan {
     pub(crate) fn new(value: &Value, path: &Path) -> Result<Plan> {
         let mut pickler = Pickler::new();
         pickler.value(value, 0)?;
-        let tensors = std::mem::take(&mut pickler.tensors);
+        let (pickle, tensors) = pickler.finish_with_tensors();
         Ok(Plan {
             prefix: archive_prefix(path),
-            pickle: pickler.finish(),
+            pickle,
             tensors,
         })
     }
@@ -65,7 +65,7 @@ impl crate::format::WritePlan for Plan {
 
 /// torch names the top folder after the file (`model.pt` -> `model`), or
 /// `archive` when that would not be plain ASCII.
-fn archive_prefix(path: &Path) -> String {
+pub(crate) fn archive_prefix(path: &Path) -> String {
     match path.file_stem().and_then(|s| s.to_str()) {
         Some(stem) if !stem.is_empty() && stem.is_ascii() && !stem.contains('/') => stem.to_owned(),
         _ => "archive".to_owned(),
@@ -101,6 +101,13 @@ impl Pickler {
     pub(crate) fn finish(mut self) -> Vec<u8> {
         self.out.push(b'.');
         self.out
+    }
+
+    /// Closes the pickle; its bytes and the tensors of its storages, in
+    /// `data/N` order.
+    pub(crate) fn finish_with_tensors(mut self) -> (Vec<u8>, Vec<TensorData>) {
+        let tensors = std::mem::take(&mut self.tensors);
+        (self.finish(), tensors)
     }
 
     /// Raw opcodes.
@@ -175,7 +182,7 @@ impl Pickler {
                     self.out.push(b'u');
                 }
             }
-            Value::Tensor(t) => self.tensor(t),
+            Value::Tensor(t) => self.tensor(t, false),
         }
         Ok(())
     }
@@ -224,10 +231,11 @@ impl Pickler {
         let _ = self.value(&Value::Tuple(items), 0);
     }
 
-    /// `_rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())`,
-    /// or `_rebuild_tensor_v3(..., dtype)` over an `UntypedStorage` for the
-    /// dtypes without a legacy storage class (float8).
-    fn tensor(&mut self, t: &TensorData) {
+    /// `_rebuild_tensor_v2(storage, 0, size, stride, requires_grad,
+    /// OrderedDict())`, or `_rebuild_tensor_v3(..., dtype)` over an
+    /// `UntypedStorage` for the dtypes without a legacy storage class
+    /// (float8). Its storage is the next `data/N`.
+    pub(crate) fn tensor(&mut self, t: &TensorData, requires_grad: bool) {
         let key = self.tensors.len();
         self.tensors.push(t.clone());
         let legacy = storage_class(t.dtype());
@@ -258,7 +266,7 @@ impl Pickler {
         let shape: Vec<u64> = t.shape().iter().map(|&d| d as u64).collect();
         self.dims(&shape);
         self.dims(&contiguous_strides(&shape));
-        self.out.push(0x89); // requires_grad
+        self.out.push(if requires_grad { 0x88 } else { 0x89 });
         self.global("collections", "OrderedDict");
         self.out.extend_from_slice(b")R");
         if legacy.is_none() {

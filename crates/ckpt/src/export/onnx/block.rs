@@ -1,16 +1,13 @@
-//! A `Residual` block: its layers lowered in turn, then `Add` of the
-//! block's input.
+//! Blocks: a nested `Sequential`'s layers lowered in turn; a `Residual`
+//! block's too, then `Add` of the block's input.
 
 use super::builder::Builder;
 use super::{lower_layer, Site};
 use crate::{LayerKind, Result};
 
 pub(super) fn lower(b: &mut Builder, kind: &LayerKind, s: &Site) -> Result<String> {
-    let LayerKind::Residual { layers } = kind else {
-        unreachable!("dispatched by family")
-    };
     let (mut inner, mut inner_shape) = (s.x.to_owned(), s.shape.to_vec());
-    for l in layers {
+    for l in crate::spec::block_layers(kind) {
         (inner, inner_shape) = lower_layer(
             b,
             l,
@@ -19,5 +16,8 @@ pub(super) fn lower(b: &mut Builder, kind: &LayerKind, s: &Site) -> Result<Strin
             &inner_shape,
         )?;
     }
-    Ok(b.node(s.name, "Add", &[s.x, &inner], vec![]))
+    match kind {
+        LayerKind::Residual { .. } => Ok(b.node(s.name, "Add", &[s.x, &inner], vec![])),
+        _ => Ok(inner),
+    }
 }
