@@ -112,6 +112,19 @@ fn weight_only_int8_packages_keep_their_int8_weights_in_torch() {
         let file = format!("{case}_int8_{}", granularity.name());
         manifest.push(prepare(dir.path(), &file, &package, &mut rng));
     }
+    // Every float tensor of a BatchNorm, running statistics included.
+    let package = package("batchnorm2d")
+        .quantize(Granularity::PerChannel, Activations::WeightOnly, |_, t| {
+            t.dtype() == ckpt::DType::F32
+        })
+        .unwrap();
+    assert_eq!(package.quantization.as_ref().unwrap().tensors.len(), 4);
+    manifest.push(prepare(
+        dir.path(),
+        "batchnorm2d_int8_all",
+        &package,
+        &mut rng,
+    ));
     check(&py, dir.path(), manifest);
 }
 

@@ -195,19 +195,19 @@ pub struct ExportArgs {
     /// per sample, such as 3,32,32.
     #[arg(long, value_name = "SHAPE", value_parser = parse_shape, conflicts_with = "spec")]
     pub input_shape: Option<Shape>,
-    /// The ONNX opset: 13 to 21 (LayerNorm needs 17). ONNX only, as the
-    /// options up to --no-check.
-    #[arg(long, default_value_t = 17)]
-    pub opset: i64,
+    /// The ONNX opset: 13 to 21 (LayerNorm needs 17); 17 by default. ONNX
+    /// only, as the options up to --no-check.
+    #[arg(long, value_name = "N")]
+    pub opset: Option<i64>,
     /// Fix the batch dimension to N instead of leaving it dynamic.
     #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
     pub static_batch: Option<usize>,
-    /// The graph input's name.
-    #[arg(long, default_value = "input")]
-    pub input_name: String,
-    /// The graph output's name.
-    #[arg(long, default_value = "output")]
-    pub output_name: String,
+    /// The graph input's name (`input` by default).
+    #[arg(long, value_name = "NAME")]
+    pub input_name: Option<String>,
+    /// The graph output's name (`output` by default).
+    #[arg(long, value_name = "NAME")]
+    pub output_name: Option<String>,
     /// Skip running the export in tract.
     #[arg(long)]
     pub no_check: bool,

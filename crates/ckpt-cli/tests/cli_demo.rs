@@ -146,7 +146,10 @@ fn exports_torchscript_that_torch_runs(dir: &Path, model: &Path) {
         text.contains("(TorchScript, file format version 3)"),
         "{text}"
     );
-    assert!(text.contains("Dropout, Linear×3, ReLU×2, Sequential"), "{text}");
+    assert!(
+        text.contains("Dropout, Linear×3, ReLU×2, Sequential"),
+        "{text}"
+    );
     let Some(py) = python::python() else { return };
     let package = ckpt::Package::load(model, &Default::default()).unwrap();
     ckpt::save(dir.join("digits.safetensors"), &package.weights.into()).unwrap();

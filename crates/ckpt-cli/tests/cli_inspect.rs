@@ -2,6 +2,8 @@
 //! packages from the wild, and the escaping of what files name.
 
 mod common;
+#[path = "../../../tests/interop/python.rs"]
+mod python;
 
 use common::{ckpt, expect_error, fixture, stderr, stdout};
 
@@ -272,11 +274,18 @@ fn inspect_reads_an_incremental_steps_index_from_its_folder() {
 fn whole_pickled_models_run_without_a_spec() {
     let modules = |name: &str| fixture(&format!("modules/{name}"));
     let text = stdout(&ckpt(&["inspect", modules("linear.pth").to_str().unwrap()]));
+    assert!(text.contains("spec derived from the modules"), "{text}");
+    assert!(text.contains("Linear(5 → 3, no bias)"), "{text}");
+    // A traced file: its module tree, then the spec.
+    let text = stdout(&ckpt(&[
+        "inspect",
+        modules("nested.trace.pt").to_str().unwrap(),
+    ]));
     assert!(
-        text.contains("spec derived from the pickled modules"),
+        text.contains("      0: Linear(in_features=4, out_features=3)\n      1: ReLU()"),
         "{text}"
     );
-    assert!(text.contains("Linear(5 → 3, no bias)"), "{text}");
+    assert!(text.contains("0.2.0  Linear(3 → 3)"), "{text}");
     let dir = tempfile::tempdir().unwrap();
     for (name, shape) in [
         ("linear", None),
@@ -284,30 +293,55 @@ fn whole_pickled_models_run_without_a_spec() {
         ("conv", Some("2,9,9")),
         ("nested", None),
     ] {
-        let y = dir.path().join(format!("{name}.npy"));
-        let model = modules(&format!("{name}.pth"));
-        let x = modules(&format!("{name}.input.npy"));
-        let mut args = vec![
-            "run",
-            model.to_str().unwrap(),
-            "--input",
-            x.to_str().unwrap(),
-            "--output",
-            y.to_str().unwrap(),
-        ];
-        args.extend(shape.map(|s| ["--input-shape", s]).into_iter().flatten());
-        let out = ckpt(&args);
-        assert!(out.status.success(), "{name}: {}", stderr(&out));
-        let ours = ckpt::load_state_dict(&y).unwrap();
-        let torch = ckpt::load_state_dict(modules(&format!("{name}.output.npy"))).unwrap();
-        let (a, b) = (
-            ours.values().next().unwrap(),
-            torch.values().next().unwrap(),
-        );
-        assert_eq!(a.shape(), b.shape(), "{name}");
-        for (x, t) in a.values_f64().zip(b.values_f64()) {
-            assert!((x - t).abs() <= 1e-5, "{name}: {x} vs torch {t}");
+        // torch.save(model), torch.jit.script and torch.jit.trace of it.
+        for file in ["pth", "script.pt", "trace.pt"] {
+            let y = dir.path().join(format!("{name}.{file}.npy"));
+            let model = modules(&format!("{name}.{file}"));
+            let x = modules(&format!("{name}.input.npy"));
+            let mut args = vec![
+                "run",
+                model.to_str().unwrap(),
+                "--input",
+                x.to_str().unwrap(),
+                "--output",
+                y.to_str().unwrap(),
+            ];
+            args.extend(shape.map(|s| ["--input-shape", s]).into_iter().flatten());
+            let out = ckpt(&args);
+            assert!(out.status.success(), "{name}: {}", stderr(&out));
+            let ours = ckpt::load_state_dict(&y).unwrap();
+            let torch = ckpt::load_state_dict(modules(&format!("{name}.output.npy"))).unwrap();
+            let (a, b) = (
+                ours.values().next().unwrap(),
+                torch.values().next().unwrap(),
+            );
+            assert_eq!(a.shape(), b.shape(), "{name}");
+            for (x, t) in a.values_f64().zip(b.values_f64()) {
+                assert!((x - t).abs() <= 1e-5, "{name}.{file}: {x} vs torch {t}");
+            }
         }
+    }
+    // The nested model as TorchScript runs in torch as the original did.
+    let pt = dir.path().join("nested.pt");
+    let out = ckpt(&[
+        "export",
+        modules("nested.pth").to_str().unwrap(),
+        pt.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    if let Some(py) = python::python() {
+        let weights = ckpt::load_state_dict(modules("nested.pth")).unwrap();
+        ckpt::save(dir.path().join("nested.safetensors"), &weights.into()).unwrap();
+        let runs = serde_json::json!([{
+            "input": modules("nested.input.npy"), "output": modules("nested.output.npy")}]);
+        let manifest = serde_json::json!([{"file": "nested.pt", "weights": "nested.safetensors",
+            "runs": runs, "name": "nested"}]);
+        std::fs::write(dir.path().join("torchscript.json"), manifest.to_string()).unwrap();
+        python::run_peer(
+            &py,
+            "peer.py",
+            &["check-torchscript", dir.path().to_str().unwrap()],
+        );
     }
     let onnx = dir.path().join("m.onnx");
     for name in ["linear.pth", "nested.pth"] {

@@ -50,6 +50,43 @@ fn every_layer_kind_derives_the_hand_written_spec() {
 }
 
 #[test]
+fn scripted_and_traced_torchscript_derive_the_hand_written_spec() {
+    for name in CASES {
+        let text = std::fs::read_to_string(fixture(&format!("{name}.spec.json"))).unwrap();
+        let expected = ModelSpec::from_json(&text).unwrap();
+        for kind in ["script", "trace"] {
+            let file = fixture(&format!("{name}.{kind}.pt"));
+            let loaded = ckpt::read(&file, &LoadOptions::default()).unwrap();
+            let module = loaded.module.as_ref().expect("a module tree");
+            let derived = ModelSpec::from_module(module, name, Some(&expected.input_shape))
+                .unwrap_or_else(|e| panic!("{name}.{kind}: {e}"));
+            assert_eq!(derived.to_json(), expected.to_json(), "{name}.{kind}");
+            let weights = StateDict::flatten(&loaded.value).unwrap();
+            let mut found: Vec<String> = weights.keys().cloned().collect();
+            let mut wanted: Vec<String> = derived.expected().into_iter().map(|e| e.name).collect();
+            found.sort();
+            wanted.sort();
+            assert_eq!(found, wanted, "{name}.{kind}");
+        }
+    }
+}
+
+#[test]
+fn traced_custom_code_is_refused_with_its_class_and_its_weights_still_read() {
+    let loaded = ckpt::read(fixture("residual.trace.pt"), &LoadOptions::default()).unwrap();
+    assert!(StateDict::flatten(&loaded.value)
+        .unwrap()
+        .contains_key("1.0.weight"));
+    let err = ModelSpec::from_module(loaded.module.as_ref().unwrap(), "residual", None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("__torch__.Residual") && err.contains("user code"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_input_shape_comes_from_the_first_layer_when_it_tells() {
     for (name, shape) in [
         ("linear", Some(vec![6])),

@@ -7,8 +7,7 @@
 //! own file: `linear` (with the int8 Linear of quantized packages),
 //! `conv`, `norm`, `embedding`, `activation` (element-wise layers and
 //! dropout), `pool`; `Flatten`, `Residual` and `Sequential` blocks, one
-//! line each, are
-//! built and run here.
+//! line each, are built and run here.
 
 mod activation;
 mod conv;

@@ -44,12 +44,15 @@ fn format(o: &ExportArgs) -> Result<ExportFormat> {
             o.output.display()
         ),
     };
-    let onnx_only = o.opset != 17
+    let onnx_only = o.opset.is_some()
         || o.static_batch.is_some()
-        || o.input_name != "input"
-        || o.output_name != "output";
+        || o.input_name.is_some()
+        || o.output_name.is_some()
+        || o.no_check;
     if format == ExportFormat::Torchscript && onnx_only {
-        bail!("--opset, --static-batch, --input-name and --output-name are ONNX options");
+        bail!(
+            "--opset, --static-batch, --input-name, --output-name and --no-check are ONNX options"
+        );
     }
     Ok(format)
 }
@@ -121,10 +124,16 @@ fn onnx(o: &ExportArgs, package: &Package, out: &mut dyn Write) -> Result<u8> {
     let (model_path, output) = (&o.model, o.output.as_path());
     let i = &package.info;
     let mut options = OnnxOptions::default();
-    options.opset = o.opset;
+    if let Some(opset) = o.opset {
+        options.opset = opset;
+    }
     options.batch = o.static_batch;
-    options.input_name = o.input_name.clone();
-    options.output_name = o.output_name.clone();
+    if let Some(name) = &o.input_name {
+        options.input_name = name.clone();
+    }
+    if let Some(name) = &o.output_name {
+        options.output_name = name.clone();
+    }
     options.quantization = package.quantization.clone();
     options.doc_string = format!(
         "{} {}, exported by ckpt {}",
@@ -140,7 +149,7 @@ fn onnx(o: &ExportArgs, package: &Package, out: &mut dyn Write) -> Result<u8> {
         "{} -> {} (opset {}, batch {})",
         model_path.display(),
         output.display(),
-        o.opset,
+        options.opset,
         o.static_batch
             .map_or("dynamic".to_owned(), |n| n.to_string())
     )?;

@@ -248,26 +248,63 @@ fn layer_table(spec: &ckpt::ModelSpec, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// A whole pickled model (`torch.save(model)`): the spec derived from its
-/// modules, or why none is.
+/// A whole model (`torch.save(model)` or TorchScript): its module tree,
+/// then the spec derived from its modules, or why none is.
 fn derived_spec(file: &Path, loaded: &ckpt::Loaded, out: &mut dyn Write) -> Result<()> {
     let Some(module) = &loaded.module else {
         return Ok(());
     };
+    writeln!(
+        out,
+        "\nmodules (classes and settings read from the file, never run):"
+    )?;
+    module_rows(module, "", 1, out)?;
     match ckpt::Package::from_module(module, &loaded.value, file, None) {
         Ok(package) => {
             writeln!(
                 out,
-                "\nspec derived from the pickled modules (ckpt run and ckpt export take this file as it is), input {:?} per sample:",
+                "\nspec derived from the modules (ckpt run and ckpt export take this file as it is), input {:?} per sample:",
                 package.spec.input_shape
             )?;
             layer_table(&package.spec, out)
         }
-        Err(e) => Ok(writeln!(
-            out,
-            "\nno spec derived from the pickled modules: {e}"
-        )?),
+        Err(e) => Ok(writeln!(out, "\nno spec derived from the modules: {e}")?),
     }
+}
+
+/// One line per module: its name, class (short for `torch.nn`'s) and
+/// settings, children indented under it.
+fn module_rows(
+    m: &ckpt::format::pytorch::PickledModule,
+    name: &str,
+    depth: usize,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let class = match m.class.strip_prefix("torch.nn.modules.") {
+        Some(c) => c.rsplit('.').next().unwrap_or(c),
+        None => m.class.as_str(),
+    };
+    let settings: Vec<String> = m
+        .attributes
+        .iter()
+        .filter(|(k, _)| k.to_string() != "training")
+        .map(|(k, v)| format!("{k}={}", ckpt::report::to_json(v)))
+        .collect();
+    let label = if name.is_empty() {
+        String::new()
+    } else {
+        format!("{name}: ")
+    };
+    writeln!(
+        out,
+        "{}{label}{class}({})",
+        "  ".repeat(depth),
+        settings.join(", ")
+    )?;
+    for (child, c) in &m.children {
+        module_rows(c, child, depth + 1, out)?;
+    }
+    Ok(())
 }
 
 /// A quantized package's int8 weights and their scales.

@@ -55,15 +55,25 @@ fn sequential(module: &PickledModule, out: &mut Vec<Json>) -> Result<()> {
     children(module, "", 0, out)
 }
 
+/// The block type of a container class: torch's `nn.Sequential`, or the
+/// residual block of ckpt's own TorchScript exports.
+fn block_type(class: &str) -> Option<&'static str> {
+    match class {
+        SEQUENTIAL => Some("Sequential"),
+        "ckpt.modules.Residual" => Some("Residual"),
+        _ => None,
+    }
+}
+
 /// The layers of the Sequential `module` (named `prefix` + name in
 /// errors), nested ones no deeper than a spec allows.
 fn children(module: &PickledModule, prefix: &str, depth: usize, out: &mut Vec<Json>) -> Result<()> {
     for (name, child) in &module.children {
         let at = format!("{prefix}{name}");
-        if child.class != SEQUENTIAL {
+        let Some(kind) = block_type(&child.class) else {
             out.push(layer(child, name, &at)?);
             continue;
-        }
+        };
         if depth >= super::MAX_DEPTH {
             return Err(bad(
                 &at,
@@ -73,7 +83,7 @@ fn children(module: &PickledModule, prefix: &str, depth: usize, out: &mut Vec<Js
         hooks(child, &at)?;
         let mut inner = Vec::new();
         children(child, &format!("{at}."), depth + 1, &mut inner)?;
-        out.push(json!({"name": name, "type": "Sequential", "layers": inner}));
+        out.push(json!({"name": name, "type": kind, "layers": inner}));
     }
     Ok(())
 }
@@ -86,8 +96,20 @@ fn refused(at: &str, class: &str) -> crate::Error {
     bad(at, format!("cannot derive a spec from {class}: {why}"))
 }
 
-/// Refuses a module with forward hooks: its output is not its class's.
+/// Refuses a module with forward hooks, or TorchScript code that is not
+/// its class's: its output is not its class's.
 fn hooks(m: &PickledModule, at: &str) -> Result<()> {
+    if m.foreign_forward {
+        return Err(bad(
+            at,
+            format!(
+                "the TorchScript code of {} is not torch.nn's for its class (a traced forward \
+                 that is not the class's one operator), which ckpt never runs or guesses: \
+                 write a spec (--spec)",
+                m.class
+            ),
+        ));
+    }
     match m.hooks {
         true => Err(bad(
             at,

@@ -355,13 +355,18 @@ impl ModelSpec {
         Ok(rows)
     }
 
-    /// True when the model takes integer ids (its first layer is an
-    /// embedding).
+    /// True when the model takes integer ids (its first layer, or the
+    /// first of a leading `Sequential` block, is an embedding).
     pub fn takes_ids(&self) -> bool {
-        matches!(
-            self.layers.first().map(|l| &l.kind),
-            Some(LayerKind::Embedding { .. })
-        )
+        first_is_embedding(&self.layers)
+    }
+}
+
+fn first_is_embedding(layers: &[Layer]) -> bool {
+    match layers.first().map(|l| &l.kind) {
+        Some(LayerKind::Embedding { .. }) => true,
+        Some(LayerKind::Sequential { layers }) => first_is_embedding(layers),
+        _ => false,
     }
 }
 

@@ -3,7 +3,7 @@
 //! written once; another class of the same name gets torch's
 //! `___torch_mangle_N` qualifier.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::layers::{define, Def, Site};
 use crate::compress::quantize::Quantization;
@@ -27,6 +27,8 @@ pub(super) struct Code {
     classes: Vec<(String, String, String)>,
     /// (module, name, source) to its index in `classes`.
     seen: HashMap<(String, String, String), usize>,
+    /// The qualified names taken.
+    taken: HashSet<String>,
     /// Objects per class name (`Linear`).
     counts: BTreeMap<String, usize>,
 }
@@ -132,10 +134,7 @@ impl Code {
         if let Some(&i) = self.seen.get(&key) {
             return self.classes[i].0.clone();
         }
-        let taken = self
-            .classes
-            .iter()
-            .any(|(q, _, _)| q == &format!("__torch__.{module}.{name}"));
+        let taken = self.taken.contains(&format!("__torch__.{module}.{name}"));
         let qualifier = match taken {
             false => format!("__torch__.{module}"),
             true => format!("__torch__.{module}.___torch_mangle_{}", self.classes.len()),
@@ -143,6 +142,7 @@ impl Code {
         let qualified = format!("{qualifier}.{name}");
         let text = key.2.replace(SELF, &qualified);
         self.seen.insert(key, self.classes.len());
+        self.taken.insert(qualified.clone());
         self.classes.push((qualified.clone(), qualifier, text));
         qualified
     }
@@ -151,11 +151,14 @@ impl Code {
     /// the classes of its qualifier, in first-use order.
     pub(super) fn files(&self) -> Vec<(String, String)> {
         let mut files: Vec<(String, String)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
         for (_, qualifier, text) in &self.classes {
-            let file = format!("{}.py", qualifier.replace('.', "/"));
-            match files.iter_mut().find(|(f, _)| *f == file) {
-                Some((_, all)) => all.push_str(text),
-                None => files.push((file, text.clone())),
+            match index.get(qualifier.as_str()) {
+                Some(&i) => files[i].1.push_str(text),
+                None => {
+                    index.insert(qualifier, files.len());
+                    files.push((format!("{}.py", qualifier.replace('.', "/")), text.clone()));
+                }
             }
         }
         files
@@ -203,7 +206,7 @@ fn check_name(name: &str, at: &str) -> Result<()> {
             at,
             format!(
                 "the layer name {name:?} cannot be a TorchScript attribute \
-                 (letters, digits and _, not training or forward)"
+                 (letters, digits and _, not starting with __, not training or forward)"
             ),
         ));
     }

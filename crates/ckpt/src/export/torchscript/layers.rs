@@ -52,14 +52,23 @@ impl Def {
         self.forward.push(format!("return {expr}"));
     }
 
-    /// Tensor `name` of the layer, as an expression: `self.weight`, or for
-    /// an int8 weight, `int8 × scale` (its scales reshaped to broadcast
-    /// along dimension 0, as ckpt dequantizes).
+    /// Parameter `name` of the layer, as an expression: `self.weight`, or
+    /// for an int8 weight, `int8 × scale` (its scales reshaped to
+    /// broadcast along dimension 0, as ckpt dequantizes).
     fn tensor(&mut self, site: &Site, name: &str) -> Result<String> {
+        self.attribute(site, name, true)
+    }
+
+    /// Buffer `name` (running statistics), as [`Def::tensor`].
+    fn buffer(&mut self, site: &Site, name: &str) -> Result<String> {
+        self.attribute(site, name, false)
+    }
+
+    fn attribute(&mut self, site: &Site, name: &str, trainable: bool) -> Result<String> {
         let key = format!("{}.{name}", site.prefix);
         let quantized = site.quantization.is_some_and(|q| q.tensors.contains(&key));
         if !quantized {
-            self.tensors.push((name.into(), key, true));
+            self.tensors.push((name.into(), key, trainable));
             return Ok(format!("self.{name}"));
         }
         let rank = site
@@ -176,10 +185,9 @@ fn norm(kind: &LayerKind, site: &Site) -> Result<Def> {
             let mut d = Def::new("torch.nn.modules.batchnorm", name);
             let w = d.tensor(site, "weight")?;
             let b = d.tensor(site, "bias")?;
-            for buffer in ["running_mean", "running_var", "num_batches_tracked"] {
-                d.tensors
-                    .push((buffer.into(), format!("{}.{buffer}", site.prefix), false));
-            }
+            let mean = d.buffer(site, "running_mean")?;
+            let var = d.buffer(site, "running_var")?;
+            d.buffer(site, "num_batches_tracked")?;
             d.constant("num_features", "int", num_features.to_string());
             d.constant("eps", "float", float(*eps, site.prefix)?);
             d.constant("momentum", "float", float(*momentum, site.prefix)?);
@@ -191,8 +199,7 @@ fn norm(kind: &LayerKind, site: &Site) -> Result<Def> {
                 "  _0 = torch.add_(self.num_batches_tracked, 1)".to_owned(),
             ]);
             d.ret(format!(
-                "torch.batch_norm(input, {w}, {b}, self.running_mean, self.running_var, \
-                 training, {}, {}, True)",
+                "torch.batch_norm(input, {w}, {b}, {mean}, {var}, training, {}, {}, True)",
                 float(*momentum, site.prefix)?,
                 float(*eps, site.prefix)?
             ));

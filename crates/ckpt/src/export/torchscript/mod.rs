@@ -96,12 +96,23 @@ pub fn export(
         }
     }
     spec.output_shape()?;
+    ids_only_at_input(&spec.layers, true, "")?;
     let weights = super::fit_weights(spec, weights, options.quantization.as_ref())?;
     let mut code = Code::default();
     let top = code.model(spec, &weights, options.quantization.as_ref())?;
     let mut pickler = Pickler::new();
     pickle(&top, &weights, &mut pickler)?;
     let (data, tensors) = pickler.finish_with_tensors();
+    if tensors.len() != weights.len() {
+        return Err(super::unsupported(
+            "model",
+            format!(
+                "{} of the package's {} tensors have no place in the modules",
+                weights.len().abs_diff(tensors.len()),
+                weights.len()
+            ),
+        ));
+    }
     let version = if uses_gelu(&spec.layers) {
         VERSION_GELU
     } else {
@@ -172,6 +183,30 @@ fn pickle(obj: &Object, weights: &StateDict, p: &mut Pickler) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an Embedding anywhere but at the model's input (first, or
+/// first in leading Sequentials): `torch.embedding` takes integer ids,
+/// which only the input holds.
+fn ids_only_at_input(layers: &[crate::Layer], at_input: bool, prefix: &str) -> Result<()> {
+    for (i, l) in layers.iter().enumerate() {
+        let first = at_input && i == 0;
+        let at = format!("{prefix}{}", l.name);
+        match &l.kind {
+            LayerKind::Embedding { .. } if !first => {
+                return Err(super::unsupported(
+                    &at,
+                    "an Embedding takes integer ids, which only the model's input holds",
+                ))
+            }
+            LayerKind::Sequential { layers } => {
+                ids_only_at_input(layers, first, &format!("{at}."))?
+            }
+            LayerKind::Residual { layers } => ids_only_at_input(layers, false, &format!("{at}."))?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// True when a GELU is among `layers` (or in their blocks).
 fn uses_gelu(layers: &[crate::Layer]) -> bool {
     layers.iter().any(|l| match &l.kind {
@@ -196,5 +231,103 @@ impl Write for Counted<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::pytorch::zip::ZipArchive;
+
+    fn export_json(json: &str, name: &str) -> Result<(Vec<u8>, TorchScriptReport)> {
+        let spec = ModelSpec::from_json(json).unwrap();
+        let mut weights = StateDict::new();
+        for p in spec.parameters() {
+            let t = match p.dtype {
+                crate::DType::F32 => {
+                    TensorData::from_f32(&p.shape, &vec![0.5; p.shape.iter().product()])
+                }
+                _ => TensorData::new(p.dtype, p.shape.clone(), vec![0; 8]),
+            };
+            weights.insert(p.name, t.unwrap());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        let report = export(&spec, weights, &TorchScriptOptions::default(), &path)?;
+        Ok((std::fs::read(&path).unwrap(), report))
+    }
+
+    fn entry<'a>(bytes: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        let zip = ZipArchive::parse(bytes, Path::new("m.pt")).unwrap();
+        zip.get(name).map(|e| &bytes[e.data.clone()])
+    }
+
+    #[test]
+    fn the_archive_has_torchs_entries_version_and_mangled_twins() {
+        let (bytes, report) = export_json(
+            r#"{"name": "m", "input_shape": [4], "layers": [
+                {"name": "a", "type": "Linear", "in_features": 4, "out_features": 3},
+                {"name": "g", "type": "GELU", "approximate": "tanh"},
+                {"name": "b", "type": "Linear", "in_features": 3, "out_features": 2},
+                {"name": "n", "type": "BatchNorm1d", "num_features": 2}]}"#,
+            "m.pt",
+        )
+        .unwrap();
+        assert_eq!(report.version, VERSION_GELU);
+        assert_eq!(entry(&bytes, "m/.data/version"), Some(&b"10\n"[..]));
+        assert!(entry(&bytes, "m/version").is_none());
+        let data = entry(&bytes, "m/data.pkl").unwrap();
+        assert!(
+            data.starts_with(b"\x80\x02c__torch__.torch.nn.modules.container\nSequential\n)\x81}(")
+        );
+        let linear = entry(&bytes, "m/code/__torch__/torch/nn/modules/linear.py").unwrap();
+        let text = std::str::from_utf8(linear).unwrap();
+        assert!(text.contains("in_features : Final[int] = 4"), "{text}");
+        let twin = "m/code/__torch__/torch/nn/modules/linear/___torch_mangle_2.py";
+        assert!(entry(&bytes, twin).is_some());
+        assert_eq!(entry(&bytes, "m/constants.pkl"), Some(&b"\x80\x02)."[..]));
+        // Five BatchNorm tensors (statistics included), four Linear ones.
+        assert!(entry(&bytes, "m/data/8").is_some() && entry(&bytes, "m/data/9").is_none());
+        let (bytes, report) = export_json(
+            r#"{"name": "m", "input_shape": [4], "layers": [{"type": "ReLU"}]}"#,
+            "r.pt",
+        )
+        .unwrap();
+        assert_eq!(report.version, VERSION);
+        assert_eq!(entry(&bytes, "r/version"), Some(&b"3\n"[..]));
+    }
+
+    #[test]
+    fn names_and_embeddings_torchscript_cannot_hold_are_refused() {
+        let err = export_json(
+            r#"{"name": "m", "input_shape": [4], "layers": [{"name": "__x", "type": "ReLU"}]}"#,
+            "m.pt",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot be a TorchScript attribute"),
+            "{err}"
+        );
+        let err = export_json(
+            r#"{"name": "m", "input_shape": [4], "layers": [
+                {"name": "f", "type": "Linear", "in_features": 4, "out_features": 4},
+                {"name": "e", "type": "Embedding", "num_embeddings": 10, "embedding_dim": 2}]}"#,
+            "m.pt",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot export e: an Embedding takes integer ids"),
+            "{err}"
+        );
+        // At the input, inside a leading Sequential, it is the input.
+        export_json(
+            r#"{"name": "m", "input_shape": [4], "layers": [
+                {"name": "s", "type": "Sequential", "layers": [
+                    {"type": "Embedding", "num_embeddings": 10, "embedding_dim": 2}]}]}"#,
+            "m.pt",
+        )
+        .unwrap();
     }
 }

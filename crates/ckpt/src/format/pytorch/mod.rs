@@ -8,6 +8,7 @@ mod module;
 pub(crate) mod pickle;
 pub(crate) mod pt2;
 pub(crate) mod safety;
+mod script;
 pub(crate) mod write;
 pub mod zip;
 
@@ -210,7 +211,7 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
     } else {
         Format::PyTorch
     };
-    build(
+    let mut loaded = build(
         &unpickled,
         storage,
         big_endian,
@@ -218,7 +219,16 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
         path,
         "data.pkl",
         format,
-    )
+    )?;
+    if format == Format::TorchScript && loaded.metadata.contains_key("pytorch.pickled") {
+        loaded.module = script::tree(&unpickled, |qualifier| {
+            let file = format!("{prefix}/code/{}.py", qualifier.replace('.', "/"));
+            let entry = zip.get(&file)?;
+            let text = entry_bytes(&buffer, entry, path, Purpose::Parse).ok()?;
+            String::from_utf8(text.as_slice().to_vec()).ok()
+        });
+    }
+    Ok(loaded)
 }
 
 /// Reads a bare pickle (`pickle.dump`): plain data, NumPy arrays and

@@ -162,8 +162,9 @@ fn walk(u: &Unpickled, id: Id, prefix: &str, depth: usize, out: &mut ModuleWeigh
     Ok(())
 }
 
-/// A pickled `nn.Module` (`torch.save(model)`) as data, read without
-/// importing or running anything: its class, its plain attributes
+/// A pickled `nn.Module` (`torch.save(model)`, or a module object of a
+/// TorchScript archive) as data, read without importing or running
+/// anything: its class, its plain attributes
 /// (`in_features`, `kernel_size`, `eps`, `training`: every entry of its
 /// `__dict__` that is not private and holds numbers, strings, booleans,
 /// None, or tuples and lists of them), whether forward hooks are
@@ -188,6 +189,10 @@ pub struct PickledModule {
     pub is_module: bool,
     /// The submodules (`_modules`), by name, in order.
     pub children: Vec<(String, PickledModule)>,
+    /// A TorchScript module whose code is not its `torch.nn` class's (a
+    /// traced `forward` that is not the class's one aten call, or no
+    /// source for the class).
+    pub foreign_forward: bool,
 }
 
 /// The hook dicts of an `nn.Module` that change what `forward` computes.
@@ -262,6 +267,7 @@ fn node(u: &Unpickled, id: Id, depth: usize, budget: &mut usize) -> Option<Pickl
         hooks,
         is_module: true,
         children,
+        foreign_forward: false,
     })
 }
 
