@@ -129,6 +129,29 @@ fn weight_only_int8_packages_keep_their_int8_weights_in_torch() {
 }
 
 #[test]
+fn ckpt_reads_the_spec_back_out_of_its_own_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    for case in spec_cases() {
+        let package = package(&case);
+        let path = dir.path().join(format!("{case}.pt"));
+        let mut options = TorchScriptOptions::default();
+        options.metadata.insert("model_version".into(), "1.0.0".into());
+        export(&package.spec, package.weights.clone(), &options, &path).unwrap();
+        let loaded = ckpt::read(&path, &Default::default()).unwrap();
+        let module = loaded.module.as_ref().expect("a module tree");
+        let spec = ModelSpec::from_module(module, &package.spec.name, None)
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(spec.to_json(), package.spec.to_json(), "{case}");
+        assert_eq!(
+            ckpt::StateDict::flatten(&loaded.value).unwrap(),
+            package.weights,
+            "{case}"
+        );
+        assert_eq!(loaded.metadata["ckpt.model_version"], "1.0.0");
+    }
+}
+
+#[test]
 fn dynamic_int8_and_names_torchscript_cannot_hold_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let dynamic = package("linear")

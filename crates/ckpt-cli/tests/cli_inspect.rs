@@ -287,13 +287,23 @@ fn whole_pickled_models_run_without_a_spec() {
     );
     assert!(text.contains("0.2.0  Linear(3 → 3)"), "{text}");
     let dir = tempfile::tempdir().unwrap();
+    // Every layer kind: torch.save(model), torch.jit.script and
+    // torch.jit.trace of it, run on torch's input; the input shape is
+    // given where the first layer does not tell it.
     for (name, shape) in [
         ("linear", None),
         ("batchnorm1d", None),
+        ("batchnorm1d_seq", Some("3,7")),
+        ("batchnorm2d", Some("3,4,4")),
         ("conv", Some("2,9,9")),
+        ("conv_groups", Some("4,8,8")),
+        ("layernorm", Some("3,4,5")),
+        ("embedding", Some("5")),
+        ("activations", Some("6")),
+        ("dropout_flatten", Some("3,4,2")),
+        ("pools", Some("3,11,13")),
         ("nested", None),
     ] {
-        // torch.save(model), torch.jit.script and torch.jit.trace of it.
         for file in ["pth", "script.pt", "trace.pt"] {
             let y = dir.path().join(format!("{name}.{file}.npy"));
             let model = modules(&format!("{name}.{file}"));
@@ -367,25 +377,35 @@ fn whole_pickled_models_run_without_a_spec() {
         "{}",
         stderr(&out)
     );
-    let y = dir.path().join("package.npy");
-    let out = ckpt(&[
-        "run",
-        package.to_str().unwrap(),
-        "--input",
-        modules("conv.input.npy").to_str().unwrap(),
-        "--output",
-        y.to_str().unwrap(),
-    ]);
+    // The package runs as torch did, and so does its TorchScript export,
+    // whose input shape comes back from the metadata it carries.
+    let pt = dir.path().join("conv.pt");
+    let out = ckpt(&["export", package.to_str().unwrap(), pt.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let (ours, torch) = (
-        ckpt::load_state_dict(&y).unwrap(),
-        ckpt::load_state_dict(modules("conv.output.npy")).unwrap(),
-    );
-    let worst = (ours.values().next().unwrap().values_f64())
-        .zip(torch.values().next().unwrap().values_f64())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    assert!(worst <= 1e-5, "{worst}");
+    let text = stdout(&ckpt(&["inspect", pt.to_str().unwrap()]));
+    assert!(text.contains("ckpt.input_shape: [2,9,9]"), "{text}");
+    assert!(text.contains("input [2, 9, 9] per sample"), "{text}");
+    for model in [&package, &pt] {
+        let y = dir.path().join("package.npy");
+        let out = ckpt(&[
+            "run",
+            model.to_str().unwrap(),
+            "--input",
+            modules("conv.input.npy").to_str().unwrap(),
+            "--output",
+            y.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let (ours, torch) = (
+            ckpt::load_state_dict(&y).unwrap(),
+            ckpt::load_state_dict(modules("conv.output.npy")).unwrap(),
+        );
+        let worst = (ours.values().next().unwrap().values_f64())
+            .zip(torch.values().next().unwrap().values_f64())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(worst <= 1e-5, "{}: {worst}", model.display());
+    }
     // Without --package a conversion writes the weights, as it always did;
     // with it, a model whose spec cannot be derived is refused, naming why.
     let weights = dir.path().join("weights.safetensors");

@@ -18,8 +18,9 @@ const SEQUENTIAL: &str = "torch.nn.modules.container.Sequential";
 impl ModelSpec {
     /// The spec of a pickled `nn.Sequential` whose modules are all spec
     /// layer kinds, named `name`.
-    /// `input_shape` (per sample) is needed unless the first layer tells
-    /// (a Linear's `in_features`, a BatchNorm1d's `num_features`).
+    /// `input_shape` (per sample) is needed unless the file records it
+    /// (a ckpt TorchScript export's metadata) or the first layer tells (a
+    /// Linear's `in_features`, a BatchNorm1d's `num_features`).
     pub fn from_module(
         module: &PickledModule,
         name: &str,
@@ -27,7 +28,7 @@ impl ModelSpec {
     ) -> Result<ModelSpec> {
         let mut layers = Vec::new();
         sequential(module, &mut layers)?;
-        let input_shape = match input_shape {
+        let input_shape = match input_shape.or(module.input_shape.as_deref()) {
             Some(shape) => shape.to_vec(),
             None => inferred_input(&layers).ok_or_else(|| {
                 bad(

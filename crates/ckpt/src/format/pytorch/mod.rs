@@ -227,8 +227,40 @@ pub(crate) fn read(buffer: Arc<Buffer>, path: &Path) -> Result<Loaded> {
             let text = entry_bytes(&buffer, entry, path, Purpose::Parse).ok()?;
             String::from_utf8(text.as_slice().to_vec()).ok()
         });
+        if let Some(entry) = zip.get(&format!("{prefix}/extra/ckpt.json")) {
+            let text = entry_bytes(&buffer, entry, path, Purpose::Parse)?;
+            ckpt_extra(text.as_slice(), &mut loaded);
+        }
     }
     Ok(loaded)
+}
+
+/// What a ckpt TorchScript export records in `extra/ckpt.json`: its
+/// package metadata (as `ckpt.KEY` metadata) and its spec's input shape
+/// (on the module tree). Anything else there is ignored.
+fn ckpt_extra(text: &[u8], loaded: &mut Loaded) {
+    let Ok(json) = crate::json::parse(text) else {
+        return;
+    };
+    if let Some(meta) = json.get("metadata").and_then(|m| m.as_object()) {
+        for (k, v) in meta {
+            if let Some(v) = v.as_str() {
+                loaded.metadata.insert(format!("ckpt.{k}"), v.to_owned());
+            }
+        }
+    }
+    let shape = json
+        .get("spec")
+        .and_then(|s| s.get("input_shape"))
+        .and_then(|s| s.as_array())
+        .and_then(|dims| {
+            dims.iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect::<Option<Vec<usize>>>()
+        });
+    if let (Some(module), Some(shape)) = (loaded.module.as_mut(), shape) {
+        module.input_shape = Some(shape);
+    }
 }
 
 /// Reads a bare pickle (`pickle.dump`): plain data, NumPy arrays and

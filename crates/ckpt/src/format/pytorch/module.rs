@@ -193,6 +193,9 @@ pub struct PickledModule {
     /// traced `forward` that is not the class's one aten call, or no
     /// source for the class).
     pub foreign_forward: bool,
+    /// The per-sample input shape the file records (the spec in a ckpt
+    /// TorchScript export's `extra/ckpt.json`), at the root.
+    pub input_shape: Option<Vec<usize>>,
 }
 
 /// The hook dicts of an `nn.Module` that change what `forward` computes.
@@ -268,6 +271,7 @@ fn node(u: &Unpickled, id: Id, depth: usize, budget: &mut usize) -> Option<Pickl
         is_module: true,
         children,
         foreign_forward: false,
+        input_shape: None,
     })
 }
 
