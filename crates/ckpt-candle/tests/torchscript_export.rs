@@ -135,7 +135,9 @@ fn ckpt_reads_the_spec_back_out_of_its_own_exports() {
         let package = package(&case);
         let path = dir.path().join(format!("{case}.pt"));
         let mut options = TorchScriptOptions::default();
-        options.metadata.insert("model_version".into(), "1.0.0".into());
+        options
+            .metadata
+            .insert("model_version".into(), "1.0.0".into());
         export(&package.spec, package.weights.clone(), &options, &path).unwrap();
         let loaded = ckpt::read(&path, &Default::default()).unwrap();
         let module = loaded.module.as_ref().expect("a module tree");

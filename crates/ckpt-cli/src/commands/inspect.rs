@@ -8,7 +8,7 @@ use anyhow::Result;
 use ckpt::{LoadOptions, StateDict};
 
 use crate::args::InspectArgs;
-use crate::shared::output::{human_bytes, thousands, Table};
+use crate::shared::output::{human_bytes, one_line, thousands, Table};
 use crate::shared::values::{repr, write_tree};
 
 /// What a file holds besides its tree: the tensors flattened, the
@@ -295,12 +295,8 @@ fn module_rows(
     } else {
         format!("{name}: ")
     };
-    writeln!(
-        out,
-        "{}{label}{class}({})",
-        "  ".repeat(depth),
-        settings.join(", ")
-    )?;
+    let line = one_line(format!("{label}{class}({})", settings.join(", ")));
+    writeln!(out, "{}{line}", "  ".repeat(depth))?;
     for (child, c) in &m.children {
         module_rows(c, child, depth + 1, out)?;
     }

@@ -77,6 +77,15 @@ fn paint(text: &str, sgr: &str, colour: bool) -> String {
     }
 }
 
+/// `text` as [`printable`], newlines and tabs escaped too: text from a
+/// file that must stay on its line (a table cell, a name in a tree).
+pub fn one_line(text: String) -> String {
+    match printable(&text) {
+        std::borrow::Cow::Borrowed(_) if !text.contains(['\n', '\t']) => text,
+        escaped => escaped.replace('\n', "\\x0a").replace('\t', "\\x09"),
+    }
+}
+
 /// `text` with every control character but newline and tab written as an
 /// escape (`\x1b`, `\u{9b}`), so that names, metadata and values from a
 /// file cannot move the cursor, erase lines or fake output on a terminal.
@@ -239,14 +248,7 @@ impl Table {
     /// too, which would make rows of their own) so that columns are
     /// measured as they will print.
     pub fn row(&mut self, cells: Vec<String>) {
-        let cells = cells
-            .into_iter()
-            .map(|c| match printable(&c) {
-                std::borrow::Cow::Borrowed(_) if !c.contains(['\n', '\t']) => c,
-                escaped => escaped.replace('\n', "\\x0a").replace('\t', "\\x09"),
-            })
-            .collect();
-        self.rows.push(cells);
+        self.rows.push(cells.into_iter().map(one_line).collect());
     }
 
     /// Writes the table, columns padded to their widest cell, in large

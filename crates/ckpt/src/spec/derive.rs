@@ -61,7 +61,7 @@ fn sequential(module: &PickledModule, out: &mut Vec<Json>) -> Result<()> {
 fn block_type(class: &str) -> Option<&'static str> {
     match class {
         SEQUENTIAL => Some("Sequential"),
-        "ckpt.modules.Residual" => Some("Residual"),
+        "__torch__.ckpt.modules.Residual" => Some("Residual"),
         _ => None,
     }
 }
