@@ -182,4 +182,23 @@ fn unsupported_layers_and_opsets_are_named() {
         .unwrap_err()
         .to_string();
     assert_eq!(err, "cannot export model: opset 30 (ckpt writes 13 to 21)");
+    // An Embedding fed by another layer's floats has no ids to gather.
+    let spec = ModelSpec::from_json(
+        r#"{"name": "e", "input_shape": [4], "layers": [
+            {"name": "f", "type": "Linear", "in_features": 4, "out_features": 4},
+            {"name": "e", "type": "Embedding", "num_embeddings": 10, "embedding_dim": 2}]}"#,
+    )
+    .unwrap();
+    let err = export(
+        &spec,
+        StateDict::new(),
+        &OnnxOptions::default(),
+        &dir.path().join("e.onnx"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "cannot export e: an Embedding takes integer ids, which only the model's input holds"
+    );
 }

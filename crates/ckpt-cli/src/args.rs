@@ -96,8 +96,9 @@ pub enum Command {
     /// Formats: .safetensors, and PyTorch .pth/.pt/.bin/.ckpt (zip or
     /// legacy, including torch.save(model) and TorchScript files, whose
     /// weights are shown under their state-dict names without running any
-    /// code). The format comes from the extension and is checked against the
-    /// file's first bytes. Files are memory-mapped: inspecting a
+    /// code, then their module tree and the spec derived from it, or why
+    /// none is). The format comes from the extension and is checked against
+    /// the file's first bytes. Files are memory-mapped: inspecting a
     /// multi-gigabyte file reads little more than its header.
     Inspect(InspectArgs),
 

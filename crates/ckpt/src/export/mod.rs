@@ -6,7 +6,7 @@ mod proto;
 pub mod torchscript;
 
 use crate::compress::quantize::Quantization;
-use crate::{match_state_dict, Error, LoadRules, ModelSpec, Result, StateDict};
+use crate::{match_state_dict, Error, Layer, LayerKind, LoadRules, ModelSpec, Result, StateDict};
 
 /// The weights fitted to the spec, in its order; floats are exported as
 /// float32, a quantized package's weights as int8 with their scales.
@@ -43,4 +43,28 @@ pub(crate) fn unsupported(layer: &str, reason: impl Into<String>) -> Error {
         layer: layer.to_owned(),
         reason: reason.into(),
     }
+}
+
+/// Refuses an Embedding anywhere but at the model's input (first, or
+/// first in leading Sequentials): an embedding (`torch.embedding`, ONNX
+/// `Gather`) takes integer ids, which only the input holds.
+pub(crate) fn ids_only_at_input(layers: &[Layer], at_input: bool, prefix: &str) -> Result<()> {
+    for (i, l) in layers.iter().enumerate() {
+        let first = at_input && i == 0;
+        let at = format!("{prefix}{}", l.name);
+        match &l.kind {
+            LayerKind::Embedding { .. } if !first => {
+                return Err(unsupported(
+                    &at,
+                    "an Embedding takes integer ids, which only the model's input holds",
+                ))
+            }
+            LayerKind::Sequential { layers } => {
+                ids_only_at_input(layers, first, &format!("{at}."))?
+            }
+            LayerKind::Residual { layers } => ids_only_at_input(layers, false, &format!("{at}."))?,
+            _ => {}
+        }
+    }
+    Ok(())
 }

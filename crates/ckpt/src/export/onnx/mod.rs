@@ -117,6 +117,7 @@ fn build(
     options: &OnnxOptions,
 ) -> Result<(ModelProto, BTreeMap<String, usize>)> {
     check_opset(options.opset)?;
+    super::ids_only_at_input(&spec.layers, true, "")?;
     let weights = super::fit_weights(spec, weights, options.quantization.as_ref())?;
     let mut b = Builder::new(options.opset, weights, options.quantization.clone());
     let mut x = options.input_name.clone();

@@ -96,7 +96,7 @@ pub fn export(
         }
     }
     spec.output_shape()?;
-    ids_only_at_input(&spec.layers, true, "")?;
+    super::ids_only_at_input(&spec.layers, true, "")?;
     let weights = super::fit_weights(spec, weights, options.quantization.as_ref())?;
     let mut code = Code::default();
     let top = code.model(spec, &weights, options.quantization.as_ref())?;
@@ -180,30 +180,6 @@ fn pickle(obj: &Object, weights: &StateDict, p: &mut Pickler) -> Result<()> {
         pickle(child, weights, p)?;
     }
     p.op(b"ub");
-    Ok(())
-}
-
-/// Refuses an Embedding anywhere but at the model's input (first, or
-/// first in leading Sequentials): `torch.embedding` takes integer ids,
-/// which only the input holds.
-fn ids_only_at_input(layers: &[crate::Layer], at_input: bool, prefix: &str) -> Result<()> {
-    for (i, l) in layers.iter().enumerate() {
-        let first = at_input && i == 0;
-        let at = format!("{prefix}{}", l.name);
-        match &l.kind {
-            LayerKind::Embedding { .. } if !first => {
-                return Err(super::unsupported(
-                    &at,
-                    "an Embedding takes integer ids, which only the model's input holds",
-                ))
-            }
-            LayerKind::Sequential { layers } => {
-                ids_only_at_input(layers, first, &format!("{at}."))?
-            }
-            LayerKind::Residual { layers } => ids_only_at_input(layers, false, &format!("{at}."))?,
-            _ => {}
-        }
-    }
     Ok(())
 }
 
