@@ -160,7 +160,41 @@ fn normalized(qualifier: &str, name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::pickle::unpickle;
     use super::*;
+
+    #[test]
+    fn objects_sharing_a_huge_class_exhaust_the_budget_not_the_machine() {
+        // A root whose 2,000 attributes are one object (memoised) of a
+        // class with 200,000 constants: each visit would copy them all.
+        let mut p = b"\x80\x02c__torch__.m\nR\n)\x81}(".to_vec();
+        for i in 0..2000 {
+            let key = format!("a{i}");
+            p.push(b'X');
+            p.extend((key.len() as u32).to_le_bytes());
+            p.extend(key.as_bytes());
+            if i == 0 {
+                p.extend(b"c__torch__.m\nC\n)\x81}bq\x00");
+            } else {
+                p.extend(b"h\x00");
+            }
+        }
+        p.extend(b"ub.");
+        let u = unpickle(&p, p.len(), std::path::Path::new("m.pt"), "data.pkl").unwrap();
+        let mut class = String::from("class C(Module):\n");
+        for i in 0..200_000 {
+            class += &format!("  c{i} : Final[int] = {i}\n");
+        }
+        let mut reads = 0;
+        let start = std::time::Instant::now();
+        let tree = tree(&u, |q| {
+            reads += 1;
+            (q == "__torch__.m").then(|| format!("class R(Module):\n  training : bool\n{class}"))
+        });
+        assert!(tree.is_none());
+        assert_eq!(reads, 1, "each file is read once");
+        assert!(start.elapsed().as_secs() < 10, "{:?}", start.elapsed());
+    }
 
     #[test]
     fn names_lose_torchs_prefix_and_mangling_only_for_torch_nn() {
